@@ -1,0 +1,3 @@
+from rscbir.cli import cli
+
+cli(prog_name="rscbir")

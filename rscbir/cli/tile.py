@@ -1,0 +1,50 @@
+"""``rscbir tile``: cut scenes into georeferenced patches and write the catalog."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from rscbir.cli import options
+
+
+@click.command(
+    epilog="""\b
+Example:
+  rscbir tile ../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif \\
+              ../shared/data/naip_timeseries/m_4709963_se_14_1_20200831.tif \\
+              --align --patch-size 320m -o out/naip_tiles.parquet""",
+)
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Catalog file: .parquet (GeoParquet) or .geojson.")
+@options.scene_options
+@options.tiling_options
+@click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
+@click.pass_context
+def tile(ctx, scenes, output, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling, align):
+    """Tile SCENE... (files, band-file folders or globs) into patches.
+
+    Each patch row holds its id, scene, date, grid row/col, pixel window, affine
+    transform, bounds in the scene CRS and a polygon in EPSG:4326.
+    """
+    from rasterio.enums import Resampling
+
+    from rscbir.catalog import catalog_format, write_catalog
+    from rscbir.scene import Scene
+    from rscbir.tiling import TilingConfig, tile_scenes
+
+    catalog_format(output)
+    if dates and len(dates) != len(scenes):
+        raise click.BadParameter(f"give --date once per scene ({len(scenes)}), or not at all", param_hint="--date")
+    opened = [
+        Scene.open(s, bands=bands, band_names=band_names, scaling=scale, date=dates[i] if dates else None)
+        for i, s in enumerate(scenes)
+    ]
+    config = TilingConfig(options.length(patch_size), options.length(stride) if stride else None, edge, max_nodata)
+    progress = not ctx.obj["quiet"] and sys.stderr.isatty()
+    catalog = tile_scenes(opened, config, align=align, resampling=Resampling[resampling], progress=progress)
+    write_catalog(catalog, output)
+    counts = catalog.groupby("scene_id").size().to_dict()
+    summary = ", ".join(f"{scene.scene_id}: {counts.get(scene.scene_id, 0)}" for scene in opened)
+    click.echo(f"wrote {len(catalog)} patches to {output} ({summary})")

@@ -1,0 +1,37 @@
+"""Exceptions that users can cause.
+
+Every error a user can trigger with bad input is an :class:`RscbirError`. Each
+subclass also inherits the matching builtin so callers can catch either. The CLI
+turns these into one line on stderr and exit code 2; anything else is a bug and
+stays a traceback.
+"""
+
+from __future__ import annotations
+
+
+class RscbirError(Exception):
+    """Root of all rscbir user-facing errors."""
+
+
+class InvalidSceneError(RscbirError, ValueError):
+    """A file is not a readable raster (wrong format, truncated, corrupt)."""
+
+
+class CRSError(RscbirError, ValueError):
+    """A raster has no CRS or no geotransform, or CRSs cannot be reconciled."""
+
+
+class NoOverlapError(RscbirError, ValueError):
+    """Rasters that must cover the same ground do not overlap."""
+
+
+class BandError(RscbirError, ValueError):
+    """A requested band does not exist, or band files cannot be stacked."""
+
+
+class TilingError(RscbirError, ValueError):
+    """Tiling parameters do not fit the scene (e.g. patch larger than scene)."""
+
+
+class OutputError(RscbirError, OSError):
+    """An output path cannot be written (unknown format, missing folder)."""

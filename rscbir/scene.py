@@ -1,0 +1,464 @@
+"""Open a scene: one multi-band raster, or a folder/glob of single-band files.
+
+A :class:`Scene` knows its band names, acquisition date, native grid and how to
+scale raw counts to floats. Pixels are read lazily by window through a
+:class:`SceneReader`, either on the scene's own grid or reprojected onto another
+(a common grid shared with another date). Band files at mixed resolutions
+(Sentinel-2 10/20/60 m) are stacked on the finest grid through ``WarpedVRT``;
+the full stack is never materialised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import glob
+import logging
+import os
+import re
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from rscbir.errors import BandError, CRSError, InvalidSceneError, NoOverlapError
+from rscbir.grid import Grid, intersect_bounds
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".hdr", ".nc")
+_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
+_DATE_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "TIFFTAG_DATETIME")
+_S2_BAND = re.compile(r"^B(\d{1,2})([A-Z]?)$", re.IGNORECASE)
+
+
+class ScalingMode(str, enum.Enum):
+    """How raw pixel values become model-ready floats."""
+
+    AUTO = "auto"  # uint8: divide by 255; other integers: percentile 2-98; floats: none
+    NONE = "none"
+    DIVIDE = "divide"
+    PERCENTILE = "percentile"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Per-band scaling to float32 in roughly [0, 1].
+
+    ``Scaling.parse("divide:10000")`` or ``Scaling.parse("percentile:2,98")``.
+    """
+
+    mode: ScalingMode = ScalingMode.AUTO
+    divisor: float = 255.0
+    low: float = 2.0
+    high: float = 98.0
+
+    @classmethod
+    def parse(cls, text: str) -> "Scaling":
+        """Parse ``auto``, ``none``, ``divide[:N]`` or ``percentile[:LO,HI]``."""
+        name, _, arg = text.strip().partition(":")
+        try:
+            mode = ScalingMode(name.lower())
+        except ValueError:
+            raise BandError(
+                f"unknown scaling {text!r}; use auto, none, divide:10000 or percentile:2,98"
+            ) from None
+        try:
+            if mode is ScalingMode.DIVIDE:
+                return cls(mode, divisor=float(arg) if arg else 10000.0)
+            if mode is ScalingMode.PERCENTILE:
+                low, high = (float(v) for v in arg.split(",")) if arg else (2.0, 98.0)
+                if not 0 <= low < high <= 100:
+                    raise ValueError
+                return cls(mode, low=low, high=high)
+        except ValueError:
+            raise BandError(f"bad scaling argument in {text!r}; e.g. divide:10000 or percentile:2,98") from None
+        return cls(mode)
+
+    def resolve(self, dtype: np.dtype) -> "Scaling":
+        """Replace AUTO by the concrete rule for ``dtype``."""
+        if self.mode is not ScalingMode.AUTO:
+            return self
+        dtype = np.dtype(dtype)
+        if dtype == np.uint8:
+            return Scaling(ScalingMode.DIVIDE, divisor=255.0)
+        if np.issubdtype(dtype, np.integer):
+            return Scaling(ScalingMode.PERCENTILE, low=2.0, high=98.0)
+        return Scaling(ScalingMode.NONE)
+
+
+@dataclass(frozen=True)
+class BandSource:
+    """One band of a scene: a file and a 1-based band index inside it."""
+
+    path: str
+    index: int
+    name: str
+
+
+@dataclass
+class Scene:
+    """A georeferenced scene of one acquisition date.
+
+    Use :meth:`Scene.open`. ``grid`` is the native stacking grid (the finest
+    band's grid for band-file folders).
+    """
+
+    scene_id: str
+    sources: list[BandSource]
+    grid: Grid
+    dtype: np.dtype
+    nodata: float | None
+    date: dt.date | None = None
+    scaling: Scaling = field(default_factory=Scaling)
+    location: str = ""
+    _stats: np.ndarray | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        location: str | os.PathLike,
+        bands: Sequence[str | int] | None = None,
+        date: str | dt.date | None = None,
+        scene_id: str | None = None,
+        scaling: Scaling | str | None = None,
+        band_names: Sequence[str] | None = None,
+    ) -> "Scene":
+        """Open a raster file, a folder of band files, or a glob of band files.
+
+        Parameters
+        ----------
+        location : path or glob
+            A file rasterio can open (GeoTIFF, COG, VRT, ENVI ...), a folder of
+            single-band files (one band each, named by the last ``_`` token of
+            the file name, e.g. ``..._B04.tif`` -> ``B04``), or a glob pattern.
+        bands : sequence of str or int, optional
+            Band names or 1-based indexes to keep, in that order.
+        date : str or date, optional
+            Acquisition date (``YYYYMMDD`` or ``YYYY-MM-DD``). Defaults to a
+            date in the file name, then to TIFF date tags.
+        scene_id : str, optional
+            Defaults to the file stem, or ``<parent>_<folder>`` for folders.
+        scaling : Scaling or str, optional
+            See :class:`Scaling`; default ``auto``.
+        band_names : sequence of str, optional
+            Names for the bands of a multi-band file (e.g. ``R,G,B,NIR``).
+
+        Examples
+        --------
+        >>> scene = Scene.open("../shared/data/oscd/paris/imgs_1", bands=["B04", "B03", "B02"])
+        """
+        location = os.fspath(location)
+        paths = _expand(location)
+        sources, grids, dtypes, nodatas, tags = [], {}, [], [], {}
+        for path in paths:
+            with _open_raster(path) as ds:
+                grids[path] = _checked_grid(ds, path)
+                dtypes.extend(ds.dtypes)
+                nodatas.append(ds.nodata)
+                tags.update({k: v for k, v in ds.tags().items() if k in _DATE_TAGS})
+                names = _band_names_for(path, ds, len(paths) > 1, band_names)
+                sources.extend(BandSource(path, i + 1, n) for i, n in enumerate(names))
+        if len(paths) > 1:
+            sources.sort(key=lambda s: _band_sort_key(s.name))
+        _check_unique([s.name for s in sources], location)
+
+        grid = _finest_grid(grids, location)
+        if bands:
+            sources = _select(sources, bands, location)
+        if isinstance(scaling, str):
+            scaling = Scaling.parse(scaling)
+        dtype = np.result_type(*dtypes)
+        return cls(
+            scene_id=scene_id or _default_scene_id(location, paths),
+            sources=sources,
+            grid=grid,
+            dtype=np.dtype(dtype),
+            nodata=nodatas[0],
+            date=_parse_date(date, location) if date else _date_from(location, paths, tags),
+            scaling=(scaling or Scaling()).resolve(dtype),
+            location=location,
+        )
+
+    # --------------------------------------------------------------- properties
+    @property
+    def band_names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+    @property
+    def count(self) -> int:
+        return len(self.sources)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted({s.path for s in self.sources})
+
+    @property
+    def fill_value(self) -> float:
+        """Value used for pixels outside the data (padding, reprojection edges)."""
+        return 0 if self.nodata is None else self.nodata
+
+    def reader(self, grid: Grid | None = None, resampling: Resampling = Resampling.bilinear) -> "SceneReader":
+        """A context manager that reads windows of this scene on ``grid``.
+
+        ``grid`` defaults to the scene's own grid. Any other grid (another CRS,
+        resolution, a crop, a one-row shift) is served by reprojection.
+        """
+        return SceneReader(self, grid or self.grid, resampling)
+
+    # ------------------------------------------------------------------ scaling
+    def band_stats(self) -> np.ndarray:
+        """(count, 2) low/high percentiles per band, estimated once from a sample."""
+        if self._stats is None:
+            scaling = self.scaling
+            self._stats = np.array(
+                [_percentiles(s, self.nodata, scaling.low, scaling.high) for s in self.sources],
+                dtype=np.float64,
+            )
+        return self._stats
+
+    def scale(self, data: np.ndarray) -> np.ndarray:
+        """Raw (bands, h, w) values -> float32 by this scene's scaling rule."""
+        scaling = self.scaling
+        out = data.astype(np.float32, copy=True)
+        if scaling.mode is ScalingMode.DIVIDE:
+            out /= np.float32(scaling.divisor)
+        elif scaling.mode is ScalingMode.PERCENTILE:
+            stats = self.band_stats().astype(np.float32)
+            low, high = stats[:, 0, None, None], stats[:, 1, None, None]
+            out = np.clip((out - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+        return out
+
+
+class SceneReader:
+    """Reads windows of a scene on a target grid; open it with ``with``."""
+
+    def __init__(self, scene: Scene, grid: Grid, resampling: Resampling) -> None:
+        self.scene = scene
+        self.grid = grid
+        self.resampling = resampling
+        self._stack = ExitStack()
+        self._groups: list[tuple[object, str, list[int], list[int]]] = []
+
+    def __enter__(self) -> "SceneReader":
+        by_path: dict[str, tuple[list[int], list[int]]] = {}
+        for position, source in enumerate(self.scene.sources):
+            indexes, positions = by_path.setdefault(source.path, ([], []))
+            indexes.append(source.index)
+            positions.append(position)
+        for path, (indexes, positions) in by_path.items():
+            ds = self._stack.enter_context(_open_raster(path))
+            if not Grid.from_dataset(ds).same_as(self.grid):
+                ds = self._stack.enter_context(
+                    WarpedVRT(
+                        ds,
+                        crs=self.grid.crs,
+                        transform=self.grid.transform,
+                        width=self.grid.width,
+                        height=self.grid.height,
+                        resampling=self.resampling,
+                        nodata=self.scene.fill_value,
+                    )
+                )
+            self._groups.append((ds, path, indexes, positions))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        self._groups.clear()
+
+    def read(self, window: Window) -> np.ndarray:
+        """Raw values (bands, height, width) of ``window`` on the target grid.
+
+        Parts of the window outside the grid are filled with the scene's nodata
+        (or 0), so edge patches can be padded.
+        """
+        height, width = int(window.height), int(window.width)
+        out = np.full((self.scene.count, height, width), self.scene.fill_value, dtype=self.scene.dtype)
+        col0, row0 = max(0, int(window.col_off)), max(0, int(window.row_off))
+        col1 = min(self.grid.width, int(window.col_off) + width)
+        row1 = min(self.grid.height, int(window.row_off) + height)
+        if col1 <= col0 or row1 <= row0:
+            return out
+        inner = Window(col0, row0, col1 - col0, row1 - row0)
+        r, c = row0 - int(window.row_off), col0 - int(window.col_off)
+        for ds, path, indexes, positions in self._groups:
+            try:
+                block = ds.read(indexes, window=inner)
+            except RasterioError as exc:
+                raise InvalidSceneError(f"{path}: cannot read pixels ({exc}); the file may be truncated or corrupt") from None
+            out[positions, r : r + inner.height, c : c + inner.width] = block
+        return out
+
+    def valid_mask(self, data: np.ndarray) -> np.ndarray:
+        """(h, w) bool: pixels where any band holds data.
+
+        A pixel is missing when every band equals nodata (NaN for floats), or
+        every band is 0 when the scene declares no nodata (all-zero fill).
+        """
+        nodata = self.scene.fill_value
+        if isinstance(nodata, float) and np.isnan(nodata):
+            missing = np.isnan(data)
+        else:
+            missing = data == nodata
+        return ~missing.all(axis=0)
+
+
+# ---------------------------------------------------------------------- helpers
+def _expand(location: str) -> list[str]:
+    path = Path(location)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+        if not files:
+            raise InvalidSceneError(f"{location}: folder holds no raster files ({', '.join(RASTER_SUFFIXES)})")
+        return files
+    if path.exists():
+        return [str(path)]
+    if any(ch in location for ch in "*?["):
+        files = sorted(p for p in glob.glob(location) if Path(p).is_file())
+        if not files:
+            raise InvalidSceneError(f"{location}: the pattern matches no files")
+        return files
+    raise InvalidSceneError(f"{location}: no such file or folder")
+
+
+def _open_raster(path: str):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioError as exc:
+        raise InvalidSceneError(f"{path}: not a readable raster ({exc})") from None
+
+
+def _checked_grid(ds, path: str) -> Grid:
+    if ds.crs is None:
+        raise CRSError(f"{path}: raster has no CRS; assign one, e.g. `rio edit-info --crs EPSG:32618 {path}`")
+    if ds.transform.is_identity and not ds.gcps[0]:
+        raise CRSError(f"{path}: raster has no geotransform; georeference it (e.g. gdal_translate -a_ullr) first")
+    if ds.transform.b != 0 or ds.transform.d != 0:
+        raise CRSError(f"{path}: rotated geotransforms are not supported; warp it north-up with gdalwarp first")
+    return Grid.from_dataset(ds)
+
+
+def _band_names_for(path: str, ds, is_folder: bool, override: Sequence[str] | None) -> list[str]:
+    if override and not is_folder:
+        if len(override) != ds.count:
+            raise BandError(f"{path}: {len(override)} band names given for {ds.count} bands")
+        return list(override)
+    if is_folder:
+        token = Path(path).stem.split("_")[-1]
+        return [token] if ds.count == 1 else [f"{token}_{i + 1}" for i in range(ds.count)]
+    return [desc or f"B{i + 1}" for i, desc in enumerate(ds.descriptions)]
+
+
+def _band_sort_key(name: str) -> tuple:
+    match = _S2_BAND.match(name)
+    if match:  # Sentinel-2 order: B01 .. B08, B8A, B09 ..
+        return (0, int(match.group(1)), match.group(2).upper(), name)
+    return (1, 0, "", name)
+
+
+def _check_unique(names: list[str], location: str) -> None:
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise BandError(f"{location}: band names {sorted(seen)} occur twice; keep one file per band")
+
+
+def _finest_grid(grids: dict[str, Grid], location: str) -> Grid:
+    path, finest = min(grids.items(), key=lambda item: item[1].res[0] * item[1].res[1])
+    for other_path, grid in grids.items():
+        if intersect_bounds(finest.bounds, grid.bounds_in(finest.crs)) is None:
+            raise NoOverlapError(
+                f"{location}: band file {other_path} does not overlap {path}; "
+                "a scene's band files must cover the same area"
+            )
+    return finest
+
+
+def _select(sources: list[BandSource], bands: Sequence[str | int], location: str) -> list[BandSource]:
+    by_name = {s.name.lower(): s for s in sources}
+    chosen = []
+    for band in bands:
+        key = str(band).strip()
+        if key.isdigit():
+            index = int(key)
+            if not 1 <= index <= len(sources):
+                raise BandError(f"{location}: band {index} out of range; the scene has bands 1..{len(sources)}")
+            chosen.append(sources[index - 1])
+        elif key.lower() in by_name:
+            chosen.append(by_name[key.lower()])
+        else:
+            raise BandError(f"{location}: no band named {key!r}; available: {', '.join(s.name for s in sources)}")
+    return chosen
+
+
+def _default_scene_id(location: str, paths: list[str]) -> str:
+    path = Path(location)
+    if len(paths) == 1 and path.is_file():
+        return path.stem
+    folder = path if path.is_dir() else Path(paths[0]).parent
+    folder = folder.resolve()
+    return f"{folder.parent.name}_{folder.name}" if folder.parent.name else folder.name
+
+
+def _parse_date(value: str | dt.date, location: str) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    text = str(value).strip()
+    for fmt in ("%Y%m%d", "%Y-%m-%d", "%Y:%m:%d"):
+        try:
+            return dt.datetime.strptime(text[: len(dt.date(2000, 1, 1).strftime(fmt))], fmt).date()
+        except ValueError:
+            continue
+    raise BandError(f"{location}: cannot read date {value!r}; use YYYYMMDD or YYYY-MM-DD")
+
+
+def _date_from(location: str, paths: Iterable[str], tags: dict[str, str]) -> dt.date | None:
+    for text in [Path(location).name, *(Path(p).name for p in paths)]:
+        match = _DATE_IN_NAME.search(text)
+        if match:
+            try:
+                return dt.date(*(int(g) for g in match.groups()))
+            except ValueError:
+                continue
+    for key in _DATE_TAGS:
+        if key in tags:
+            try:
+                return _parse_date(tags[key], location)
+            except BandError:
+                continue
+    return None
+
+
+def _percentiles(source: BandSource, nodata: float | None, low: float, high: float, max_side: int = 1024) -> tuple[float, float]:
+    """Band percentiles from overviews, or from a sample of windows when there are none."""
+    with _open_raster(source.path) as ds:
+        has_overviews = bool(ds.overviews(source.index))
+        if has_overviews or ds.width * ds.height <= 4 * max_side * max_side:
+            scale = max(1.0, max(ds.width, ds.height) / max_side)
+            shape = (max(1, int(ds.height / scale)), max(1, int(ds.width / scale)))
+            sample = ds.read(source.index, out_shape=shape).ravel()
+        else:
+            rng = np.random.default_rng(0)
+            side = 256
+            rows = rng.integers(0, ds.height - side, 32)
+            cols = rng.integers(0, ds.width - side, 32)
+            sample = np.concatenate(
+                [ds.read(source.index, window=Window(int(c), int(r), side, side)).ravel() for r, c in zip(rows, cols)]
+            )
+    fill = 0 if nodata is None else nodata
+    sample = sample[(sample != fill) & np.isfinite(sample)]
+    if sample.size == 0:
+        return (0.0, 1.0)
+    lo, hi = np.percentile(sample, [low, high])
+    return (float(lo), float(hi) if hi > lo else float(lo) + 1.0)

@@ -46,6 +46,8 @@ def records_to_frame(records: Iterable["PatchRecord"], crs: CRS) -> gpd.GeoDataF
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for name in ("row", "col", "col_off", "row_off", "width", "height"):
         frame[name] = frame[name].astype("int64")
+    for name in ("minx", "miny", "maxx", "maxy", "nodata_fraction"):
+        frame[name] = frame[name].astype("float64")
     boxes = shapely.box(frame["minx"], frame["miny"], frame["maxx"], frame["maxy"])
     geometry = gpd.GeoSeries(boxes, crs=crs).to_crs(OUTPUT_CRS)
     return gpd.GeoDataFrame(frame, geometry=geometry.values, crs=OUTPUT_CRS)

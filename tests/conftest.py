@@ -1,0 +1,56 @@
+"""Fixtures: tiny seeded GeoTIFFs written with rasterio, and the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+UTM = CRS.from_epsg(32618)
+
+
+def write_raster(path, data, crs=UTM, transform=None, nodata=None, tags=None, **profile):
+    """Write ``data`` (bands, h, w) as a GeoTIFF; transform defaults to 10 m UTM pixels."""
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    transform = transform if transform is not None else Affine(10, 0, 500000, 0, -10, 4500000)
+    meta = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                dtype=data.dtype, transform=transform, nodata=nodata, **profile)  # fmt: skip
+    if crs is not None:
+        meta["crs"] = crs
+    with rasterio.open(path, "w", **meta) as dst:
+        dst.write(data)
+        if tags:
+            dst.update_tags(**tags)
+    return Path(path)
+
+
+def blob_image(height, width, centre, sigma=4.0, bands=3, dtype=np.uint8, seed=0):
+    """A smooth random background with one bright Gaussian blob at ``centre`` (row, col)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    blob = np.exp(-((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) / (2 * sigma**2))
+    base = 20 + 5 * rng.random((height, width))
+    image = base + 200 * blob
+    return np.stack([image] * bands).astype(dtype)
+
+
+@pytest.fixture
+def rgb_tif(tmp_path):
+    """100 x 80 px, 3-band uint8, 10 m UTM, values 1..255 (no nodata pixels)."""
+    rng = np.random.default_rng(42)
+    data = rng.integers(1, 256, (3, 80, 100), dtype=np.uint8)
+    return write_raster(tmp_path / "scene_20200102.tif", data, nodata=0)
+
+
+@pytest.fixture
+def real_data():
+    if not DATA.is_dir():
+        pytest.skip(f"real data folder {DATA} is absent (the project's shared/data sets)")
+    return DATA

@@ -1,0 +1,71 @@
+import geopandas as gpd
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_raster
+from rscbir.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_tile_writes_catalog(rgb_tif, tmp_path):
+    out = tmp_path / "tiles.parquet"
+    result = run("tile", rgb_tif, "--patch-size", "32", "--stride", "16", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "wrote 20 patches" in result.output
+    catalog = gpd.read_parquet(out)
+    assert len(catalog) == 20 and catalog.crs.to_epsg() == 4326
+    assert set(catalog["date"]) == {"2020-01-02"}
+
+
+def test_tile_dates_bands_and_geojson(rgb_tif, tmp_path):
+    out = tmp_path / "tiles.geojson"
+    result = run("tile", rgb_tif, "--bands", "B3,B1", "--date", "20210101", "--patch-size", "320m", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert {str(d)[:10] for d in gpd.read_file(out)["date"]} == {"2021-01-01"}
+
+
+@pytest.mark.parametrize("command", ["tile", "info"])
+def test_help_ends_with_runnable_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.output.strip().splitlines()[-4:][0] or "Example:" in result.output
+    assert result.output.strip().splitlines()[-1].strip().startswith(("rscbir", "--"))
+
+
+def test_info(rgb_tif):
+    result = run("info", rgb_tif)
+    assert result.exit_code == 0 and '"crs": "EPSG:32618"' in result.output
+
+
+def _bad_inputs(tmp_path, rgb_tif):
+    nocrs = write_raster(tmp_path / "nocrs.tif", np.ones((1, 64, 64), np.uint8), crs=None)
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00garbage")
+    truncated = write_raster(tmp_path / "trunc.tif", np.random.default_rng(0).integers(0, 255, (3, 300, 300), dtype=np.uint8))
+    truncated.write_bytes(truncated.read_bytes()[:50000])
+    far = write_raster(tmp_path / "far.tif", np.ones((1, 64, 64), np.uint8), transform=__import__("affine").Affine(10, 0, 900000, 0, -10, 100000))
+    return {
+        "no CRS": ([nocrs], "no CRS"),
+        "not a raster": ([junk], "not a readable raster"),
+        "truncated": ([truncated], "trunc.tif"),
+        "patch too large": ([rgb_tif, "--patch-size", "500"], "larger than the scene"),
+        "no common footprint": ([rgb_tif, far, "--align"], "does not overlap"),
+        "unknown band": ([rgb_tif, "--bands", "B9"], "no band named"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no CRS", "not a raster", "truncated", "patch too large", "no common footprint", "unknown band"])
+def test_bad_input_exit_2_one_line_no_output(tmp_path, rgb_tif, case):
+    args, message = _bad_inputs(tmp_path, rgb_tif)[case]
+    out = tmp_path / "out" / "tiles.parquet"
+    out.parent.mkdir()
+    result = run("tile", *args, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert list(out.parent.iterdir()) == []  # nothing half-written

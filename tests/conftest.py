@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(os.environ.get("RSCBIR_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 UTM = CRS.from_epsg(32618)
 
 

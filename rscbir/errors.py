@@ -35,3 +35,11 @@ class TilingError(RscbirError, ValueError):
 
 class OutputError(RscbirError, OSError):
     """An output path cannot be written (unknown format, missing folder)."""
+
+
+class ModelError(RscbirError, ValueError):
+    """Unknown backbone, or a model that does not fit the input (band count)."""
+
+
+class WeightsError(RscbirError, FileNotFoundError):
+    """Pretrained weights are missing, corrupt, or do not fit the architecture."""

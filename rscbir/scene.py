@@ -34,7 +34,7 @@ from rscbir.grid import Grid, intersect_bounds
 
 log = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".hdr", ".nc")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".dat", ".nc")
 _DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
 _DATE_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "TIFFTAG_DATETIME")
 _S2_BAND = re.compile(r"^B(\d{1,2})([A-Z]?)$", re.IGNORECASE)
@@ -206,6 +206,16 @@ class Scene:
     def fill_value(self) -> float:
         """Value used for pixels outside the data (padding, reprojection edges)."""
         return 0 if self.nodata is None else self.nodata
+
+    def select(self, bands: Sequence[str | int]) -> "Scene":
+        """A copy of this scene restricted to ``bands`` (names or 1-based indexes), in that order."""
+        from dataclasses import replace
+
+        chosen = _select(self.sources, bands, self.location or self.scene_id)
+        stats = None
+        if self._stats is not None:
+            stats = self._stats[[self.sources.index(s) for s in chosen]]
+        return replace(self, sources=chosen, _stats=stats)
 
     def reader(self, grid: Grid | None = None, resampling: Resampling = Resampling.bilinear) -> "SceneReader":
         """A context manager that reads windows of this scene on ``grid``.

@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from affine import Affine
@@ -88,6 +88,22 @@ class Patch:
     data: np.ndarray | None = None
 
 
+def make_record(scene: Scene, grid: Grid, row: int, col: int, size: int, stride: int, nodata_fraction: float) -> PatchRecord:
+    """The record of patch (row, col) of ``scene`` on ``grid``."""
+    window = Window(col * stride, row * stride, size, size)
+    return PatchRecord(
+        patch_id=f"{scene.scene_id}:{row}:{col}",
+        scene_id=scene.scene_id,
+        date=scene.date.isoformat() if scene.date else None,
+        row=row,
+        col=col,
+        window=window,
+        transform=grid.window_transform(window),
+        bounds=grid.window_bounds(window),
+        nodata_fraction=nodata_fraction,
+    )
+
+
 def length_in_pixels(value: int | str, grid: Grid) -> int:
     """A length in pixels (``64``, ``"64px"``) or ground units (``"640m"``) as pixels of ``grid``.
 
@@ -156,21 +172,22 @@ def iter_patches(
     grid: Grid | None = None,
     with_data: bool = True,
     resampling: Resampling = Resampling.bilinear,
+    rows: Iterable[int] | None = None,
 ) -> Iterator[Patch]:
     """Yield the patches of ``scene`` on ``grid`` (default: the scene's own grid).
 
     Patches are read a strip of patch rows at a time; patches whose nodata
     fraction exceeds ``config.max_nodata`` are skipped. With ``with_data`` each
-    patch carries its raw pixels, ready for :meth:`Scene.scale`.
+    patch carries its raw pixels, ready for :meth:`Scene.scale`. ``rows``
+    restricts the patch rows read (e.g. one share per worker process).
     """
     grid = grid or scene.grid
     size, stride = config.pixels(grid)
     n_rows, n_cols = patch_layout(grid, size, stride, config.edge)
-    date = scene.date.isoformat() if scene.date else None
     strip_width = (n_cols - 1) * stride + size
     skipped = 0
     with scene.reader(grid, resampling) as reader:
-        for row in range(n_rows):
+        for row in range(n_rows) if rows is None else rows:
             row_off = row * stride
             strip = reader.read(Window(0, row_off, strip_width, size))
             valid = reader.valid_mask(strip)
@@ -180,18 +197,7 @@ def iter_patches(
                 if missing > config.max_nodata:
                     skipped += 1
                     continue
-                window = Window(col_off, row_off, size, size)
-                record = PatchRecord(
-                    patch_id=f"{scene.scene_id}:{row}:{col}",
-                    scene_id=scene.scene_id,
-                    date=date,
-                    row=row,
-                    col=col,
-                    window=window,
-                    transform=grid.window_transform(window),
-                    bounds=grid.window_bounds(window),
-                    nodata_fraction=missing,
-                )
+                record = make_record(scene, grid, row, col, size, stride, missing)
                 data = strip[:, :, col_off : col_off + size].copy() if with_data else None
                 yield Patch(record, data)
     log.info("%s: %d x %d patch positions, %d skipped for nodata", scene.scene_id, n_rows, n_cols, skipped)

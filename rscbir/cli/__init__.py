@@ -1,9 +1,15 @@
 """The ``rscbir`` command line: a thin click layer over the library API."""
 
+from rscbir.cli.embed import embed
+from rscbir.cli.evaluate import eval_group
+from rscbir.cli.finetune import finetune
 from rscbir.cli.info import info
 from rscbir.cli.main import cli
 from rscbir.cli.tile import tile
 
+cli.add_command(embed)
+cli.add_command(eval_group)
+cli.add_command(finetune)
 cli.add_command(info)
 cli.add_command(tile)
 

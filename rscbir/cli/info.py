@@ -12,11 +12,9 @@ from rscbir.cli import options
 @click.command(epilog="\b\nExample:\n  rscbir info ../shared/data/oscd/paris/imgs_1")
 @click.argument("scene", metavar="SCENE")
 @options.scene_options
-def info(scene, bands, band_names, scale, dates):
+def info(scene, preset, bands, band_names, scale, dates):
     """Print SCENE's id, date, bands, CRS and grid as JSON."""
-    from rscbir.scene import Scene
-
-    opened = Scene.open(scene, bands=bands, band_names=band_names, scaling=scale, date=dates[0] if dates else None)
+    (opened,), _ = options.open_scenes([scene], preset, bands, band_names, scale, dates[:1])
     grid = opened.grid
     click.echo(
         json.dumps(

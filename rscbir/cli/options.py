@@ -22,8 +22,12 @@ band_names_opt = click.option(
     help="Names for the bands of multi-band files (e.g. R,G,B,NIR).",
 )  # fmt: skip
 scale_opt = click.option(
-    "--scale", default="auto", show_default=True, metavar="RULE",
-    help="Scaling to float: auto, none, divide:10000 or percentile:2,98.",
+    "--scale", default=None, metavar="RULE",
+    help="Scaling to float: auto (default), none, divide:10000 or percentile:2,98.",
+)  # fmt: skip
+preset_opt = click.option(
+    "--preset", default=None, metavar="NAME",
+    help="Band preset from configs/ (naip, sentinel2, landsat, rgb) or a YAML path: band names, RGB bands, scaling.",
 )  # fmt: skip
 date_opt = click.option(
     "--date", "dates", multiple=True, metavar="YYYYMMDD",
@@ -55,8 +59,14 @@ def length(value: str) -> int | str:
     return int(value) if value.strip().isdigit() else value
 
 
+def tiling_config(patch_size, stride, edge, max_nodata):
+    from rscbir.tiling import TilingConfig
+
+    return TilingConfig(length(patch_size), length(stride) if stride else None, edge, max_nodata)
+
+
 def scene_options(func):
-    for option in reversed([bands_opt, band_names_opt, scale_opt, date_opt]):
+    for option in reversed([preset_opt, bands_opt, band_names_opt, scale_opt, date_opt]):
         func = option(func)
     return func
 
@@ -65,3 +75,54 @@ def tiling_options(func):
     for option in reversed([patch_size_opt, stride_opt, edge_opt, max_nodata_opt, resampling_opt]):
         func = option(func)
     return func
+
+
+model_opt = click.option("--model", "backbone", default=None, metavar="NAME",
+                         help="Backbone: efficientnet_lite0 (default, offline), efficientnet_lite1/2, resnet18, resnet50, "
+                              "vgg16, efficientnet_b0, mobilenet_v2, mobilenet_v3_large, convnext_tiny.")  # fmt: skip
+weights_opt = click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                           help="Local weights: a state dict for --model, or a checkpoint from `rscbir finetune`.")  # fmt: skip
+all_bands_opt = click.option("--all-bands", is_flag=True,
+                             help="Feed every band (the preset's all_bands) through a first conv inflated from RGB.")  # fmt: skip
+pooling_opt = click.option("--pooling", type=click.Choice(["avg", "gem"]), default="avg", show_default=True,
+                           help="Global pooling of the last feature map.")  # fmt: skip
+input_size_opt = click.option("--input-size", type=int, default=224, show_default=True,
+                              help="Patches are resized to this many pixels per side before the CNN (0: keep).")  # fmt: skip
+
+
+def model_options(func):
+    for option in reversed([model_opt, weights_opt, all_bands_opt, pooling_opt, input_size_opt]):
+        func = option(func)
+    return func
+
+
+def open_scenes(locations, preset, bands, band_names, scale, dates):
+    """Open scenes with preset defaults; returns (scenes, preset or None)."""
+    from rscbir.presets import load_preset
+    from rscbir.scene import Scene
+
+    if dates and len(dates) != len(locations):
+        raise click.BadParameter(f"give --date once per scene ({len(locations)}), or not at all", param_hint="--date")
+    chosen = load_preset(preset) if preset else None
+    names = band_names or (list(chosen.band_names) if chosen and chosen.band_names else None)
+    scaling = scale or (chosen.scale if chosen else "auto")
+    scenes = []
+    for i, location in enumerate(locations):
+        path_is_file = __import__("pathlib").Path(location).is_file()
+        scenes.append(Scene.open(location, bands=bands, band_names=names if path_is_file else None, scaling=scaling,
+                                 date=dates[i] if dates else None))  # fmt: skip
+    return scenes, chosen
+
+
+def model_for_scenes(scenes, preset, backbone, weights, all_bands, pooling, input_size):
+    """The feature model for these scenes, and the scenes cut to the bands it reads."""
+    from rscbir.models.load import load_feature_model
+
+    bands = scenes[0].band_names
+    if all_bands and preset and preset.all_bands:
+        bands = [b for b in preset.all_bands if b in bands]
+    model, config = load_feature_model(
+        bands, backbone=backbone, weights=weights, rgb=preset.rgb if preset else None, all_bands=all_bands,
+        input_size=input_size or None, pooling=pooling,
+    )  # fmt: skip
+    return model, config, [s.select(list(config.input_bands)) for s in scenes]

@@ -22,7 +22,7 @@ Example:
 @options.tiling_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
 @click.pass_context
-def tile(ctx, scenes, output, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling, align):
+def tile(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling, align):
     """Tile SCENE... (files, band-file folders or globs) into patches.
 
     Each patch row holds its id, scene, date, grid row/col, pixel window, affine
@@ -31,17 +31,11 @@ def tile(ctx, scenes, output, bands, band_names, scale, dates, patch_size, strid
     from rasterio.enums import Resampling
 
     from rscbir.catalog import catalog_format, write_catalog
-    from rscbir.scene import Scene
-    from rscbir.tiling import TilingConfig, tile_scenes
+    from rscbir.tiling import tile_scenes
 
     catalog_format(output)
-    if dates and len(dates) != len(scenes):
-        raise click.BadParameter(f"give --date once per scene ({len(scenes)}), or not at all", param_hint="--date")
-    opened = [
-        Scene.open(s, bands=bands, band_names=band_names, scaling=scale, date=dates[i] if dates else None)
-        for i, s in enumerate(scenes)
-    ]
-    config = TilingConfig(options.length(patch_size), options.length(stride) if stride else None, edge, max_nodata)
+    opened, _ = options.open_scenes(scenes, preset, bands, band_names, scale, dates)
+    config = options.tiling_config(patch_size, stride, edge, max_nodata)
     progress = not ctx.obj["quiet"] and sys.stderr.isatty()
     catalog = tile_scenes(opened, config, align=align, resampling=Resampling[resampling], progress=progress)
     write_catalog(catalog, output)

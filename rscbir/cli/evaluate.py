@@ -1,0 +1,68 @@
+"""``rscbir eval``: measure retrieval quality against labelled data."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from rscbir.cli import options
+
+
+@click.group(name="eval")
+def eval_group():
+    """Measure retrieval or change quality against labels."""
+
+
+@eval_group.command(
+    epilog="""\b
+Example:
+  rscbir eval retrieval ../shared/data/rsscn7 --json out/rsscn7_retrieval.json""",
+)
+@click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="DIR")
+@options.model_options
+@click.option("--dim", type=int, default=None, help="PCA to this many dimensions, fitted on the evaluated images.")
+@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power: 0 centred PCA, 0.5 full whitening.")
+@click.option("--half", type=click.Choice(["all", "first", "second"]), default="all", show_default=True,
+              help="Evaluate on this stratified half only (the other half trained a head).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the half split (as in finetune).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures here.")
+def retrieval(folder, backbone, weights, all_bands, pooling, input_size, dim, whiten, half, seed, json_path):
+    """Every image of DIR (one sub-folder per class) queries the rest: mAP, P@5, P@10, P@50."""
+    import time
+
+    from rscbir.atomic import atomic_path
+    from rscbir.evaluate import LabelledImages, embed_images, retrieval_metrics
+    from rscbir.models.load import configure_threads, load_feature_model
+    from rscbir.models.whitening import PCAWhitening
+
+    configure_threads()
+    images = LabelledImages.scan(folder)
+    if half != "all":
+        images = images.halves(seed)[0 if half == "first" else 1]
+    model, config = load_feature_model(["R", "G", "B"], backbone=backbone, weights=weights, input_size=input_size or None, pooling=pooling)
+    start = time.perf_counter()
+    vectors = embed_images(model, images.paths)
+    seconds = time.perf_counter() - start
+    if dim:
+        vectors = PCAWhitening.fit(vectors, dim, whiten).transform(vectors)
+    result = {
+        **retrieval_metrics(vectors, images.labels),
+        "dataset": str(folder),
+        "half": half,
+        "backbone": config.backbone,
+        "weights": config.checkpoint or config.weights,
+        "pooling": config.pooling,
+        "input_size": config.input_size,
+        "dim": int(vectors.shape[1]),
+        "whiten_power": whiten if dim else None,
+        "images_per_second": len(images.paths) / seconds,
+    }
+    click.echo(
+        f"{config.backbone} ({'checkpoint' if config.checkpoint else 'pretrained'}, {result['dim']}-d, {pooling}) on "
+        f"{len(images.paths)} images: mAP {result['mAP']:.3f}  P@5 {result['P@5']:.3f}  P@10 {result['P@10']:.3f}  "
+        f"P@50 {result['P@50']:.3f}"
+    )
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,175 @@
+"""From scaled bands to one L2-normalised vector per patch.
+
+:class:`FeatureModel` owns the whole transform so that every caller embeds the
+same way: band mapping, resize, per-band normalisation (the backbone's ImageNet
+mean/std after per-band scaling to [0, 1]), the pretrained trunk, global
+average or GeM pooling, an optional learned head, and L2 normalisation.
+
+Inputs with more than three bands (all 13 Sentinel-2 bands, RGB + NIR) go
+through a first convolution *inflated* from the RGB filters: bands mapped to
+R, G, B keep those filters, the others get their mean, and all are scaled by
+3 / bands so activations keep their magnitude.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rscbir.errors import ModelError
+from rscbir.models.backbones import Backbone, first_conv
+
+# Band names recognised as (red, green, blue) when no preset says otherwise.
+# Generic names B1..Bn are deliberately absent: their meaning depends on the file.
+RGB_NAMES = [("R", "G", "B"), ("red", "green", "blue"), ("B04", "B03", "B02")]
+
+
+class Pooling(str, enum.Enum):
+    """Global pooling of the last feature map."""
+
+    AVG = "avg"
+    GEM = "gem"  # generalised mean, p = 3 (Radenovic et al. 2018)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Which scene bands a model reads, and which of them are red, green, blue.
+
+    ``bands`` are scene band names in model-input order; ``rgb`` their positions
+    (into ``bands``) that feed the pretrained R, G, B filters.
+    """
+
+    bands: tuple[str, ...]
+    rgb: tuple[int, int, int] = (0, 1, 2)
+    size: int | None = 224  # patches are resized to size x size; None keeps them
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_input(
+    scene_bands: Sequence[str],
+    rgb: Sequence[str] | None = None,
+    all_bands: bool = False,
+    size: int | None = 224,
+) -> InputSpec:
+    """The model input for a scene with ``scene_bands``.
+
+    ``rgb`` names the scene bands to treat as red, green, blue (from a preset);
+    without it a 3-band scene is taken as RGB in order and other scenes must
+    carry recognisable names (R/G/B, red/green/blue, Sentinel-2 B04/B03/B02).
+    ``all_bands`` feeds every scene band through an inflated first convolution.
+    """
+    names = list(scene_bands)
+    lower = [n.lower() for n in names]
+    if rgb is None:
+        if len(names) == 3 and not all_bands:
+            return InputSpec(tuple(names), (0, 1, 2), size)
+        for candidate in RGB_NAMES:
+            if all(c.lower() in lower for c in candidate):
+                rgb = candidate
+                break
+        else:
+            raise ModelError(
+                f"the model takes red, green and blue bands but the scene has {len(names)} bands "
+                f"({', '.join(names)}) without recognisable RGB names; pass --preset (naip, sentinel2, landsat, rgb) "
+                "or --bands with three bands in R,G,B order"
+            )
+    missing = [b for b in rgb if b.lower() not in lower]
+    if missing:
+        raise ModelError(f"RGB bands {missing} are not in the scene (bands: {', '.join(names)})")
+    if all_bands:
+        positions = tuple(lower.index(b.lower()) for b in rgb)
+        return InputSpec(tuple(names), positions, size)  # type: ignore[arg-type]
+    return InputSpec(tuple(names[lower.index(b.lower())] for b in rgb), (0, 1, 2), size)
+
+
+def inflate_first_conv(conv: nn.Conv2d, n_bands: int, rgb: Sequence[int]) -> nn.Conv2d:
+    """A copy of ``conv`` that takes ``n_bands`` inputs, built from its RGB filters.
+
+    Works for ``nn.Conv2d`` subclasses (timm's same-padding convolution) because
+    the copy keeps the class and only its weight changes.
+    """
+    weight = conv.weight.detach()
+    if weight.shape[1] != 3:
+        raise ModelError(f"cannot inflate a first convolution with {weight.shape[1]} inputs; expected 3 (RGB)")
+    inflated = weight.mean(dim=1, keepdim=True).repeat(1, n_bands, 1, 1)
+    for channel, position in enumerate(rgb):
+        inflated[:, position] = weight[:, channel]
+    new = copy.deepcopy(conv)
+    new.in_channels = n_bands
+    new.weight = nn.Parameter(inflated * 3.0 / n_bands)
+    return new
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling with a fixed exponent."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p, self.eps = p, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p).flatten(1)
+
+
+class FeatureModel(nn.Module):
+    """Scaled bands (N, bands, H, W) in [0, 1] -> L2-normalised vectors (N, dim)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        input_spec: InputSpec,
+        pooling: Pooling | str = Pooling.AVG,
+        head: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.input_spec = input_spec
+        self.pooling = Pooling(pooling)
+        self.pool = GeM() if self.pooling is Pooling.GEM else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = head
+        n_bands = len(input_spec.bands)
+        if n_bands != 3 or tuple(input_spec.rgb) != (0, 1, 2):
+            parent, attr = first_conv(backbone)
+            setattr(parent, attr, inflate_first_conv(getattr(parent, attr), n_bands, input_spec.rgb))
+        mean = torch.full((n_bands,), sum(backbone.weights.mean) / 3)
+        std = torch.full((n_bands,), sum(backbone.weights.std) / 3)
+        for channel, position in enumerate(input_spec.rgb):
+            mean[position] = backbone.weights.mean[channel]
+            std[position] = backbone.weights.std[channel]
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        if self.head is not None:
+            return int(self.head.out_features)
+        return self.backbone.channels
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize and normalise scaled bands into backbone input."""
+        if x.shape[1] != len(self.input_spec.bands):
+            raise ModelError(
+                f"model takes {len(self.input_spec.bands)} bands ({', '.join(self.input_spec.bands)}), got {x.shape[1]}"
+            )
+        size = self.input_spec.size
+        if size and x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+        return (x - self.mean) / self.std
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features before any head, not normalised (N, channels)."""
+        return self.pool(self.backbone(self.prepare(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.pooled(x)
+        if self.head is not None:
+            features = self.head(features)
+        return F.normalize(features, dim=1)

@@ -1,0 +1,365 @@
+"""Fine-tuning for retrieval: your own small FC head on a pretrained trunk.
+
+Two ways to train the head (and, with ``unfreeze``, the last trunk stages):
+
+* **supervised**, from labelled images in class folders (ImageFolder layout):
+  a linear head to a short embedding (128-d by default) followed by a cosine
+  classifier, so the embedding itself becomes class-discriminative;
+* **self-supervised**, with no labels, from patches of scenes: Tile2Vec-style
+  triplets (Jean et al. 2019) where a spatial neighbour must land closer to
+  the anchor than a distant patch.
+
+With a frozen trunk the pooled trunk features of every training image are
+computed once for all 8 flips/90-degree rotations, so each epoch costs only the
+head. Validation loss drives early stopping. The checkpoint records backbone,
+head, band mapping and normalisation; ``--weights CHECKPOINT`` loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rscbir.atomic import atomic_path
+from rscbir.errors import ModelError
+from rscbir.models.features import FeatureModel
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+
+
+class CosineClassifier(nn.Module):
+    """Logits = scale * cos(embedding, class weight): trains the embedding's angles."""
+
+    def __init__(self, dim: int, classes: int, scale: float = 16.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, dim) * 0.01)
+        self.scale = scale
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(embedding, dim=1) @ F.normalize(self.weight, dim=1).T
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of a (..., H, W) tensor (k in 0..7)."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def trunk_stages(model: FeatureModel) -> list[nn.Module]:
+    """The trunk's stages, shallow to deep, for ``unfreeze``."""
+    trunk = model.backbone.trunk
+    inner = getattr(trunk, "model", None)
+    if inner is not None and hasattr(inner, "blocks"):  # timm EfficientNet
+        return [inner.conv_stem, inner.bn1, *inner.blocks, inner.conv_head, inner.bn2]
+    return list(trunk.children())
+
+
+@dataclass
+class TrainConfig:
+    """Head training settings."""
+
+    dim: int = 128
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    patience: int = 8
+    unfreeze: int = 0  # number of last trunk stages to train too
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many optimiser steps (tests, smoke runs)
+    history: list[dict] = field(default_factory=list)
+
+
+def _pooled_views(model: FeatureModel, images: Sequence[torch.Tensor], views: int, batch: int) -> torch.Tensor:
+    """(N, views, C) pooled trunk features of each image under the first ``views`` dihedral transforms."""
+    out = []
+    with torch.inference_mode():
+        for k in range(views):
+            feats = []
+            for start in range(0, len(images), batch):
+                chunk = torch.stack([dihedral(img, k) for img in images[start : start + batch]])
+                feats.append(model.pooled(chunk.contiguous(memory_format=torch.channels_last)))
+            out.append(torch.cat(feats))
+    return torch.stack(out, dim=1)
+
+
+def train_supervised(
+    model: FeatureModel,
+    images: Sequence[torch.Tensor],
+    labels: Sequence[int],
+    classes: Sequence[str],
+    config: TrainConfig = TrainConfig(),
+    progress: Callable[[str], None] | None = None,
+) -> FeatureModel:
+    """Train a head (and optionally the last trunk stages) on labelled images.
+
+    ``images`` are scaled (bands, H, W) tensors in [0, 1]; returns ``model``
+    with ``model.head`` set to the best head on the validation split.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    labels_arr = np.asarray(labels)
+    if len(set(labels_arr.tolist())) < 2:
+        raise ModelError("supervised fine-tuning needs at least two classes")
+    train_idx, val_idx = [], []
+    for cls in np.unique(labels_arr):  # stratified split
+        members = rng.permutation(np.flatnonzero(labels_arr == cls))
+        n_val = max(1, int(round(len(members) * config.val_fraction))) if len(members) > 1 else 0
+        val_idx.extend(members[:n_val])
+        train_idx.extend(members[n_val:])
+
+    head = nn.Linear(model.backbone.channels, config.dim)
+    classifier = CosineClassifier(config.dim, len(classes))
+    params = [*head.parameters(), *classifier.parameters()]
+    stages = trunk_stages(model)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    for stage in stages[len(stages) - config.unfreeze :] if config.unfreeze else []:
+        for p in stage.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    y = torch.as_tensor(labels_arr, dtype=torch.long)
+
+    frozen = config.unfreeze == 0
+    if frozen:
+        model.eval()
+        cached = _pooled_views(model, [images[i] for i in train_idx], 8, config.batch_size)
+        cached_val = _pooled_views(model, [images[i] for i in val_idx], 1, config.batch_size)[:, 0]
+
+    def features(indices: np.ndarray, train: bool) -> torch.Tensor:
+        if frozen:
+            if train:
+                positions = torch.as_tensor(indices)
+                return cached[positions, torch.randint(0, 8, (len(indices),))]
+            return cached_val[torch.as_tensor(indices)]
+        source = train_idx if train else val_idx
+        batch = torch.stack([dihedral(images[source[i]], random.randrange(8) if train else 0) for i in indices])
+        return model.pooled(batch)
+
+    best = (float("inf"), None, None)
+    stale, steps = 0, 0
+    for epoch in range(config.epochs):
+        head.train(), classifier.train()
+        if not frozen:
+            model.backbone.train()
+        order = rng.permutation(len(train_idx))
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            logits = classifier(head(features(batch, True)))
+            loss = F.cross_entropy(logits, y[np.asarray(train_idx)[batch]])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            steps += 1
+            if config.max_steps and steps >= config.max_steps:
+                break
+        head.eval(), classifier.eval(), model.backbone.eval()
+        with torch.no_grad():
+            val = np.arange(len(val_idx))
+            val_logits = classifier(head(features(val, False))) if len(val) else None
+            val_loss = float(F.cross_entropy(val_logits, y[np.asarray(val_idx)])) if len(val) else float(loss)
+            val_acc = float((val_logits.argmax(1) == y[np.asarray(val_idx)]).float().mean()) if len(val) else float("nan")
+        config.history.append({"epoch": epoch, "train_loss": float(loss), "val_loss": val_loss, "val_acc": val_acc})
+        if progress:
+            progress(f"epoch {epoch}: train loss {float(loss):.3f}, val loss {val_loss:.3f}, val acc {val_acc:.3f}")
+        if val_loss < best[0] - 1e-4:
+            trunk_state = None if frozen else {k: v.clone() for k, v in model.backbone.state_dict().items()}
+            best, stale = (val_loss, {k: v.clone() for k, v in head.state_dict().items()}, trunk_state), 0
+        else:
+            stale += 1
+        if stale >= config.patience or (config.max_steps and steps >= config.max_steps):
+            break
+    head.load_state_dict(best[1])
+    if best[2] is not None:
+        model.backbone.load_state_dict(best[2])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.head = head.eval()
+    model.eval()
+    return model
+
+
+def train_triplets(
+    model: FeatureModel,
+    anchors: torch.Tensor,
+    neighbours: torch.Tensor,
+    config: TrainConfig = TrainConfig(),
+    margin: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+) -> FeatureModel:
+    """Self-supervised head training on pooled trunk features of spatial neighbours.
+
+    ``anchors[i]`` and ``neighbours[i]`` are (N, C) pooled features of two
+    patches that touch on the ground; distant patches are drawn at random from
+    the other anchors. Loss: triplet margin on L2-normalised head outputs.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    n = len(anchors)
+    if n < 4:
+        raise ModelError(f"self-supervised fine-tuning needs at least 4 patch pairs, got {n}")
+    n_val = max(1, int(n * config.val_fraction))
+    order = rng.permutation(n)
+    val, train = order[:n_val], order[n_val:]
+    head = nn.Linear(anchors.shape[1], config.dim)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def loss_on(idx: np.ndarray) -> torch.Tensor:
+        distant = torch.as_tensor(rng.choice(train if len(idx) > 1 else val, len(idx)))
+        a = F.normalize(head(anchors[idx]), dim=1)
+        p = F.normalize(head(neighbours[idx]), dim=1)
+        d = F.normalize(head(anchors[distant]), dim=1)
+        return F.triplet_margin_loss(a, p, d, margin=margin)
+
+    best, stale, steps = (float("inf"), None), 0, 0
+    for epoch in range(config.epochs):
+        head.train()
+        shuffled = rng.permutation(train)
+        for start in range(0, len(shuffled), config.batch_size):
+            loss = loss_on(shuffled[start : start + config.batch_size])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            steps += 1
+            if config.max_steps and steps >= config.max_steps:
+                break
+        head.eval()
+        with torch.no_grad():
+            val_loss = float(loss_on(val))
+        config.history.append({"epoch": epoch, "train_loss": float(loss), "val_loss": val_loss})
+        if progress:
+            progress(f"epoch {epoch}: train loss {float(loss):.3f}, val loss {val_loss:.3f}")
+        if val_loss < best[0] - 1e-4:
+            best, stale = (val_loss, {k: v.clone() for k, v in head.state_dict().items()}), 0
+        else:
+            stale += 1
+        if stale >= config.patience or (config.max_steps and steps >= config.max_steps):
+            break
+    head.load_state_dict(best[1])
+    model.head = head.eval()
+    return model
+
+
+# ----------------------------------------------------------------- checkpoints
+def save_checkpoint(model: FeatureModel, path: str | os.PathLike, mode: str, classes: Sequence[str] = (), history=()) -> Path:
+    """Write a fine-tuned model (atomically) for ``--weights``."""
+    if model.head is None:
+        raise ModelError("model has no trained head to save")
+    trained_trunk = any(p.requires_grad for p in model.backbone.parameters()) or mode.endswith("unfrozen")
+    payload = {
+        "rscbir_checkpoint": CHECKPOINT_VERSION,
+        "mode": mode,
+        "backbone": model.backbone.name,
+        "backbone_weights": model.backbone.weights.source,
+        "backbone_sha256": model.backbone.weights.sha256,
+        "trunk": model.backbone.trunk.state_dict() if trained_trunk else None,
+        "head": model.head.state_dict(),
+        "head_in": int(model.head.in_features),
+        "head_dim": int(model.head.out_features),
+        "input_spec": {"bands": list(model.input_spec.bands), "rgb": list(model.input_spec.rgb), "size": model.input_spec.size},
+        "pooling": model.pooling.value,
+        "mean": [float(v) for v in model.mean.flatten()],
+        "std": [float(v) for v in model.std.flatten()],
+        "classes": list(classes),
+        "history": list(history),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict | None:
+    """The checkpoint dict when ``path`` is an rscbir fine-tune checkpoint, else None."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if isinstance(obj, dict) and obj.get("rscbir_checkpoint"):
+        return obj
+    return None
+
+
+# ------------------------------------------------------------ data preparation
+def finetune_on_images(model: FeatureModel, images, config: TrainConfig = TrainConfig(), progress=None) -> FeatureModel:
+    """Supervised fine-tuning on a :class:`rscbir.evaluate.LabelledImages` set."""
+    from rscbir.evaluate import load_image
+
+    tensors = [load_image(p) for p in images.paths]
+    return train_supervised(model, tensors, images.labels.tolist(), images.classes, config, progress)
+
+
+def labelled_patches(scenes, labels_path, field_name: str, tiling, grid=None):
+    """(tensors, labels, classes) for patches lying inside labelled polygons.
+
+    A patch takes the label of the polygon that contains its centre.
+    """
+    import geopandas as gpd
+
+    from rscbir.tiling import iter_patches
+
+    try:
+        polygons = gpd.read_file(labels_path)
+    except Exception as exc:  # pyogrio raises its own DataSourceError
+        raise ModelError(f"{labels_path}: not a readable vector file ({exc})") from None
+    if field_name not in polygons.columns:
+        raise ModelError(f"{labels_path}: no field {field_name!r}; fields: {', '.join(c for c in polygons.columns if c != 'geometry')}")
+    if polygons.crs is None:
+        raise ModelError(f"{labels_path}: polygons have no CRS")
+    classes = sorted({str(v) for v in polygons[field_name].dropna()})
+    tensors, labels = [], []
+    for scene in scenes:
+        scene_grid = grid or scene.grid
+        local = polygons.to_crs(scene_grid.crs)
+        for patch in iter_patches(scene, tiling, scene_grid):
+            b = patch.record.bounds
+            centre = gpd.points_from_xy([(b.left + b.right) / 2], [(b.bottom + b.top) / 2])[0]
+            inside = local[local.contains(centre)]
+            if len(inside):
+                tensors.append(torch.from_numpy(scene.scale(patch.data)))
+                labels.append(classes.index(str(inside.iloc[0][field_name])))
+    if len(set(labels)) < 2:
+        raise ModelError(f"{labels_path}: patches fall inside polygons of fewer than two classes; check the overlap with the scenes")
+    return tensors, labels, classes
+
+
+def neighbour_pairs(model: FeatureModel, scenes, tiling, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled trunk features of horizontally or vertically adjacent patches (anchor, neighbour)."""
+    from rscbir.tiling import iter_patches
+
+    anchors, neighbours = [], []
+    with torch.inference_mode():
+        for scene in scenes:
+            keys, feats, batch = [], [], []
+            for patch in iter_patches(scene, tiling):
+                keys.append((patch.record.row, patch.record.col))
+                batch.append(torch.from_numpy(scene.scale(patch.data)))
+                if len(batch) == batch_size:
+                    feats.append(model.pooled(torch.stack(batch)))
+                    batch = []
+            if batch:
+                feats.append(model.pooled(torch.stack(batch)))
+            if not feats:
+                continue
+            table = torch.cat(feats)
+            position = {k: i for i, k in enumerate(keys)}
+            for (row, col), i in position.items():
+                for other in ((row, col + 1), (row + 1, col)):
+                    if other in position:
+                        anchors.append(table[i])
+                        neighbours.append(table[position[other]])
+    if not anchors:
+        raise ModelError("no adjacent patch pairs: use larger scenes or a smaller --patch-size")
+    return torch.stack(anchors), torch.stack(neighbours)

@@ -1,0 +1,118 @@
+"""Build the feature model that turns patches into vectors, from options or a checkpoint.
+
+The same :class:`ModelConfig` is written next to every embedding store, so a
+later query or append embeds exactly the same way, and a different model is
+recognised by its :meth:`ModelConfig.fingerprint`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from rscbir.errors import ModelError
+from rscbir.models.backbones import DEFAULT_BACKBONE, load_backbone
+from rscbir.models.features import FeatureModel, InputSpec, Pooling, resolve_input
+from rscbir.models.finetune import read_checkpoint
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides how a patch becomes a vector."""
+
+    backbone: str
+    weights: str  # file the trunk weights came from
+    weights_sha256: str
+    pooling: str
+    input_bands: tuple[str, ...]
+    rgb: tuple[int, ...]
+    input_size: int | None
+    dim: int
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+
+    def fingerprint(self) -> dict:
+        """The fields that must match for two vectors to be comparable."""
+        keys = ("backbone", "weights_sha256", "pooling", "input_bands", "rgb", "input_size", "dim", "checkpoint_sha256")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "ModelConfig":
+        doc = dict(doc)
+        doc["input_bands"], doc["rgb"] = tuple(doc["input_bands"]), tuple(doc["rgb"])
+        return cls(**doc)
+
+
+def load_feature_model(
+    scene_bands: Sequence[str],
+    backbone: str | None = None,
+    weights: str | os.PathLike | None = None,
+    rgb: Sequence[str] | None = None,
+    all_bands: bool = False,
+    input_size: int | None = 224,
+    pooling: Pooling | str = Pooling.AVG,
+) -> tuple[FeatureModel, ModelConfig]:
+    """The feature model for a scene with ``scene_bands``, and its config.
+
+    ``weights`` may be a plain state dict for ``backbone`` or a checkpoint
+    written by ``rscbir finetune`` (which then fixes backbone, head, bands and
+    pooling). Raises :class:`ModelError` when the scene lacks the bands the
+    model needs.
+    """
+    checkpoint = read_checkpoint(weights) if weights is not None else None
+    if checkpoint is None:
+        trunk = load_backbone(backbone or DEFAULT_BACKBONE, weights)
+        spec = resolve_input(scene_bands, rgb, all_bands, input_size)
+        model = FeatureModel(trunk, spec, pooling).eval()
+        ckpt_path = ckpt_sha = None
+    else:
+        if backbone and backbone != checkpoint["backbone"]:
+            raise ModelError(f"{weights}: checkpoint was trained on {checkpoint['backbone']}, not {backbone}")
+        trunk = load_backbone(checkpoint["backbone"])
+        if checkpoint["trunk"] is None and trunk.weights.sha256 != checkpoint["backbone_sha256"]:
+            raise ModelError(f"{weights}: checkpoint was trained on other {checkpoint['backbone']} weights than those installed")
+        saved = checkpoint["input_spec"]
+        missing = [b for b in saved["bands"] if b not in scene_bands]
+        if missing:
+            raise ModelError(
+                f"{weights}: model was trained on bands {', '.join(saved['bands'])}; the scene lacks {', '.join(missing)} "
+                f"(it has {', '.join(scene_bands)}); pass --preset or --bands to name them"
+            )
+        spec = InputSpec(tuple(saved["bands"]), tuple(saved["rgb"]), saved["size"])  # type: ignore[arg-type]
+        head = nn.Linear(checkpoint["head_in"], checkpoint["head_dim"])
+        head.load_state_dict(checkpoint["head"])
+        model = FeatureModel(trunk, spec, checkpoint["pooling"], head.eval())
+        if checkpoint["trunk"] is not None:
+            model.backbone.trunk.load_state_dict(checkpoint["trunk"])
+        model.eval()
+        from rscbir.models.backbones import file_sha256
+
+        ckpt_path, ckpt_sha = str(weights), file_sha256(weights)  # type: ignore[arg-type]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = ModelConfig(
+        backbone=model.backbone.name,
+        weights=model.backbone.weights.source,
+        weights_sha256=model.backbone.weights.sha256,
+        pooling=model.pooling.value,
+        input_bands=tuple(model.input_spec.bands),
+        rgb=tuple(model.input_spec.rgb),
+        input_size=model.input_spec.size,
+        dim=model.dim,
+        checkpoint=ckpt_path,
+        checkpoint_sha256=ckpt_sha,
+    )
+    return model, config
+
+
+def configure_threads() -> None:
+    """Use every core for intra-op work; inference on CPU is compute-bound."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))

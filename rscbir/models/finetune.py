@@ -172,9 +172,9 @@ def train_supervised(
             val_logits = classifier(head(features(val, False))) if len(val) else None
             val_loss = float(F.cross_entropy(val_logits, y[np.asarray(val_idx)])) if len(val) else float(loss)
             val_acc = float((val_logits.argmax(1) == y[np.asarray(val_idx)]).float().mean()) if len(val) else float("nan")
-        config.history.append({"epoch": epoch, "train_loss": float(loss), "val_loss": val_loss, "val_acc": val_acc})
+        config.history.append({"epoch": epoch, "train_loss": loss.item(), "val_loss": val_loss, "val_acc": val_acc})
         if progress:
-            progress(f"epoch {epoch}: train loss {float(loss):.3f}, val loss {val_loss:.3f}, val acc {val_acc:.3f}")
+            progress(f"epoch {epoch}: train loss {loss.item():.3f}, val loss {val_loss:.3f}, val acc {val_acc:.3f}")
         if val_loss < best[0] - 1e-4:
             trunk_state = None if frozen else {k: v.clone() for k, v in model.backbone.state_dict().items()}
             best, stale = (val_loss, {k: v.clone() for k, v in head.state_dict().items()}, trunk_state), 0
@@ -239,9 +239,9 @@ def train_triplets(
         head.eval()
         with torch.no_grad():
             val_loss = float(loss_on(val))
-        config.history.append({"epoch": epoch, "train_loss": float(loss), "val_loss": val_loss})
+        config.history.append({"epoch": epoch, "train_loss": loss.item(), "val_loss": val_loss})
         if progress:
-            progress(f"epoch {epoch}: train loss {float(loss):.3f}, val loss {val_loss:.3f}")
+            progress(f"epoch {epoch}: train loss {loss.item():.3f}, val loss {val_loss:.3f}")
         if val_loss < best[0] - 1e-4:
             best, stale = (val_loss, {k: v.clone() for k, v in head.state_dict().items()}), 0
         else:

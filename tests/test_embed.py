@@ -1,0 +1,181 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import write_raster
+from rscbir.cli import cli
+from rscbir.embed import EmbeddingStore, EmbedOptions, embed_scenes
+from rscbir.evaluate import LabelledImages, retrieval_metrics
+from rscbir.models import finetune as ft
+from rscbir.models.load import load_feature_model
+from rscbir.models.whitening import PCAWhitening
+from rscbir.scene import Scene
+from rscbir.tiling import TilingConfig
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return load_feature_model(["R", "G", "B"], input_size=32)
+
+
+@pytest.fixture
+def naip_like(tmp_path):
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 256, (4, 96, 128), dtype=np.uint8)
+    return write_raster(tmp_path / "naip_20190704.tif", data, nodata=0)
+
+
+def test_store_rows_match_catalog(tmp_path, naip_like, small_model):
+    model, config = small_model
+    scene = Scene.open(naip_like, band_names=["R", "G", "B", "NIR"]).select(["R", "G", "B"])
+    store = embed_scenes([scene], tmp_path / "emb", model, config, TilingConfig(32), options=EmbedOptions(batch_size=5, workers=0))
+    assert len(store.catalog) == len(store.vectors) == 12
+    assert list(store.catalog["patch_id"]) == [f"naip_20190704:{r}:{c}" for r in range(3) for c in range(4)]
+    np.testing.assert_allclose(np.linalg.norm(store.vectors.astype(np.float32), axis=1), 1, atol=2e-3)
+    # vector i is the embedding of catalog row i
+    with scene.reader() as reader:
+        from rasterio.windows import Window
+
+        row = store.catalog.iloc[7]
+        patch = reader.read(Window(row.col_off, row.row_off, 32, 32))
+    with torch.inference_mode():
+        direct = model(torch.from_numpy(scene.scale(patch))[None]).numpy()[0]
+    np.testing.assert_allclose(store.vectors[7].astype(np.float32), direct, atol=2e-3)
+    assert store.model_config.weights_sha256 == config.weights_sha256
+    assert sorted(p.name for p in store.path.iterdir()) == ["catalog.parquet", "model.json", "vectors.npy"]
+
+
+def test_worker_processes_give_the_same_store(tmp_path, naip_like, small_model):
+    model, config = small_model
+    scene = Scene.open(naip_like, band_names=["R", "G", "B", "NIR"]).select(["R", "G", "B"])
+    a = embed_scenes([scene], tmp_path / "a", model, config, TilingConfig(32), options=EmbedOptions(4, workers=0))
+    b = embed_scenes([scene], tmp_path / "b", model, config, TilingConfig(32), options=EmbedOptions(4, workers=2))
+    assert list(a.catalog["patch_id"]) == list(b.catalog["patch_id"])
+    np.testing.assert_allclose(a.vectors.astype(np.float32), b.vectors.astype(np.float32), atol=1e-3)
+
+
+def test_pca_dim_is_stored(tmp_path, naip_like, small_model):
+    model, config = small_model
+    scene = Scene.open(naip_like, band_names=["R", "G", "B", "NIR"]).select(["R", "G", "B"])
+    store = embed_scenes([scene], tmp_path / "p", model, config, TilingConfig(16), options=EmbedOptions(dim=8, dtype="float32", workers=0))
+    assert store.vectors.shape == (48, 8) and store.meta["pca_dim"] == 8
+    assert store.pca.dim == 8
+
+
+def test_embed_cli_with_preset(tmp_path, naip_like):
+    out = tmp_path / "emb"
+    result = CliRunner().invoke(cli, ["embed", str(naip_like), "--preset", "naip", "--patch-size", "32",
+                                      "--input-size", "32", "--workers", "0", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model"]["input_bands"] == ["R", "G", "B"] and meta["model"]["backbone"] == "efficientnet_lite0"
+    assert EmbeddingStore.open(out).vectors.shape == (12, 1280)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet1000"], "unknown backbone"),
+        (["--weights", "missing.pth"], "weights file not found"),
+        ([], "without recognisable RGB names"),  # 4 unnamed bands, no preset
+        (["--preset", "nope"], "unknown preset"),
+    ],
+)
+def test_embed_cli_errors(tmp_path, naip_like, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["embed", str(naip_like), "--patch-size", "32", *args, "-o", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_failed_embed_keeps_previous_store(tmp_path, naip_like, small_model, monkeypatch):
+    model, config = small_model
+    scene = Scene.open(naip_like, band_names=["R", "G", "B", "NIR"]).select(["R", "G", "B"])
+    store = embed_scenes([scene], tmp_path / "emb", model, config, TilingConfig(32), options=EmbedOptions(workers=0))
+    before = (tmp_path / "emb" / "vectors.npy").read_bytes()
+    monkeypatch.setattr("rscbir.embed.records_to_frame", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        embed_scenes([scene], tmp_path / "emb", model, config, TilingConfig(16), options=EmbedOptions(workers=0))
+    assert (tmp_path / "emb" / "vectors.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert len(store.vectors) == 12
+
+
+def test_retrieval_metrics_by_hand():
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    perfect = retrieval_metrics(vectors, np.array([0, 0, 1, 1]), ks=(1,))
+    assert perfect["mAP"] == 1.0 and perfect["P@1"] == 1.0
+    swapped = retrieval_metrics(vectors, np.array([0, 1, 0, 1]), ks=(1,))
+    # a and c find their mate 3rd of 3 (AP 1/3); b and d find it 2nd (b.d = 0.22 > b.c = 0.11; AP 1/2)
+    assert swapped["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 3 + 1 / 2) / 4) and swapped["P@1"] == 0.0
+
+
+def test_pca_whitening_recovers_low_rank_structure():
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(4, 32))
+    vectors = rng.normal(size=(200, 4)) @ basis + 0.01 * rng.normal(size=(200, 32))
+    for power in (0.0, 0.5):
+        pca = PCAWhitening.fit(vectors, 4, power)
+        out = pca.transform(vectors)
+        assert out.shape == (200, 4)
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+
+
+def _image_folder(root, n=6, size=40):
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30))):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_two_finetune_steps_change_head_and_checkpoint_round_trips(tmp_path):
+    images = LabelledImages.scan(_image_folder(tmp_path / "imgs"))
+    model, _ = load_feature_model(["R", "G", "B"], input_size=32)
+    torch.manual_seed(0)
+    initial = torch.nn.Linear(1280, 16)
+    config = ft.TrainConfig(dim=16, epochs=1, max_steps=2, batch_size=4, val_fraction=0.34)
+    torch.manual_seed(0)
+    model = ft.finetune_on_images(model, images, config)
+    assert model.head is not None and not torch.allclose(model.head.weight, initial.weight)
+    path = ft.save_checkpoint(model, tmp_path / "head.pt", "supervised-images", images.classes, config.history)
+    loaded, loaded_config = load_feature_model(["R", "G", "B"], weights=path)
+    x = torch.rand(2, 3, 40, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert loaded_config.dim == 16 and loaded_config.checkpoint == str(path)
+    with pytest.raises(Exception, match="trained on bands R, G, B"):
+        load_feature_model(["B1", "B2"], weights=path)
+
+
+def test_finetune_and_eval_cli(tmp_path):
+    root = _image_folder(tmp_path / "imgs")
+    ckpt = tmp_path / "head.pt"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["-q", "finetune", str(root), "--half", "first", "--dim", "8", "--epochs", "2",
+                                 "--input-size", "32", "-o", str(ckpt)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["eval", "retrieval", str(root), "--half", "second", "--weights", str(ckpt),
+                                 "--json", str(tmp_path / "r.json")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["dim"] == 8 and report["queries"] == 6 and 0 <= report["mAP"] <= 1
+
+
+def test_self_supervised_finetune_cli(tmp_path, naip_like):
+    ckpt = tmp_path / "ssl.pt"
+    result = CliRunner().invoke(cli, ["-q", "finetune", str(naip_like), "--preset", "naip", "--self-supervised",
+                                      "--patch-size", "16", "--input-size", "32", "--dim", "8", "--epochs", "2",
+                                      "-o", str(ckpt)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "self-supervised-triplets" in result.output
+    model, config = load_feature_model(["R", "G", "B", "NIR"], weights=ckpt)
+    assert config.dim == 8

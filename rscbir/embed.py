@@ -37,6 +37,7 @@ from rscbir.errors import OutputError, RscbirError
 from rscbir.grid import Grid
 from rscbir.models.features import FeatureModel
 from rscbir.models.load import ModelConfig
+from rscbir.models.runtime import forward_for
 from rscbir.models.whitening import PCAWhitening
 from rscbir.scene import Scene
 from rscbir.tiling import TilingConfig, aligned_grid, iter_patches, make_record, patch_layout
@@ -65,8 +66,9 @@ class PatchStream(IterableDataset):
 class EmbedOptions:
     """How to run inference."""
 
-    batch_size: int = 64
-    workers: int = 1
+    batch_size: int = 16  # larger batches run slower on small CPUs (cache), see benchmarks/results.md
+    workers: int | None = None  # reader processes; None: 0 on <= 2 cores (they only steal CPU there), else 2
+    runtime: str = "auto"
     dtype: str = "float16"
     dim: int | None = None  # PCA to this many dimensions
     whiten: float = 0.0  # whitening power: 0 centred PCA, 0.5 full whitening
@@ -74,13 +76,12 @@ class EmbedOptions:
     progress: bool = False
 
 
-def embed_batches(model: FeatureModel, loader: DataLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def embed_batches(forward, loader: DataLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (keys (B, 3) row/col/nodata, vectors (B, dim) float32) per batch."""
-    with torch.inference_mode():
-        for rows, cols, nodata, x in loader:
-            vectors = model(x.contiguous(memory_format=torch.channels_last)).float().numpy()
-            keys = np.stack([rows.numpy(), cols.numpy(), nodata.numpy()], axis=1)
-            yield keys, vectors
+    for rows, cols, nodata, x in loader:
+        vectors = forward(x).float().numpy()
+        keys = np.stack([rows.numpy(), cols.numpy(), nodata.numpy()], axis=1)
+        yield keys, vectors
 
 
 def embed_scenes(
@@ -102,7 +103,7 @@ def embed_scenes(
         raise OutputError(f"{output}: exists and is not an embedding store; choose a new folder")
     if not output.parent.exists():
         raise OutputError(f"{output}: parent folder {output.parent} does not exist")
-    model.eval().to(memory_format=torch.channels_last)
+    forward = forward_for(model, options.runtime)
     grid = aligned_grid(scenes) if align else None
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     umask = os.umask(0)
@@ -117,8 +118,9 @@ def embed_scenes(
                 if scene.scaling.mode.value == "percentile":
                     scene.band_stats()  # once, before workers fork, so all share it
                 stream = PatchStream(scene, scene_grid, tiling, options.resampling)
-                loader = DataLoader(stream, batch_size=options.batch_size, num_workers=options.workers)
-                batches = embed_batches(model, loader)
+                workers = options.workers if options.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
+                loader = DataLoader(stream, batch_size=options.batch_size, num_workers=workers)
+                batches = embed_batches(forward, loader)
                 if options.progress:
                     from tqdm import tqdm
 

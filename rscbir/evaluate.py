@@ -70,14 +70,18 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def embed_images(model: FeatureModel, paths: Sequence[Path], batch_size: int = 32) -> np.ndarray:
-    """(N, dim) vectors of image files, in order."""
+def embed_images(model: FeatureModel, paths: Sequence[Path], batch_size: int = 16, runtime: str = "auto") -> np.ndarray:
+    """(N, dim) vectors of image files, in order (images of one size batch together)."""
+    from rscbir.models.runtime import forward_for
+
+    forward = forward_for(model, runtime)
     out = []
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(paths), batch_size):
-            batch = torch.stack([load_image(p) for p in paths[start : start + batch_size]])
-            out.append(model(batch.contiguous(memory_format=torch.channels_last)).float().numpy())
+    for start in range(0, len(paths), batch_size):
+        batch = [load_image(p) for p in paths[start : start + batch_size]]
+        if len({tuple(t.shape) for t in batch}) == 1:
+            out.append(forward(torch.stack(batch)).float().numpy())
+        else:
+            out.extend(forward(t[None]).float().numpy() for t in batch)
     return np.concatenate(out)
 
 

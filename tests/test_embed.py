@@ -179,3 +179,36 @@ def test_self_supervised_finetune_cli(tmp_path, naip_like):
     assert "self-supervised-triplets" in result.output
     model, config = load_feature_model(["R", "G", "B", "NIR"], weights=ckpt)
     assert config.dim == 8
+
+
+def test_supervised_finetune_from_labelled_polygons(tmp_path):
+    """Patches take the class of the polygon holding their centre (left half water, right half field)."""
+    import geopandas as gpd
+    import shapely
+
+    data = np.zeros((3, 64, 128), np.uint8)
+    data[:, :, :64] = (20, 40, 120)  # blue-ish left
+    data[:, :, 64:] = (90, 160, 40)  # green-ish right
+    data += np.random.default_rng(0).integers(1, 20, data.shape, dtype=np.uint8)
+    scene_path = write_raster(tmp_path / "fields.tif", data, nodata=0)
+    scene = Scene.open(scene_path)
+    left, bottom, right, top = scene.grid.bounds
+    middle = (left + right) / 2
+    polygons = gpd.GeoDataFrame(
+        {"crop": ["water", "field"]},
+        geometry=[shapely.box(left, bottom, middle, top), shapely.box(middle, bottom, right, top)],
+        crs=scene.grid.crs,
+    ).to_crs(4326)
+    labels = tmp_path / "labels.geojson"
+    polygons.to_file(labels)
+    tensors, targets, classes = ft.labelled_patches([scene], labels, "crop", TilingConfig(16))
+    assert classes == ["field", "water"] and len(tensors) == 32
+    assert targets.count(classes.index("water")) == 16
+    result = CliRunner().invoke(cli, ["-q", "finetune", str(scene_path), "--preset", "rgb", "--labels", str(labels),
+                                      "--label-field", "crop", "--patch-size", "16", "--input-size", "32", "--dim", "8",
+                                      "--epochs", "2", "-o", str(tmp_path / "crop.pt")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "supervised-polygons" in result.output
+    bad = CliRunner().invoke(cli, ["finetune", str(scene_path), "--preset", "rgb", "--labels", str(labels),
+                                   "--label-field", "nope", "-o", str(tmp_path / "x.pt")])  # fmt: skip
+    assert bad.exit_code == 2 and "no field 'nope'" in bad.output

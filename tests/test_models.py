@@ -161,3 +161,14 @@ def test_imagenet_features_separate_rsscn7_far_above_random_weights(real_data):
             module.reset_parameters()
     random = retrieval_metrics(embed_images(random_model, images.paths), images.labels)["mAP"]
     assert pretrained > 0.45 and pretrained > random + 0.08
+
+
+def test_onnx_runtime_gives_the_same_vectors(lite0):
+    pytest.importorskip("onnxruntime")
+    from rscbir.models.runtime import forward_for
+
+    model = FeatureModel(lite0, InputSpec(("R", "G", "B"), size=64)).eval()
+    x = torch.rand(5, 3, 40, 40, generator=torch.Generator().manual_seed(3))
+    torch_vectors = forward_for(model, "torch")(x)
+    onnx_vectors = forward_for(model, "onnx")(x)
+    torch.testing.assert_close(onnx_vectors, torch_vectors, atol=1e-4, rtol=1e-3)

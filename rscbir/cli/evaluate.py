@@ -27,7 +27,7 @@ Example:
               help="Evaluate on this stratified half only (the other half trained a head).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the half split (as in finetune).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures here.")
-def retrieval(folder, backbone, weights, all_bands, pooling, input_size, dim, whiten, half, seed, json_path):
+def retrieval(folder, backbone, weights, all_bands, pooling, input_size, runtime, dim, whiten, half, seed, json_path):
     """Every image of DIR (one sub-folder per class) queries the rest: mAP, P@5, P@10, P@50."""
     import time
 
@@ -42,7 +42,7 @@ def retrieval(folder, backbone, weights, all_bands, pooling, input_size, dim, wh
         images = images.halves(seed)[0 if half == "first" else 1]
     model, config = load_feature_model(["R", "G", "B"], backbone=backbone, weights=weights, input_size=input_size or None, pooling=pooling)
     start = time.perf_counter()
-    vectors = embed_images(model, images.paths)
+    vectors = embed_images(model, images.paths, runtime=runtime)
     seconds = time.perf_counter() - start
     if dim:
         vectors = PCAWhitening.fit(vectors, dim, whiten).transform(vectors)
@@ -57,6 +57,7 @@ def retrieval(folder, backbone, weights, all_bands, pooling, input_size, dim, wh
         "dim": int(vectors.shape[1]),
         "whiten_power": whiten if dim else None,
         "images_per_second": len(images.paths) / seconds,
+        "runtime": runtime,
     }
     click.echo(
         f"{config.backbone} ({'checkpoint' if config.checkpoint else 'pretrained'}, {result['dim']}-d, {pooling}) on "

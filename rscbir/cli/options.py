@@ -90,8 +90,12 @@ input_size_opt = click.option("--input-size", type=int, default=224, show_defaul
                               help="Patches are resized to this many pixels per side before the CNN (0: keep).")  # fmt: skip
 
 
+runtime_opt = click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+                           help="Forward pass on PyTorch or ONNX Runtime (auto: ONNX Runtime when installed; same vectors).")  # fmt: skip
+
+
 def model_options(func):
-    for option in reversed([model_opt, weights_opt, all_bands_opt, pooling_opt, input_size_opt]):
+    for option in reversed([model_opt, weights_opt, all_bands_opt, pooling_opt, input_size_opt, runtime_opt]):
         func = option(func)
     return func
 

@@ -153,8 +153,8 @@ class FeatureModel(nn.Module):
             return int(self.head.out_features)
         return self.backbone.channels
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Resize and normalise scaled bands into backbone input."""
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the band count and resize to the model's input size."""
         if x.shape[1] != len(self.input_spec.bands):
             raise ModelError(
                 f"model takes {len(self.input_spec.bands)} bands ({', '.join(self.input_spec.bands)}), got {x.shape[1]}"
@@ -162,7 +162,12 @@ class FeatureModel(nn.Module):
         size = self.input_spec.size
         if size and x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-        return (x - self.mean) / self.std
+        return x
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize and normalise scaled bands into backbone input."""
+        x = (self.resize(x) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features before any head, not normalised (N, channels)."""

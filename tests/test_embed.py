@@ -187,8 +187,8 @@ def test_supervised_finetune_from_labelled_polygons(tmp_path):
     import shapely
 
     data = np.zeros((3, 64, 128), np.uint8)
-    data[:, :, :64] = (20, 40, 120)  # blue-ish left
-    data[:, :, 64:] = (90, 160, 40)  # green-ish right
+    data[:, :, :64] = np.array([20, 40, 120], np.uint8)[:, None, None]  # blue-ish left
+    data[:, :, 64:] = np.array([90, 160, 40], np.uint8)[:, None, None]  # green-ish right
     data += np.random.default_rng(0).integers(1, 20, data.shape, dtype=np.uint8)
     scene_path = write_raster(tmp_path / "fields.tif", data, nodata=0)
     scene = Scene.open(scene_path)

@@ -92,11 +92,13 @@ def embed_scenes(
     tiling: TilingConfig = TilingConfig(),
     align: bool = False,
     options: EmbedOptions = EmbedOptions(),
+    grid: Grid | None = None,
 ) -> "EmbeddingStore":
     """Tile, embed and store every patch of ``scenes`` in the folder ``output``.
 
     With ``align`` all scenes are read onto their common grid, so the vectors of
-    the same (row, col) describe the same ground in every date.
+    the same (row, col) describe the same ground in every date; ``grid`` names
+    that grid explicitly (e.g. one shared with scenes embedded elsewhere).
     """
     output = Path(output)
     if output.exists() and not (output / "model.json").exists() and any(output.iterdir()):
@@ -104,7 +106,8 @@ def embed_scenes(
     if not output.parent.exists():
         raise OutputError(f"{output}: parent folder {output.parent} does not exist")
     forward = forward_for(model, options.runtime)
-    grid = aligned_grid(scenes) if align else None
+    if grid is None and align:
+        grid = aligned_grid(scenes)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -166,17 +169,7 @@ def embed_scenes(
             "dtype": options.dtype,
             "tiling": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(tiling).items()},
             "aligned": bool(align),
-            "scenes": [
-                {
-                    "scene_id": s.scene_id,
-                    "location": s.location,
-                    "date": s.date.isoformat() if s.date else None,
-                    "bands": s.band_names,
-                    "scaling": {"mode": s.scaling.mode.value, "divisor": s.scaling.divisor, "low": s.scaling.low, "high": s.scaling.high},
-                    "band_stats": s.band_stats().tolist() if s.scaling.mode.value == "percentile" else None,
-                }
-                for s in scenes
-            ],
+            "scenes": [s.to_dict() for s in scenes],
         }
         (work / "model.json").write_text(json.dumps(meta, indent=2))
         for path in work.iterdir():

@@ -43,3 +43,15 @@ class ModelError(RscbirError, ValueError):
 
 class WeightsError(RscbirError, FileNotFoundError):
     """Pretrained weights are missing, corrupt, or do not fit the architecture."""
+
+
+class IndexFileError(RscbirError, ValueError):
+    """An index folder is missing, empty, corrupt or cannot hold what was asked."""
+
+
+class ModelMismatchError(RscbirError, ValueError):
+    """An index was built with another model, weights, bands or tiling than this run."""
+
+
+class QueryError(RscbirError, ValueError):
+    """A query cannot be answered: point outside every scene, unknown date or scene."""

@@ -207,6 +207,34 @@ class Scene:
         """Value used for pixels outside the data (padding, reprojection edges)."""
         return 0 if self.nodata is None else self.nodata
 
+    def to_dict(self) -> dict:
+        """A JSON-able record from which :meth:`from_dict` reopens exactly this scene."""
+        scaling = self.scaling
+        return {
+            "scene_id": self.scene_id,
+            "location": self.location,
+            "date": self.date.isoformat() if self.date else None,
+            "bands": self.band_names,
+            "sources": [[s.path, s.index, s.name] for s in self.sources],
+            "scaling": {"mode": scaling.mode.value, "divisor": scaling.divisor, "low": scaling.low, "high": scaling.high},
+            "band_stats": self.band_stats().tolist() if scaling.mode is ScalingMode.PERCENTILE else None,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Scene":
+        """Reopen a scene recorded by :meth:`to_dict` (same files, bands, scaling and statistics)."""
+        base = cls.open(doc["location"], date=doc.get("date"), scene_id=doc["scene_id"])
+        sources = [BandSource(path, int(index), name) for path, index, name in doc["sources"]]
+        missing = [s.path for s in sources if not Path(s.path).is_file()]
+        if missing:
+            raise InvalidSceneError(f"{missing[0]}: file recorded for scene {doc['scene_id']!r} is missing")
+        rule = doc.get("scaling") or {}
+        scaling = Scaling(ScalingMode(rule.get("mode", "auto")), rule.get("divisor", 255.0), rule.get("low", 2.0), rule.get("high", 98.0))
+        stats = np.asarray(doc["band_stats"], dtype=np.float64) if doc.get("band_stats") else None
+        from dataclasses import replace
+
+        return replace(base, sources=sources, scaling=scaling.resolve(base.dtype), _stats=stats)
+
     def select(self, bands: Sequence[str | int]) -> "Scene":
         """A copy of this scene restricted to ``bands`` (names or 1-based indexes), in that order."""
         from dataclasses import replace

@@ -3,14 +3,18 @@
 from rscbir.cli.embed import embed
 from rscbir.cli.evaluate import eval_group
 from rscbir.cli.finetune import finetune
+from rscbir.cli.index import index
 from rscbir.cli.info import info
+from rscbir.cli.query import query
 from rscbir.cli.main import cli
 from rscbir.cli.tile import tile
 
 cli.add_command(embed)
 cli.add_command(eval_group)
 cli.add_command(finetune)
+cli.add_command(index)
 cli.add_command(info)
+cli.add_command(query)
 cli.add_command(tile)
 
 __all__ = ["cli"]

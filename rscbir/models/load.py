@@ -113,6 +113,36 @@ def load_feature_model(
     return model, config
 
 
+def model_from_config(config: ModelConfig) -> FeatureModel:
+    """The feature model an index or store recorded, verified by weights hash.
+
+    The installed default weights are used when their hash matches (the venv
+    may have moved); otherwise the recorded file, which must still hash the same.
+    """
+    from rscbir.errors import ModelMismatchError, WeightsError
+    from rscbir.models.backbones import BACKBONES, file_sha256
+
+    bands = list(config.input_bands)
+    rgb_names = [bands[i] for i in config.rgb]
+    all_bands = len(bands) != 3 or tuple(config.rgb) != (0, 1, 2)
+    if config.checkpoint:
+        if not Path(config.checkpoint).is_file() or file_sha256(config.checkpoint) != config.checkpoint_sha256:
+            raise ModelMismatchError(f"the fine-tuned checkpoint {config.checkpoint} recorded with this index is missing or changed")
+        model, _ = load_feature_model(bands, weights=config.checkpoint)
+        return model
+    weights: str | None = config.weights
+    try:
+        default_path, _ = BACKBONES[config.backbone].default_weights()
+        if file_sha256(default_path) == config.weights_sha256:
+            weights = None
+    except WeightsError:
+        pass
+    if weights is not None and (not Path(weights).is_file() or file_sha256(weights) != config.weights_sha256):
+        raise ModelMismatchError(f"the {config.backbone} weights {config.weights} recorded with this index are missing or changed")
+    model, _ = load_feature_model(bands, config.backbone, weights, rgb_names, all_bands, config.input_size, config.pooling)
+    return model
+
+
 def configure_threads() -> None:
     """Use every core for intra-op work; inference on CPU is compute-bound."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))

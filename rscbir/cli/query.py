@@ -1,0 +1,70 @@
+"""``rscbir query``: where else does it look like this?"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  rscbir query out/naip_index --lonlat -99.0630 47.0220 -k 10 --exclude-radius 500 -o out/hits.geojson
+  rscbir query out/naip_index --image chip.png --date 20200831 --format csv
+  rscbir query out/naip_index --xy 487500 5207500 --crs EPSG:26914 --preview out/hits.png --html out/hits.html""",
+)
+@click.argument("index_dir", type=click.Path(file_okay=False), metavar="INDEX_DIR")
+@click.option("--image", type=click.Path(dir_okay=False), help="Query by an example chip: PNG/JPEG (RGB) or GeoTIFF with the index's bands.")
+@click.option("--lonlat", type=float, nargs=2, metavar="LON LAT", help="Query by the indexed patch covering this point.")
+@click.option("--xy", type=float, nargs=2, metavar="X Y", help="Like --lonlat, in the CRS given by --crs.")
+@click.option("--crs", default=None, help="CRS of --xy, e.g. EPSG:26914.")
+@click.option("--patch-id", default=None, help="Query by an indexed patch id (scene:row:col).")
+@click.option("--query-date", default=None, metavar="YYYYMMDD", help="Date of the query patch for --lonlat/--xy (default: --date if one, else the latest).")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results.")
+@click.option("--bbox", type=float, nargs=4, metavar="W S E N", help="Only results intersecting this lon/lat box.")
+@click.option("--date", "dates", multiple=True, metavar="YYYYMMDD", help="Only results of this date (repeatable).")
+@click.option("--scene", "scenes", multiple=True, help="Only results of this scene id (repeatable).")
+@click.option("--exclude-radius", type=float, default=None, metavar="METRES", help="Drop results within this distance of the query patch.")
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
+@click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True)
+@click.option("--preview", type=click.Path(dir_okay=False), help="PNG contact sheet of the query and the hits.")
+@click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the hits (folium).")
+def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, dates, scenes, exclude_radius, output, fmt, preview, html):
+    """Find the patches of INDEX_DIR most like an example: an image chip, the
+    patch under a point, or an indexed patch. Results are ranked by cosine
+    similarity, as GeoJSON in EPSG:4326 (or CSV)."""
+    import json
+
+    from rscbir import export
+    from rscbir.index import Index
+    from rscbir.models.load import configure_threads
+    from rscbir.query import Filters
+
+    given = [name for name, value in (("--image", image), ("--lonlat", lonlat), ("--xy", xy), ("--patch-id", patch_id)) if value]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --image, --lonlat, --xy or --patch-id")
+    if xy and not crs:
+        raise click.UsageError("--xy needs --crs (e.g. --crs EPSG:26914)")
+    if k < 1:
+        raise click.BadParameter("must be at least 1", param_hint="-k")
+    configure_threads()
+    opened = Index.open(index_dir)
+    filters = dict(bbox=tuple(bbox) if bbox else None, dates=tuple(dates), scenes=tuple(scenes), exclude_radius=exclude_radius)
+    Filters(**filters)
+    when = query_date or (dates[0] if len(dates) == 1 else None)
+    if image:
+        result = opened.query_image(image, k, **filters)
+    elif lonlat:
+        result = opened.query_point(lonlat[0], lonlat[1], k, when, **filters)
+    elif xy:
+        result = opened.query_xy(xy[0], xy[1], crs, k, when, **filters)
+    else:
+        result = opened.query_patch(patch_id, k, **filters)
+    text = json.dumps(export.to_geojson(result)) if fmt == "geojson" else export.to_csv(result)
+    export.write_text(text, output)
+    if preview:
+        export.contact_sheet(opened, result, preview, query_image=image)
+    if html:
+        export.leaflet_map(result, html)
+    if output not in (None, "-"):
+        best = f", best score {result.hits['score'].iloc[0]:.3f}" if len(result.hits) else ""
+        click.echo(f"wrote {len(result.hits)} results to {output}{best}", err=True)

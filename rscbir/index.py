@@ -1,0 +1,417 @@
+"""The on-disk index folder: patch catalog + embeddings + FAISS index, written atomically.
+
+Layout of ``INDEX_DIR``::
+
+    index.json               manifest: model fingerprint, tiling, scenes, the files of the current generation
+    catalog-000003.parquet   patch rows; row i <-> vector i <-> FAISS id i
+    vectors-000003.npy       (N, dim) embeddings, kept for appends, exact re-ranking and query by patch
+    faiss-000003.index       the FAISS index (inner product on L2-normalised vectors = cosine)
+    .staging/                per-scene embedding stores of a run in progress (resume)
+
+Every change writes a new generation of files, fsyncs them, and only then
+replaces ``index.json`` (temporary file + rename). A kill -9 at any moment
+therefore leaves the previous complete index readable; the next run reuses
+every scene already embedded into ``.staging/`` and completes the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from rscbir.atomic import atomic_path
+from rscbir.catalog import read_catalog
+from rscbir.embed import EmbeddingStore, EmbedOptions, embed_scenes
+from rscbir.errors import IndexFileError, ModelMismatchError, RscbirError
+from rscbir.grid import Grid, common_grid
+from rscbir.models.features import FeatureModel
+from rscbir.models.load import ModelConfig
+from rscbir.scene import Scene
+from rscbir.tiling import TilingConfig, aligned_grid
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "index.json"
+FORMAT = "rscbir-index"
+VERSION = 1
+EXACT_LIMIT = 100_000  # up to this many vectors "auto" keeps exact search
+
+
+def auto_index_type(count: int) -> str:
+    """FAISS factory string for ``count`` vectors: exact up to 100k, HNSW beyond."""
+    return "Flat" if count <= EXACT_LIMIT else "HNSW32"
+
+
+def build_faiss(vectors: np.ndarray, factory: str, chunk: int = 65536) -> faiss.Index:
+    """A FAISS index (inner product) over float vectors, trained when the type needs it."""
+    n, dim = vectors.shape
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexFileError(f"FAISS cannot build index type {factory!r} ({str(exc).splitlines()[-1]}); try Flat, HNSW32 or IVF1024,PQ32") from None
+    if not index.is_trained:
+        needed = faiss.extract_index_ivf(index).nlist if "IVF" in factory else 256
+        if n < needed:
+            raise IndexFileError(f"index type {factory!r} needs at least {needed} vectors to train, the index has {n}; use Flat")
+        sample = vectors[np.sort(np.random.default_rng(0).permutation(n)[:200_000])]
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for start in range(0, n, chunk):
+        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
+    tune_search(index)
+    return index
+
+
+def tune_search(index: faiss.Index) -> None:
+    """Search-time knobs for recall >= 0.95 at 10 (see benchmarks/bench_query.py)."""
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = max(index.hnsw.efSearch, 128)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return
+    ivf.nprobe = max(ivf.nprobe, min(ivf.nlist, 64))
+
+
+def scene_content_hash(scene: Scene) -> str:
+    """BLAKE2b of the scene's files (names and bytes) and band selection."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in scene.paths:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    digest.update(",".join(scene.band_names).encode())
+    return digest.hexdigest()
+
+
+def _grid_key(grid: Grid | None) -> str:
+    if grid is None:
+        return "native"
+    text = f"{grid.crs.to_wkt()}|{tuple(grid.transform)[:6]}|{grid.width}x{grid.height}"
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def _fingerprint_key(config: ModelConfig, tiling: TilingConfig, options: EmbedOptions) -> str:
+    text = json.dumps([config.fingerprint(), _tiling_doc(tiling), options.dim, options.whiten, options.dtype], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def _tiling_doc(tiling: TilingConfig) -> dict:
+    return {"patch_size": tiling.patch_size, "stride": tiling.stride, "edge": tiling.edge.value, "max_nodata": tiling.max_nodata}
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@dataclass
+class Index:
+    """An index folder opened for reading (and appending with :func:`build_index`)."""
+
+    path: Path
+    manifest: dict
+    catalog: gpd.GeoDataFrame
+    vectors: np.ndarray
+    faiss_index: faiss.Index
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Index":
+        """Open ``path``; raises :class:`IndexFileError` when it is not a complete index."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise IndexFileError(f"{path}: no index here ({MANIFEST} missing); build one with `rscbir index SCENE -o {path}`")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("format") != FORMAT:
+                raise ValueError("not an rscbir index manifest")
+            files = manifest["files"]
+            catalog = read_catalog(path / files["catalog"])
+            vectors = np.load(path / files["vectors"], mmap_mode="r")
+            index = faiss.read_index(str(path / files["faiss"]))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise IndexFileError(f"{path}: index files are unreadable or corrupt ({first}); rebuild it with `rscbir index`") from None
+        if not (len(catalog) == len(vectors) == index.ntotal == manifest["count"]):
+            raise IndexFileError(
+                f"{path}: index parts disagree ({len(catalog)} patches, {len(vectors)} vectors, {index.ntotal} in FAISS); rebuild it"
+            )
+        tune_search(index)
+        return cls(path, manifest, catalog, vectors, index)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.manifest["model"])
+
+    @property
+    def pca(self):
+        from rscbir.models.whitening import PCAWhitening
+
+        name = self.manifest["files"].get("pca")
+        return PCAWhitening.load(self.path / name) if name else None
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    # ------------------------------------------------------------------ queries
+    def query_point(self, lon: float, lat: float, k: int = 10, query_date: str | None = None, **filters):
+        """The ``k`` patches most like the patch covering (lon, lat); see :class:`rscbir.query.Filters`.
+
+        Examples
+        --------
+        >>> Index.open("out/naip_index").query_point(-99.06, 47.02, k=10, exclude_radius=500)
+        """
+        from rscbir.query import Filters, query_point
+
+        return query_point(self, lon, lat, k, query_date, Filters(**filters))
+
+    def query_xy(self, x: float, y: float, crs: str, k: int = 10, query_date: str | None = None, **filters):
+        """Like :meth:`query_point` with coordinates in ``crs`` (e.g. ``"EPSG:26914"``)."""
+        from rscbir.query import Filters, query_xy
+
+        return query_xy(self, x, y, crs, k, query_date, Filters(**filters))
+
+    def query_image(self, path: str | os.PathLike, k: int = 10, **filters):
+        """The ``k`` patches most like an image chip (PNG/JPEG, or GeoTIFF with the index's bands)."""
+        from rscbir.query import Filters, query_image
+
+        return query_image(self, path, k, Filters(**filters))
+
+    def query_patch(self, patch_id: str, k: int = 10, **filters):
+        """The ``k`` patches most like an indexed patch (``scene:row:col``)."""
+        from rscbir.query import Filters, query_patch
+
+        return query_patch(self, patch_id, k, Filters(**filters))
+
+    # ------------------------------------------------------------------- search
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query row, FAISS style; ``allowed`` is a bool mask of ids.
+
+        Filtered searches widen the FAISS candidate list until ``k`` allowed ids
+        are found or the whole index has been ranked. Missing results are -1.
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        n = len(self)
+        if n == 0:
+            raise IndexFileError(f"{self.path}: the index is empty; add scenes with `rscbir index`")
+        k = min(k, n if allowed is None else int(allowed.sum()))
+        scores = np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
+        if k <= 0:
+            return scores, ids
+        for q, query in enumerate(queries):
+            want = k
+            while True:
+                fetch = min(n, want)
+                d, i = self.faiss_index.search(query[None], fetch)
+                d, i = d[0], i[0]
+                keep = i >= 0
+                if allowed is not None:
+                    keep &= allowed[np.clip(i, 0, n - 1)]
+                if keep.sum() >= k or fetch >= n:
+                    d, i = d[keep][:k], i[keep][:k]
+                    scores[q, : len(d)], ids[q, : len(i)] = d, i
+                    break
+                want = fetch * 4
+        return scores, ids
+
+
+def build_index(
+    path: str | os.PathLike,
+    scenes: Sequence[Scene],
+    model: FeatureModel,
+    config: ModelConfig,
+    tiling: TilingConfig = TilingConfig(),
+    align: bool = False,
+    options: EmbedOptions = EmbedOptions(),
+    index_type: str = "auto",
+) -> tuple[Index, dict]:
+    """Create ``path`` or append ``scenes`` to it; returns the index and a summary.
+
+    Scenes already present (same id and content hash) are skipped. A different
+    model, weights, bands or tiling than the index was built with is refused.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IndexFileError(f"{path}: exists and is not a folder")
+    existing = Index.open(path) if (path / MANIFEST).exists() else None
+    if existing is None and path.exists() and any(p for p in path.iterdir() if p.name != ".staging"):
+        raise IndexFileError(f"{path}: folder exists and holds no rscbir index; choose an empty or new folder")
+    fingerprint = {"model": config.fingerprint(), "tiling": _tiling_doc(tiling), "dim": options.dim, "whiten": options.whiten}
+    if existing is not None:
+        before = {"model": existing.model_config.fingerprint(), "tiling": existing.manifest["tiling"],
+                  "dim": existing.manifest.get("pca_dim"), "whiten": existing.manifest.get("whiten", 0.0)}  # fmt: skip
+        if before != fingerprint:
+            differ = [key for key in fingerprint if fingerprint[key] != before[key]]
+            detail = "; ".join(_describe_difference(key, before[key], fingerprint[key]) for key in differ)
+            raise ModelMismatchError(
+                f"{path} was built with another {' and '.join(differ)} ({detail}); use the same --model/--weights/"
+                "--preset/--patch-size options, or index into a new folder"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    staging = path / ".staging"
+    staging.mkdir(exist_ok=True)
+
+    known = {s["scene_id"]: s for s in (existing.manifest["scenes"] if existing else [])}
+    grid = None
+    if align:
+        # an aligned index keeps one grid for ever, so (row, col) means the same ground in every date
+        recorded = existing.manifest.get("grid") if existing else None
+        grid = grid_from_dict(recorded) if recorded else aligned_grid(scenes)
+        if recorded:
+            for scene in scenes:
+                common_grid([grid, scene.grid], ["the index grid", scene.location])
+    key = _fingerprint_key(config, tiling, options)
+    summary = {"added": [], "skipped": [], "reused": []}
+    new_stores: list[tuple[dict, EmbeddingStore, Path]] = []
+    for scene in scenes:
+        digest = scene_content_hash(scene)
+        if scene.scene_id in known:
+            if known[scene.scene_id]["content_hash"] == digest:
+                log.info("%s: already indexed, skipped", scene.scene_id)
+                summary["skipped"].append(scene.scene_id)
+                continue
+            raise IndexFileError(
+                f"{scene.location}: scene id {scene.scene_id!r} is already in {path} with other content; "
+                "rename the file or index into a new folder"
+            )
+        stage = staging / f"{scene.scene_id}-{digest[:16]}-{key}-{_grid_key(grid)}"
+        if (stage / "model.json").is_file():
+            store = EmbeddingStore.open(stage)
+            log.info("%s: reusing embeddings staged by an earlier run", scene.scene_id)
+            summary["reused"].append(scene.scene_id)
+        else:
+            store = embed_scenes([scene], stage, model, config, tiling, options=options, grid=grid)
+        record = {**store.meta["scenes"][0], "content_hash": digest, "patches": len(store.vectors)}
+        new_stores.append((record, store, stage))
+        summary["added"].append(scene.scene_id)
+
+    if existing is not None and not new_stores:
+        return existing, summary
+    index = _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid)
+    for _, _, stage in new_stores:
+        shutil.rmtree(stage, ignore_errors=True)
+    if staging.exists() and not any(staging.iterdir()):
+        staging.rmdir()
+    return index, summary
+
+
+def _describe_difference(key: str, before, now) -> str:
+    if key == "model":
+        diffs = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in now if before.get(k) != now.get(k)]
+        return ", ".join(diffs)
+    return f"{before} -> {now}"
+
+
+def grid_to_dict(grid: Grid) -> dict:
+    return {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width, "height": grid.height}
+
+
+def grid_from_dict(doc: dict) -> Grid:
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    return Grid(CRS.from_wkt(doc["crs"]), Affine(*doc["transform"]), int(doc["width"]), int(doc["height"]))
+
+
+def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid) -> Index:
+    """Write generation g+1 (catalog, vectors, FAISS), fsync, then swap the manifest."""
+    generation = (existing.manifest["generation"] + 1) if existing else 1
+    old_files = dict(existing.manifest["files"]) if existing else {}
+    old_count = len(existing) if existing else 0
+    dim = new_stores[0][1].vectors.shape[1]
+    total = old_count + sum(len(s.vectors) for _, s, _ in new_stores)
+    names = {
+        "catalog": f"catalog-{generation:06d}.parquet",
+        "vectors": f"vectors-{generation:06d}.npy",
+        "faiss": f"faiss-{generation:06d}.index",
+    }
+    written: list[Path] = []
+    try:
+        vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=options.dtype, shape=(total, dim))
+        written.append(path / names["vectors"])
+        offset = 0
+        if existing is not None:
+            for start in range(0, old_count, 65536):
+                stop = min(start + 65536, old_count)
+                vectors[start:stop] = existing.vectors[start:stop]
+            offset = old_count
+        frames = [existing.catalog] if existing is not None else []
+        for _, store, _ in new_stores:
+            vectors[offset : offset + len(store.vectors)] = store.vectors
+            frame = store.catalog.copy()
+            frame["vector"] = np.arange(offset, offset + len(frame), dtype=np.int64)
+            frames.append(frame)
+            offset += len(store.vectors)
+        vectors.flush()
+        catalog = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
+        catalog.to_parquet(path / names["catalog"], index=False)
+        written.append(path / names["catalog"])
+
+        requested = existing.manifest["index_type_requested"] if (existing is not None and index_type == "auto") else index_type
+        factory = auto_index_type(total) if requested == "auto" else requested
+        if existing is not None and factory == existing.manifest["index_type"] and existing.faiss_index.is_trained:
+            faiss_index = existing.faiss_index
+            for start in range(old_count, total, 65536):
+                faiss_index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
+        else:
+            faiss_index = build_faiss(vectors, factory)
+        faiss.write_index(faiss_index, str(path / names["faiss"]))
+        written.append(path / names["faiss"])
+        pca_name = None
+        if new_stores[0][1].meta.get("pca_dim"):
+            pca_name = old_files.get("pca") or f"pca-{generation:06d}.npz"
+            if not (path / pca_name).exists():
+                shutil.copyfile(new_stores[0][1].path / "pca.npz", path / pca_name)
+                written.append(path / pca_name)
+        for file in written:
+            _fsync(file)
+
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "generation": generation,
+            "count": total,
+            "dim": int(dim),
+            "dtype": options.dtype,
+            "index_type": factory,
+            "index_type_requested": requested,
+            "model": config.to_dict(),
+            "pca_dim": options.dim,
+            "whiten": options.whiten,
+            "tiling": _tiling_doc(tiling),
+            "grid": grid_to_dict(grid) if grid is not None else (existing.manifest.get("grid") if existing else None),
+            "scenes": (existing.manifest["scenes"] if existing else []) + [r for r, _, _ in new_stores],
+            "files": {**names, **({"pca": pca_name} if pca_name else {})},
+        }
+        with atomic_path(path / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2))
+        dir_fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise
+    for key, name in old_files.items():  # the old generation is garbage only now
+        if name != manifest["files"].get(key):
+            (path / name).unlink(missing_ok=True)
+    return Index.open(path)
+
+
+__all__ = ["Index", "build_index", "build_faiss", "auto_index_type", "scene_content_hash", "RscbirError"]

@@ -1,0 +1,226 @@
+"""Queries against an index: by point, by example image, by patch; filters; ranked results.
+
+A point query takes the indexed patch covering the point as the example; an
+image query embeds the chip exactly as the index embedded its patches (same
+model, bands, scaling, input size, PCA). Results come back ranked by cosine
+similarity as a GeoDataFrame in EPSG:4326.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import geopandas as gpd
+import numpy as np
+import shapely
+import torch
+from pyproj import Geod, Transformer
+
+from rscbir.errors import QueryError
+from rscbir.index import Index
+
+_GEOD = Geod(ellps="WGS84")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which indexed patches may be returned."""
+
+    bbox: tuple[float, float, float, float] | None = None  # lon/lat: west, south, east, north
+    dates: tuple[str, ...] = ()
+    scenes: tuple[str, ...] = ()
+    exclude_radius: float | None = None  # metres around the query patch centre
+
+    def mask(self, index: Index, centre: tuple[float, float] | None) -> np.ndarray | None:
+        catalog = index.catalog
+        keep = np.ones(len(catalog), dtype=bool)
+        if self.bbox is not None:
+            keep &= catalog.geometry.intersects(shapely.box(*self.bbox)).to_numpy()
+        if self.dates:
+            wanted = {normalise_date(d) for d in self.dates}
+            known = set(catalog["date"].dropna())
+            if not wanted & known:
+                raise QueryError(f"no indexed patch has date {', '.join(sorted(wanted))}; the index holds {', '.join(sorted(known)) or 'no dates'}")
+            keep &= catalog["date"].isin(wanted).to_numpy()
+        if self.scenes:
+            unknown = set(self.scenes) - set(catalog["scene_id"])
+            if unknown:
+                raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(set(catalog['scene_id'])))}")
+            keep &= catalog["scene_id"].isin(self.scenes).to_numpy()
+        if self.exclude_radius and centre is not None:
+            centres = _centres(catalog)
+            _, _, metres = _GEOD.inv(np.full(len(catalog), centre[0]), np.full(len(catalog), centre[1]), centres[:, 0], centres[:, 1])
+            keep &= metres > self.exclude_radius
+        return None if keep.all() else keep
+
+
+@dataclass
+class QueryResult:
+    """Ranked hits and what was asked."""
+
+    hits: gpd.GeoDataFrame  # rank, score, patch_id, scene_id, date, row, col, geometry (EPSG:4326)
+    query: dict = field(default_factory=dict)
+    query_patch: gpd.GeoDataFrame | None = None  # the example patch, for point / patch queries
+
+
+def normalise_date(text: str) -> str:
+    text = str(text).strip()
+    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            continue
+    raise QueryError(f"cannot read date {text!r}; use YYYYMMDD or YYYY-MM-DD")
+
+
+def _centres(catalog: gpd.GeoDataFrame) -> np.ndarray:
+    bounds = catalog.geometry.bounds.to_numpy()
+    return np.column_stack([(bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2])
+
+
+def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> int:
+    """Row of the indexed patch covering (lon, lat): on ``date`` if given, else the latest date.
+
+    Among overlapping patches (stride < patch size) the one whose centre is nearest wins.
+    """
+    catalog = index.catalog
+    point = shapely.Point(lon, lat)
+    covering = np.flatnonzero(catalog.geometry.covers(point).to_numpy())
+    if len(covering) == 0:
+        west, south, east, north = catalog.total_bounds if len(catalog) else (np.nan,) * 4
+        raise QueryError(
+            f"point ({lon:.6f}, {lat:.6f}) lies outside every indexed patch; the index covers "
+            f"lon {west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}"
+        )
+    dates = catalog["date"].to_numpy()[covering]
+    if date is not None:
+        wanted = normalise_date(date)
+        covering = covering[dates == wanted]
+        if len(covering) == 0:
+            raise QueryError(f"no patch of date {wanted} covers ({lon:.6f}, {lat:.6f}); dates there: {', '.join(sorted(set(dates.astype(str))))}")
+    else:
+        valid = np.array([d is not None for d in dates])
+        if valid.any():
+            latest = max(d for d in dates if d is not None)
+            covering = covering[dates == latest]
+    centres = _centres(catalog.iloc[covering])
+    return int(covering[np.argmin((centres[:, 0] - lon) ** 2 + (centres[:, 1] - lat) ** 2)])
+
+
+def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, exclude_row: int | None = None) -> gpd.GeoDataFrame:
+    allowed = filters.mask(index, centre)
+    if exclude_row is not None and filters.exclude_radius:
+        allowed = np.ones(len(index), bool) if allowed is None else allowed
+        allowed[exclude_row] = False
+    scores, ids = index.search(vector, k, allowed)
+    keep = ids[0] >= 0
+    rows = index.catalog.iloc[ids[0][keep]]
+    hits = gpd.GeoDataFrame(
+        {
+            "rank": np.arange(1, keep.sum() + 1),
+            "score": scores[0][keep].astype(float),
+            "patch_id": rows["patch_id"].to_numpy(),
+            "scene_id": rows["scene_id"].to_numpy(),
+            "date": rows["date"].to_numpy(),
+            "row": rows["row"].to_numpy(),
+            "col": rows["col"].to_numpy(),
+        },
+        geometry=rows.geometry.to_numpy(),
+        crs="EPSG:4326",
+    )
+    return hits
+
+
+def query_point(index: Index, lon: float, lat: float, k: int = 10, query_date: str | None = None, filters: Filters = Filters()) -> QueryResult:
+    """The ``k`` patches most like the patch covering (lon, lat)."""
+    row = patch_at(index, lon, lat, query_date)
+    vector = np.asarray(index.vectors[row], dtype=np.float32)[None]
+    centre = tuple(_centres(index.catalog.iloc[[row]])[0])
+    hits = _rank(index, vector, k, filters, centre, exclude_row=row)
+    patch = index.catalog.iloc[[row]]
+    return QueryResult(hits, {"type": "point", "lon": lon, "lat": lat, "patch_id": patch["patch_id"].iloc[0],
+                              "date": patch["date"].iloc[0], "k": k}, patch)  # fmt: skip
+
+
+def query_xy(index: Index, x: float, y: float, crs: str, k: int = 10, query_date: str | None = None, filters: Filters = Filters()) -> QueryResult:
+    """Like :func:`query_point` with coordinates in any CRS."""
+    try:
+        lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(x, y)
+    except Exception as exc:  # pyproj raises CRSError or ProjError
+        raise QueryError(f"cannot transform ({x}, {y}) from {crs}: {exc}") from None
+    result = query_point(index, lon, lat, k, query_date, filters)
+    result.query.update({"x": x, "y": y, "crs": crs})
+    return result
+
+
+def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Filters()) -> QueryResult:
+    """The ``k`` patches most like an indexed patch, by id (``scene:row:col``)."""
+    matches = np.flatnonzero(index.catalog["patch_id"].to_numpy() == patch_id)
+    if len(matches) == 0:
+        raise QueryError(f"no patch {patch_id!r} in {index.path}")
+    row = int(matches[0])
+    centre = tuple(_centres(index.catalog.iloc[[row]])[0])
+    hits = _rank(index, np.asarray(index.vectors[row], dtype=np.float32)[None], k, filters, centre, exclude_row=row)
+    return QueryResult(hits, {"type": "patch", "patch_id": patch_id, "k": k}, index.catalog.iloc[[row]])
+
+
+def query_image(index: Index, path: str | os.PathLike, k: int = 10, filters: Filters = Filters()) -> QueryResult:
+    """The ``k`` patches most like an image chip (PNG/JPEG RGB, or a GeoTIFF with the index's bands)."""
+    vector = embed_chip(index, path)
+    hits = _rank(index, vector, k, filters, centre=None)
+    return QueryResult(hits, {"type": "image", "image": str(path), "k": k})
+
+
+def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:
+    """(1, dim) vector of an image file, embedded the way the index embedded its patches."""
+    from rscbir.models.load import model_from_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise QueryError(f"{path}: no such image file")
+    config = index.model_config
+    bands = list(config.input_bands)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+        from rscbir.evaluate import load_image
+
+        if len(bands) != 3:
+            raise QueryError(f"{path}: the index embeds {len(bands)} bands ({', '.join(bands)}); query with a GeoTIFF chip holding them")
+        x = load_image(path)
+    else:
+        x = torch.from_numpy(_read_chip(index, path, bands))
+    model = model_from_config(config)
+    with torch.inference_mode():
+        vector = model(x[None]).float().numpy()
+    pca = index.pca
+    return pca.transform(vector) if pca is not None else vector
+
+
+def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from rscbir.scene import Scaling, ScalingMode
+
+    try:
+        with rasterio.open(path) as ds:
+            data = ds.read()
+    except RasterioError as exc:
+        raise QueryError(f"{path}: not a readable image ({exc})") from None
+    if data.shape[0] != len(bands):
+        raise QueryError(f"{path}: has {data.shape[0]} bands; the index embeds {len(bands)} ({', '.join(bands)}) in that order")
+    scene = index.manifest["scenes"][0]
+    scaling = scene.get("scaling") or {"mode": "none"}
+    out = data.astype(np.float32)
+    if scaling["mode"] == ScalingMode.DIVIDE.value:
+        out /= scaling["divisor"]
+    elif scaling["mode"] == ScalingMode.PERCENTILE.value and scene.get("band_stats"):
+        stats = np.asarray(scene["band_stats"], dtype=np.float32)
+        out = np.clip((out - stats[:, :1, None]) / np.maximum(stats[:, 1:, None] - stats[:, :1, None], 1e-6), 0, 1)
+    return out
+
+
+__all__ = ["Filters", "QueryResult", "patch_at", "query_point", "query_xy", "query_patch", "query_image", "embed_chip"]

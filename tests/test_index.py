@@ -1,0 +1,147 @@
+"""The index folder: build, append, atomic writes, resume after kill -9, exact vs approximate search."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import blob_image, write_raster
+from rscbir.cli import cli
+from rscbir.errors import IndexFileError, ModelMismatchError
+from rscbir.index import Index, build_faiss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scenes(tmp_path, n=3, size=128):
+    paths = []
+    for i in range(n):
+        image = blob_image(size, size, centre=(30 + 20 * i, 40 + 10 * i), sigma=6, seed=i)
+        paths.append(write_raster(tmp_path / f"s{i}_2020010{i + 1}.tif", image, nodata=0))
+    return paths
+
+
+def index_cli(*args):
+    return CliRunner().invoke(cli, ["-q", "index", *map(str, args), "--patch-size", "32", "--input-size", "32"])
+
+
+def folder_digest(path: Path) -> dict:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def test_build_append_and_skip(tmp_path):
+    a, b, c = scenes(tmp_path)
+    out = tmp_path / "idx"
+    result = index_cli(a, b, "-o", out)
+    assert result.exit_code == 0, result.output
+    first = Index.open(out)
+    assert len(first) == 32 and first.manifest["generation"] == 1 and first.manifest["index_type"] == "Flat"
+    result = index_cli(b, c, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "1 already indexed (s1_20200102)" in result.output
+    second = Index.open(out)
+    assert len(second) == 48 and second.manifest["generation"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["catalog-000002.parquet", "faiss-000002.index", "index.json", "vectors-000002.npy"]
+    np.testing.assert_array_equal(np.asarray(second.vectors[:32]), np.asarray(first.vectors[:32]))
+    assert list(second.catalog["vector"]) == list(range(48))
+
+
+def test_model_or_tiling_mismatch_refused_index_untouched(tmp_path):
+    a, b, _ = scenes(tmp_path)
+    out = tmp_path / "idx"
+    assert index_cli(a, "-o", out).exit_code == 0
+    before = folder_digest(out)
+    result = index_cli(b, "-o", out, "--pooling", "gem")
+    assert result.exit_code == 2 and "built with another model" in result.output and "pooling: avg -> gem" in result.output
+    result = CliRunner().invoke(cli, ["index", str(b), "-o", str(out), "--patch-size", "16", "--input-size", "32"])
+    assert result.exit_code == 2 and "another tiling" in result.output
+    assert folder_digest(out) == before
+
+
+def test_corrupt_and_missing_index(tmp_path):
+    (a,) = scenes(tmp_path, 1)
+    out = tmp_path / "idx"
+    assert index_cli(a, "-o", out).exit_code == 0
+    with pytest.raises(IndexFileError, match="no index here"):
+        Index.open(tmp_path / "nowhere")
+    faiss_file = next(out.glob("faiss-*.index"))
+    faiss_file.write_bytes(b"garbage")
+    with pytest.raises(IndexFileError, match="corrupt"):
+        Index.open(out)
+    result = CliRunner().invoke(cli, ["query", str(out), "--patch-id", "s0_20200101:0:0"])
+    assert result.exit_code == 2 and "corrupt" in result.output and "Traceback" not in result.output
+    assert faiss_file.read_bytes() == b"garbage"  # a query never writes
+
+
+def test_failure_while_writing_keeps_previous_generation(tmp_path, monkeypatch):
+    a, b, _ = scenes(tmp_path)
+    out = tmp_path / "idx"
+    assert index_cli(a, "-o", out).exit_code == 0
+    before = folder_digest(out)
+    import faiss
+
+    monkeypatch.setattr(faiss, "write_index", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    result = index_cli(b, "-o", out)
+    assert result.exit_code != 0
+    assert {k: v for k, v in folder_digest(out).items()} == before
+    assert len(Index.open(out)) == 16
+
+
+def test_kill_minus_9_leaves_readable_index_and_rerun_resumes(tmp_path):
+    a, b, c = scenes(tmp_path, 3, size=256)
+    out = tmp_path / "idx"
+    assert index_cli(a, "-o", out).exit_code == 0
+    command = [sys.executable, "-m", "rscbir", "-q", "index", str(b), str(c), "-o", str(out),
+               "--patch-size", "32", "--input-size", "32", "--runtime", "torch"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    staged = None
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        done = [p for p in (out / ".staging").glob("s1_*") if (p / "model.json").exists()] if (out / ".staging").exists() else []
+        if done:
+            staged = done[0]
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    if staged is None:
+        pytest.skip("the run finished before it could be killed (machine too fast for this timing)")
+    assert process.returncode == -signal.SIGKILL
+    survivor = Index.open(out)  # the previous generation, complete
+    assert set(survivor.catalog["scene_id"]) == {"s0_20200101"} and len(survivor) == 64
+    rerun = subprocess.run(command[:3] + ["index", str(b), str(c), "-o", str(out), "--patch-size", "32", "--input-size", "32"],
+                           env=env, capture_output=True, text=True)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 resumed from staged embeddings" in rerun.stdout
+    final = Index.open(out)
+    assert len(final) == 192 and final.catalog["patch_id"].is_unique
+    assert not (out / ".staging").exists()
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF32,Flat"])
+def test_approximate_search_agrees_with_exact(factory):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 64))
+    vectors = centres[rng.integers(0, 40, 4000)] + 0.6 * rng.normal(size=(4000, 64))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    queries = vectors[rng.choice(4000, 200, replace=False)] + 0.05 * rng.normal(size=(200, 64)).astype(np.float32)
+    _, exact = build_faiss(vectors, "Flat").search(queries, 10)
+    _, approx = build_faiss(vectors, factory).search(queries, 10)
+    recall = np.mean([len(set(e) & set(a)) / 10 for e, a in zip(exact, approx)])
+    assert recall >= 0.95
+
+
+def test_ivf_needs_enough_vectors():
+    vectors = np.eye(8, dtype=np.float32)
+    with pytest.raises(IndexFileError, match="needs at least"):
+        build_faiss(vectors, "IVF32,Flat")
+    with pytest.raises(IndexFileError, match="cannot build index type"):
+        build_faiss(vectors, "NotAnIndex")

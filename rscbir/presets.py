@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -57,3 +58,33 @@ def load_preset(name_or_path: str | os.PathLike) -> Preset:
         all_bands=tuple(doc["all_bands"]) if doc.get("all_bands") else None,
         scale=str(doc.get("scale", "auto")),
     )
+
+
+def open_scenes(
+    locations: Sequence[str | os.PathLike],
+    preset: str | Preset | None = None,
+    bands: Sequence[str | int] | None = None,
+    band_names: Sequence[str] | None = None,
+    scale: str | None = None,
+    dates: Sequence[str] | None = None,
+) -> tuple[list, Preset | None]:
+    """Open scenes with a preset's band names and scaling as defaults.
+
+    Returns the scenes and the preset (or None). Band names of a preset apply
+    to multi-band files; band-file folders name their bands from file names.
+
+    Examples
+    --------
+    >>> scenes, preset = open_scenes(["../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif"], "naip")
+    """
+    from rscbir.scene import Scene
+
+    chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
+    names = band_names or (list(chosen.band_names) if chosen and chosen.band_names else None)
+    scaling = scale or (chosen.scale if chosen else "auto")
+    scenes = []
+    for i, location in enumerate(locations):
+        is_file = Path(location).is_file()
+        scenes.append(Scene.open(location, bands=bands, band_names=names if is_file else None, scaling=scaling,
+                                 date=dates[i] if dates else None))  # fmt: skip
+    return scenes, chosen

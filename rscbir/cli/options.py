@@ -101,32 +101,16 @@ def model_options(func):
 
 
 def open_scenes(locations, preset, bands, band_names, scale, dates):
-    """Open scenes with preset defaults; returns (scenes, preset or None)."""
-    from rscbir.presets import load_preset
-    from rscbir.scene import Scene
+    """CLI wrapper of :func:`rscbir.presets.open_scenes`."""
+    from rscbir.presets import open_scenes as open_with_preset
 
     if dates and len(dates) != len(locations):
         raise click.BadParameter(f"give --date once per scene ({len(locations)}), or not at all", param_hint="--date")
-    chosen = load_preset(preset) if preset else None
-    names = band_names or (list(chosen.band_names) if chosen and chosen.band_names else None)
-    scaling = scale or (chosen.scale if chosen else "auto")
-    scenes = []
-    for i, location in enumerate(locations):
-        path_is_file = __import__("pathlib").Path(location).is_file()
-        scenes.append(Scene.open(location, bands=bands, band_names=names if path_is_file else None, scaling=scaling,
-                                 date=dates[i] if dates else None))  # fmt: skip
-    return scenes, chosen
+    return open_with_preset(locations, preset, bands, band_names, scale, dates)
 
 
 def model_for_scenes(scenes, preset, backbone, weights, all_bands, pooling, input_size):
-    """The feature model for these scenes, and the scenes cut to the bands it reads."""
-    from rscbir.models.load import load_feature_model
+    """CLI wrapper of :func:`rscbir.models.load.model_for_scenes`."""
+    from rscbir.models.load import model_for_scenes as build
 
-    bands = scenes[0].band_names
-    if all_bands and preset and preset.all_bands:
-        bands = [b for b in preset.all_bands if b in bands]
-    model, config = load_feature_model(
-        bands, backbone=backbone, weights=weights, rgb=preset.rgb if preset else None, all_bands=all_bands,
-        input_size=input_size or None, pooling=pooling,
-    )  # fmt: skip
-    return model, config, [s.select(list(config.input_bands)) for s in scenes]
+    return build(scenes, preset, backbone, weights, all_bands, input_size or None, pooling)

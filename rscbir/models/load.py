@@ -113,6 +113,30 @@ def load_feature_model(
     return model, config
 
 
+def model_for_scenes(
+    scenes: Sequence,
+    preset=None,
+    backbone: str | None = None,
+    weights: str | os.PathLike | None = None,
+    all_bands: bool = False,
+    input_size: int | None = 224,
+    pooling: Pooling | str = Pooling.AVG,
+):
+    """The feature model for these scenes, its config, and the scenes cut to the bands it reads.
+
+    ``preset`` (a :class:`rscbir.presets.Preset`) names the RGB bands and, with
+    ``all_bands``, the bands fed through the inflated first convolution.
+    """
+    bands = scenes[0].band_names
+    if all_bands and preset is not None and preset.all_bands:
+        bands = [b for b in preset.all_bands if b in bands]
+    model, config = load_feature_model(
+        bands, backbone=backbone, weights=weights, rgb=preset.rgb if preset is not None else None,
+        all_bands=all_bands, input_size=input_size, pooling=pooling,
+    )  # fmt: skip
+    return model, config, [s.select(list(config.input_bands)) for s in scenes]
+
+
 def model_from_config(config: ModelConfig) -> FeatureModel:
     """The feature model an index or store recorded, verified by weights hash.
 

@@ -1,0 +1,126 @@
+"""Query latency, recall@10 against exact search, and memory, per FAISS index type and size.
+
+Vectors: real EfficientNet-Lite0 embeddings of every 64 px patch (stride 32) of all ten NAIP
+years (about 5,900 vectors), reduced to 128-d by centred PCA as `rscbir index --dim 128` does for
+large indexes. Sizes beyond the real count are filled with *synthetic* vectors: real vectors plus
+Gaussian noise scaled to the median nearest-neighbour distance, re-normalised, so the fill keeps
+the real data's cluster structure. Queries are 200 real vectors, jittered the same way, so no query
+is itself in the index.
+
+    python benchmarks/bench_query.py [--sizes 10000 100000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
+WORK = HERE / "_work"
+TYPES = ["Flat", "HNSW32", "IVF4096,SQ8", "IVF4096,PQ32"]
+
+
+def real_vectors(dim: int) -> np.ndarray:
+    """Lite0 embeddings of all NAIP years (cached in benchmarks/_work), PCA to ``dim``."""
+    cache = WORK / f"naip_all_years_{dim}.npy"
+    if cache.exists():
+        return np.load(cache)
+    from rscbir.embed import EmbedOptions, embed_scenes
+    from rscbir.models.load import configure_threads, model_for_scenes
+    from rscbir.models.whitening import PCAWhitening
+    from rscbir.presets import open_scenes
+    from rscbir.tiling import TilingConfig
+
+    configure_threads()
+    paths = sorted((DATA / "naip_timeseries").glob("*.tif"))
+    scenes, preset = open_scenes(paths, "naip")
+    model, config, scenes = model_for_scenes(scenes, preset)
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        store = embed_scenes(scenes, Path(tmp) / "emb", model, config, TilingConfig(64, 32), options=EmbedOptions(dtype="float32"))
+        full = np.asarray(store.vectors, dtype=np.float32)
+    reduced = PCAWhitening.fit(full, dim, 0.0).transform(full).astype(np.float32)
+    np.save(cache, reduced)
+    return reduced
+
+
+def jitter(vectors: np.ndarray, n: int, scale: float, rng) -> np.ndarray:
+    picks = vectors[rng.integers(0, len(vectors), n)]
+    out = picks + rng.normal(0, scale / np.sqrt(vectors.shape[1]), picks.shape).astype(np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def index_bytes(index: faiss.Index) -> int:
+    with tempfile.NamedTemporaryFile() as handle:
+        faiss.write_index(index, handle.name)
+        return os.path.getsize(handle.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    if not (DATA / "naip_timeseries").is_dir():
+        sys.exit(f"{DATA}/naip_timeseries not found; set RSCBIR_DATA")
+    WORK.mkdir(exist_ok=True)
+    from rscbir.index import build_faiss
+
+    rng = np.random.default_rng(0)
+    real = real_vectors(args.dim)
+    sims = real[:2000] @ real[:2000].T
+    np.fill_diagonal(sims, -1)
+    nn_distance = float(np.median(np.sqrt(np.maximum(0, 2 - 2 * sims.max(axis=1)))))
+    queries = jitter(real, args.queries, nn_distance, rng)
+    print(f"{len(real)} real vectors, {args.dim}-d; median nearest-neighbour distance {nn_distance:.3f}", flush=True)
+
+    rows = []
+    for size in args.sizes:
+        fill = jitter(real, max(0, size - len(real)), nn_distance, rng)
+        vectors = np.concatenate([real[:size], fill])[:size].astype(np.float32)
+        _, truth = build_faiss(vectors, "Flat").search(queries, 10)
+        for factory in TYPES:
+            if "IVF" in factory and size < 39 * 4096:
+                factory = factory.replace("4096", "1024" if size >= 39 * 1024 else "256")
+            start = time.perf_counter()
+            index = build_faiss(vectors, factory)
+            build = time.perf_counter() - start
+            index.search(queries[:5], 10)
+            start = time.perf_counter()
+            found = np.vstack([index.search(q[None], 10)[1] for q in queries])
+            latency = (time.perf_counter() - start) / len(queries) * 1000
+            recall = float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
+            size_mb = index_bytes(index) / 2**20
+            rows.append((size, factory, build, latency, recall, size_mb))
+            print(f"{size:>8} {factory:<14} build {build:7.1f} s  {latency:7.3f} ms/query  recall@10 {recall:.3f}  {size_mb:8.1f} MiB", flush=True)
+            del index
+
+    lines = [
+        f"\n## Query latency and recall ({dt.date.today().isoformat()})\n",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}. Command: "
+        f"`python benchmarks/bench_query.py --sizes {' '.join(map(str, args.sizes))} --dim {args.dim}`. "
+        f"{len(real)} real vectors (EfficientNet-Lite0, all 10 NAIP years, 64 px patches, PCA to {args.dim}-d); "
+        "the rest of each size is synthetic fill (real vectors + Gaussian noise at the median nearest-neighbour "
+        f"distance, {nn_distance:.3f}). {len(queries)} jittered real queries, one at a time; recall@10 against exact "
+        "(Flat) search; HNSW efSearch 128, IVF nprobe 64 (rscbir's defaults). Memory = serialised index size.\n",
+        "| vectors | index | build (s) | ms / query | recall@10 | memory (MiB) |",
+        "|---:|---|---:|---:|---:|---:|",
+        *(f"| {n} | {f} | {b:.1f} | {lat:.3f} | {r:.3f} | {m:.1f} |" for n, f, b, lat, r, m in rows),
+    ]
+    with open(HERE / "results.md", "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print("appended to results.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """The ``rscbir`` command line: a thin click layer over the library API."""
 
+from rscbir.cli.change import change, query_change
 from rscbir.cli.embed import embed
 from rscbir.cli.evaluate import eval_group
 from rscbir.cli.finetune import finetune
@@ -9,12 +10,14 @@ from rscbir.cli.query import query
 from rscbir.cli.main import cli
 from rscbir.cli.tile import tile
 
+cli.add_command(change)
 cli.add_command(embed)
 cli.add_command(eval_group)
 cli.add_command(finetune)
 cli.add_command(index)
 cli.add_command(info)
 cli.add_command(query)
+cli.add_command(query_change)
 cli.add_command(tile)
 
 __all__ = ["cli"]

@@ -1,0 +1,156 @@
+"""Change scores, thresholds, polygons, rasters; on rasters written here and on real data."""
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from click.testing import CliRunner
+
+from conftest import blob_image, write_raster
+from rscbir.change import ChangeMethod, changed_areas, otsu, robust_z, score_change, threshold_value
+from rscbir.cli import cli
+from rscbir.evaluate import roc_auc
+from rscbir.scene import Scene
+from rscbir.tiling import TilingConfig
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Before: smooth fields; after: the same with a bright new 'building' in rows 32-63, cols 64-95."""
+    before = blob_image(128, 128, centre=(90, 30), sigma=10, seed=1)
+    after = before.copy()
+    after[:, 36:60, 68:92] = [[[240]], [[230]], [[220]]]
+    return (write_raster(tmp_path / "before_20190101.tif", before, nodata=0),
+            write_raster(tmp_path / "after_20200101.tif", after, nodata=0))  # fmt: skip
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_otsu_and_threshold_rules():
+    values = np.concatenate([np.random.default_rng(0).normal(0, 1, 900), np.random.default_rng(1).normal(10, 1, 100)])
+    assert 3 < otsu(values) < 7
+    assert threshold_value(values, "percentile:90") == pytest.approx(np.percentile(values, 90))
+    assert threshold_value(values, "sigma:2") == pytest.approx(values.mean() + 2 * values.std())
+    assert threshold_value(values, 4.5) == 4.5
+    assert otsu(np.ones(10)) == 1.0  # constant scores: nothing above the cut
+    with pytest.raises(Exception, match="unknown threshold"):
+        threshold_value(values, "magic")
+    # median 2.5, MAD 1 (deviations 1.5, .5, .5, 97.5): the outlier does not widen the scale
+    np.testing.assert_allclose(robust_z([1, 2, 3, 100])[:3], np.array([-1.5, -0.5, 0.5]) / 1.4826, atol=1e-6)
+
+
+def test_roc_auc():
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert np.isnan(roc_auc(np.array([1.0, 2.0]), np.array([0, 0])))
+
+
+def test_new_building_is_flagged_where_it_is(pair, tmp_path):
+    out = tmp_path / "change.geojson"
+    result = run("change", *pair, "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "-o", out,
+                 "--scores", tmp_path / "scores.tif", "--preview", tmp_path / "change.png")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    areas = gpd.read_file(out)
+    assert areas.crs.to_epsg() == 4326 and len(areas) >= 1
+    with rasterio.open(pair[0]) as ds:
+        building = shapely.box(*rasterio.windows.bounds(rasterio.windows.Window(68, 36, 24, 24), ds.transform))
+    building = gpd.GeoSeries([building], crs="EPSG:32618").to_crs(4326).iloc[0]
+    assert areas.geometry.iloc[0].intersects(building)
+    assert {"max_score", "mean_score", "area_m2", "patches", "date_before", "date_after"} <= set(areas.columns)
+    assert str(areas["date_before"].iloc[0])[:10] == "2019-01-01" and areas["area_m2"].iloc[0] == pytest.approx(320 * 320, rel=0.02)
+    with rasterio.open(tmp_path / "scores.tif") as scores:
+        assert scores.crs.to_epsg() == 32618 and scores.dtypes[0] == "float32" and scores.shape == (4, 4)
+        grid = scores.read(1)
+        assert np.unravel_index(np.nanargmax(grid), grid.shape) == (1, 2)  # the building's patch
+    assert (tmp_path / "change.png").stat().st_size > 1000
+
+
+def test_identical_dates_give_no_change(pair, tmp_path):
+    out = tmp_path / "none.geojson"
+    result = run("change", pair[0], pair[0], "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["features"] == []
+
+
+def test_all_patches_and_cva_only(pair, tmp_path):
+    out = tmp_path / "all.geojson"
+    result = run("change", *pair, "--method", "cva", "--patch-size", "32", "--all-patches", "-o", out)
+    assert result.exit_code == 0, result.output
+    patches = gpd.read_file(out)
+    assert len(patches) == 16 and patches.loc[patches["score"].idxmax(), "patch_id"].endswith(":1:2")
+
+
+@pytest.mark.parametrize("case", ["no overlap", "band count"])
+def test_change_errors(tmp_path, pair, case):
+    if case == "no overlap":
+        far = write_raster(tmp_path / "far.tif", blob_image(64, 64, (10, 10)), transform=Affine(10, 0, 900000, 0, -10, 100000))
+        args, message = [pair[0], far], "does not overlap"
+    else:
+        four = write_raster(tmp_path / "four.tif", np.ones((4, 128, 128), np.uint8))
+        args, message = [pair[0], four], "pass --preset or --bands"
+    result = run("change", *args, "--patch-size", "32", "-o", tmp_path / "x.geojson")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not (tmp_path / "x.geojson").exists()
+
+
+# ----------------------------------------------------------------- real data
+NAIP = "naip_timeseries/m_4709963_se_14_1_{}.tif"
+
+
+def test_oscd_flagged_patches_hold_more_change_than_base_rate(real_data):
+    from rscbir.evaluate import oscd_change_fraction
+    from rscbir.tiling import aligned_grid
+
+    city = real_data / "oscd" / "rennes"
+    before_all, after_all = Scene.open(city / "imgs_1"), Scene.open(city / "imgs_2")
+    grid = aligned_grid([before_all, after_all])
+    scores = score_change(before_all, after_all.select(before_all.band_names), None, TilingConfig(32), grid)
+    fraction = oscd_change_fraction(city, scores.patches, grid)
+    values = scores.score("cva")
+    flagged = values > threshold_value(values, "percentile:90")
+    assert fraction[flagged].mean() > 2 * fraction.mean()
+
+
+def test_naip_one_row_shift_gives_few_false_alarms_when_aligned(real_data, tmp_path):
+    """2009 against itself moved one row down on the ground: aligned, almost nothing changes."""
+    with rasterio.open(real_data / NAIP.format("20090818")) as ds:
+        data, profile = ds.read(), ds.profile
+    shifted = tmp_path / "shifted_20100101.tif"
+    profile.update(transform=ds.transform * Affine.translation(0, 1), height=data.shape[1] - 1)
+    with rasterio.open(shifted, "w", **profile) as dst:
+        dst.write(data[:, 1:])
+    # the same pixels labelled with 2009's transform: compared array index by index, one row off on the ground
+    unaligned = tmp_path / "unaligned_20100101.tif"
+    profile.update(transform=ds.transform)
+    with rasterio.open(unaligned, "w", **profile) as dst:
+        dst.write(data[:, 1:])
+    before = Scene.open(real_data / NAIP.format("20090818"))
+    aligned = score_change(before, Scene.open(shifted), None, TilingConfig(64)).score("cva")
+    misaligned = score_change(before, Scene.open(unaligned), None, TilingConfig(64)).score("cva")
+    assert np.median(aligned) < 0.01 and np.median(misaligned) > 0.2
+    cut = threshold_value(misaligned, "otsu")
+    assert np.mean(aligned > cut) == 0.0
+
+
+def test_change_from_index_and_query_change(real_data, tmp_path):
+    out = tmp_path / "idx"
+    result = run("-q", "index", real_data / NAIP.format("20090818"), real_data / NAIP.format("20200831"), "--align",
+                 "--preset", "naip", "--patch-size", "320m", "-o", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = run("change", "--index", out, "--dates", "20090818", "20200831", "--method", "cosine", "-o", tmp_path / "c.geojson")
+    assert result.exit_code == 0, result.output
+    assert gpd.read_file(tmp_path / "c.geojson").crs.to_epsg() == 4326
+    result = run("query-change", out, "--lonlat", "-99.1329", "47.0294", "--dates", "20090818", "20200831", "-k", "5")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["query"]["type"] == "change" and 0 < len(doc["features"]) <= 5
+    scores = [f["properties"]["score"] for f in doc["features"]]
+    assert scores == sorted(scores, reverse=True)
+    missing = run("change", "--index", out, "--dates", "20090818", "20150926", "-o", tmp_path / "m.geojson")
+    assert missing.exit_code == 2 and "no scene of date 2015-09-26" in missing.output

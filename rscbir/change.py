@@ -10,12 +10,17 @@ ground in each. Every co-located patch pair gets a change score:
     The mean of 1 - cosine over the pooled outputs of every CNN stage, from
     the stem to the last block: early stages see colour and texture, late ones
     objects, in the spirit of Deep Change Vector Analysis (Saha et al. 2019).
+``dense``
+    Deep Change Vector Analysis proper: 1 - cosine between the two dates'
+    feature vectors *at each location* of every stage's feature map, averaged
+    over locations and stages. Unlike pooled vectors, a change covering a few
+    percent of the patch is not averaged away before the comparison.
 ``cva``
     Classic change vector analysis: per-pixel length of the difference of the
     bands, each standardised per scene (z-score), averaged over the patch.
 ``fusion`` (default)
     The mean of the robust z-scores (median / MAD within the pair) of
-    ``multilayer`` and ``cva``: CNN and spectral evidence on one scale, with no
+    ``dense`` and ``cva``: CNN and spectral evidence on one scale, with no
     weight fitted to labels. Robust z-scores keep the heavy tail where rare
     change lives (percentile ranks would flatten it and mislead Otsu).
 
@@ -54,6 +59,7 @@ log = logging.getLogger(__name__)
 class ChangeMethod(str, enum.Enum):
     COSINE = "cosine"
     MULTILAYER = "multilayer"
+    DENSE = "dense"
     CVA = "cva"
     FUSION = "fusion"
 
@@ -151,29 +157,36 @@ def band_moments(scene: Scene, tiling: TilingConfig, grid: Grid) -> tuple[np.nda
 
 
 # ---------------------------------------------------------------- CNN stages
-def stage_features(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
-    """Global-average-pooled outputs of every trunk stage (N, C_i) for scaled bands ``x``."""
+def stage_maps(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
+    """Feature maps (N, C_i, h_i, w_i) after every trunk stage, for scaled bands ``x``."""
     from rscbir.models.finetune import trunk_stages
 
     h = model.prepare(x)
-    pooled = []
+    maps = []
     for stage in trunk_stages(model):
         h = stage(h)
         if h.ndim == 4 and not isinstance(stage, torch.nn.BatchNorm2d):
-            pooled.append(h.mean(dim=(2, 3)))
-    # the last stage is followed by its BatchNorm+activation in timm (bn2): pool that output instead
-    pooled[-1] = h.mean(dim=(2, 3))
-    return pooled
+            maps.append(h)
+    # in timm the last conv is followed by BatchNorm+activation (bn2): use that output
+    maps[-1] = h
+    return maps
 
 
-def cnn_distances(model: FeatureModel, before: np.ndarray, after: np.ndarray, scale_before, scale_after) -> tuple[np.ndarray, np.ndarray]:
-    """(final-stage cosine distance, mean cosine distance over stages) per patch pair."""
+def stage_features(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
+    """Global-average-pooled outputs of every trunk stage (N, C_i)."""
+    return [m.mean(dim=(2, 3)) for m in stage_maps(model, x)]
+
+
+def cnn_distances(model: FeatureModel, before: np.ndarray, after: np.ndarray, scale_before, scale_after) -> dict[str, np.ndarray]:
+    """Per patch pair: final-stage pooled cosine distance (``cosine``), its mean over stages
+    (``multilayer``) and the per-location distance averaged over locations and stages (``dense``)."""
     xb = torch.from_numpy(scale_before(before))
     xa = torch.from_numpy(scale_after(after))
     with torch.inference_mode():
-        fb, fa = stage_features(model, xb), stage_features(model, xa)
-    per_stage = torch.stack([1 - F.cosine_similarity(b, a, dim=1) for b, a in zip(fb, fa)], dim=1)
-    return per_stage[:, -1].numpy(), per_stage.mean(dim=1).numpy()
+        mb, ma = stage_maps(model, xb), stage_maps(model, xa)
+        pooled = torch.stack([1 - F.cosine_similarity(b.mean(dim=(2, 3)), a.mean(dim=(2, 3)), dim=1) for b, a in zip(mb, ma)], dim=1)
+        dense = torch.stack([(1 - F.cosine_similarity(b, a, dim=1, eps=1e-6)).mean(dim=(1, 2)) for b, a in zip(mb, ma)], dim=1)
+    return {"cosine": pooled[:, -1].numpy(), "multilayer": pooled.mean(dim=1).numpy(), "dense": dense.mean(dim=1).numpy()}
 
 
 # -------------------------------------------------------------------- scoring
@@ -222,23 +235,23 @@ def score_change(
         magnitude = np.sqrt(((za - zb) ** 2).sum(axis=1)).mean(axis=(1, 2))
         cva_scores.update({(r.row, r.col): float(m) for r, m in zip(pairs.records, magnitude)})
 
-    records, cosine, multilayer = [], [], []
+    records, cnn = [], {"cosine": [], "multilayer": [], "dense": []}
     if model is not None:
         model.eval()
         for pairs in paired_patches(before, after, tiling, grid, batch=batch):
-            final, stages = cnn_distances(model, pairs.before, pairs.after, before.scale, after.scale)
+            distances = cnn_distances(model, pairs.before, pairs.after, before.scale, after.scale)
             records += pairs.records
-            cosine += final.tolist()
-            multilayer += stages.tolist()
+            for name, values in distances.items():
+                cnn[name] += values.tolist()
     else:
         for pairs in paired_patches(before, after, tiling, grid, batch=256):
             records += pairs.records
     frame = records_to_frame(records, grid.crs)
     frame["cva"] = [cva_scores.get((r.row, r.col), np.nan) for r in records]
     if model is not None:
-        frame["cosine"] = cosine
-        frame["multilayer"] = multilayer
-        frame["fusion"] = (robust_z(frame["multilayer"]) + robust_z(frame["cva"])) / 2
+        for name, values in cnn.items():
+            frame[name] = values
+        frame["fusion"] = (robust_z(frame["dense"]) + robust_z(frame["cva"])) / 2
     frame["date_before"] = before.date.isoformat() if before.date else None
     frame["date_after"] = after.date.isoformat() if after.date else None
     return ChangeScores(frame, grid, tiling, before, after)

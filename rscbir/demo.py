@@ -24,33 +24,46 @@ def alignment_report(path: Path) -> str:
     return "\n".join(parts)
 
 
-def embedding_report(path: Path) -> str:
-    """Vectors stored, and how similar the same place is across dates vs different places."""
+def index_report(path: Path) -> str:
+    """Vectors indexed, and how similar the same place is across two dates vs different places."""
     import numpy as np
 
-    from rscbir.embed import EmbeddingStore
+    from rscbir.index import Index
 
-    store = EmbeddingStore.open(path)
-    config = store.model_config
-    lines = [f"{path.name}: {len(store.vectors)} vectors x {store.vectors.shape[1]} ({config.backbone}, bands {','.join(config.input_bands)})"]
-    scenes = list(dict.fromkeys(store.catalog["scene_id"]))
+    index = Index.open(path)
+    config = index.model_config
+    lines = [f"{path.name}: {len(index)} patches x {index.manifest['dim']}-d ({config.backbone}, bands "
+             f"{','.join(config.input_bands)}), FAISS {index.manifest['index_type']}"]  # fmt: skip
+    scenes = list(dict.fromkeys(index.catalog["scene_id"]))
     if len(scenes) == 2:
-        a, b = (store.catalog[store.catalog["scene_id"] == s].set_index(["row", "col"])["vector"] for s in scenes)
+        a, b = (index.catalog[index.catalog["scene_id"] == s].set_index(["row", "col"])["vector"] for s in scenes)
         common = a.index.intersection(b.index)
-        va = np.asarray(store.vectors[a.loc[common].to_numpy()], dtype=np.float32)
-        vb = np.asarray(store.vectors[b.loc[common].to_numpy()], dtype=np.float32)
-        same = np.sum(va * vb, axis=1)
-        other = np.sum(va * np.roll(vb, 1, axis=0), axis=1)
-        lines.append(f"  cosine {scenes[0]} vs {scenes[1]}: same place median {np.median(same):.3f}, "
-                     f"different places median {np.median(other):.3f}")  # fmt: skip
+        va = np.asarray(index.vectors[a.loc[common].to_numpy()], dtype=np.float32)
+        vb = np.asarray(index.vectors[b.loc[common].to_numpy()], dtype=np.float32)
+        same, other = np.sum(va * vb, axis=1), np.sum(va * np.roll(vb, 1, axis=0), axis=1)
+        lines.append(f"  cosine between dates: same place median {np.median(same):.3f}, different places median {np.median(other):.3f}")
     return "\n".join(lines)
 
 
+def geojson_report(path: Path) -> str:
+    import json
+
+    doc = json.loads(path.read_text())
+    extra = doc.get("change") or doc.get("query") or {}
+    summary = ", ".join(f"{k}={v}" for k, v in extra.items() if k in ("method", "threshold", "changed_patches", "patches", "patch_id"))
+    return f"{path.name}: {len(doc['features'])} features ({summary})"
+
+
 def main(out: str) -> None:
-    for path in sorted(Path(out).glob("*_tiles.*")):
+    out = Path(out)
+    for path in sorted(out.glob("*_tiles.*")):
         print(alignment_report(path))
-    for path in sorted(p for p in Path(out).glob("*_embeddings") if (p / "model.json").exists()):
-        print(embedding_report(path))
+    for path in sorted(p for p in out.glob("*_index") if (p / "index.json").exists()):
+        print(index_report(path))
+    for path in sorted(out.glob("*_query.geojson")) + sorted(out.glob("*_change.geojson")):
+        print(geojson_report(path))
+    written = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".html", ".tif"))
+    print("pictures and rasters:", ", ".join(written))
 
 
 if __name__ == "__main__":

@@ -177,16 +177,26 @@ def stage_features(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
     return [m.mean(dim=(2, 3)) for m in stage_maps(model, x)]
 
 
-def cnn_distances(model: FeatureModel, before: np.ndarray, after: np.ndarray, scale_before, scale_after) -> dict[str, np.ndarray]:
+def cnn_distances(model: FeatureModel, before: np.ndarray, after: np.ndarray, scale_before, scale_after,
+                  pixel_maps: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """Per patch pair: final-stage pooled cosine distance (``cosine``), its mean over stages
-    (``multilayer``) and the per-location distance averaged over locations and stages (``dense``)."""
+    (``multilayer``) and the per-location distance averaged over locations and stages (``dense``).
+
+    With ``pixel_maps`` also ``dense_map``: (n, h, w) per-location distances of every stage
+    resized to the patch's pixels and averaged, a score at sub-patch resolution."""
     xb = torch.from_numpy(scale_before(before))
     xa = torch.from_numpy(scale_after(after))
     with torch.inference_mode():
         mb, ma = stage_maps(model, xb), stage_maps(model, xa)
         pooled = torch.stack([1 - F.cosine_similarity(b.mean(dim=(2, 3)), a.mean(dim=(2, 3)), dim=1) for b, a in zip(mb, ma)], dim=1)
-        dense = torch.stack([(1 - F.cosine_similarity(b, a, dim=1, eps=1e-6)).mean(dim=(1, 2)) for b, a in zip(mb, ma)], dim=1)
-    return {"cosine": pooled[:, -1].numpy(), "multilayer": pooled.mean(dim=1).numpy(), "dense": dense.mean(dim=1).numpy()}
+        located = [1 - F.cosine_similarity(b, a, dim=1, eps=1e-6) for b, a in zip(mb, ma)]
+        dense = torch.stack([d.mean(dim=(1, 2)) for d in located], dim=1)
+        out = {"cosine": pooled[:, -1].numpy(), "multilayer": pooled.mean(dim=1).numpy(), "dense": dense.mean(dim=1).numpy()}
+        if pixel_maps:
+            size = before.shape[-2:]
+            resized = [F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for d in located]
+            out["dense_map"] = torch.stack(resized).mean(dim=0).numpy()
+    return out
 
 
 # -------------------------------------------------------------------- scoring
@@ -199,6 +209,7 @@ class ChangeScores:
     tiling: TilingConfig
     before: Scene
     after: Scene
+    pixels: dict | None = None  # method -> (H, W) float32 score map on ``grid`` (NaN outside patches)
 
     def score(self, method: ChangeMethod | str) -> np.ndarray:
         return self.patches[ChangeMethod(method).value].to_numpy()
@@ -212,12 +223,15 @@ def score_change(
     grid: Grid | None = None,
     spectral: tuple[Scene, Scene] | None = None,
     batch: int = 16,
+    pixel_maps: bool = False,
 ) -> ChangeScores:
     """Score every co-located patch pair of two dates with every method.
 
     ``model`` reads ``before``/``after`` (already cut to its bands); CVA reads
     the ``spectral`` pair when given (e.g. all 13 Sentinel-2 bands of each
     date), else the same bands. Without a model only ``cva`` is computed.
+    With ``pixel_maps`` the result also holds per-pixel score maps on the grid
+    (``dense``, ``cva`` and ``fusion``; overlapping patches are averaged).
     """
     if before.count != after.count or before.band_names != after.band_names:
         raise BandError(
@@ -229,18 +243,24 @@ def score_change(
     mb, sb = band_moments(spectral_before, tiling, grid)
     ma, sa = band_moments(spectral_after, tiling, grid)
     cva_scores = {}
+    maps = {name: PixelMosaic(grid) for name in ("cva", "dense")} if pixel_maps else {}
     for pairs in paired_patches(spectral_before, spectral_after, tiling, grid, batch=256):
         zb = (pairs.before - mb[None, :, None, None]) / sb[None, :, None, None]
         za = (pairs.after - ma[None, :, None, None]) / sa[None, :, None, None]
-        magnitude = np.sqrt(((za - zb) ** 2).sum(axis=1)).mean(axis=(1, 2))
+        per_pixel = np.sqrt(((za - zb) ** 2).sum(axis=1))
+        magnitude = per_pixel.mean(axis=(1, 2))
         cva_scores.update({(r.row, r.col): float(m) for r, m in zip(pairs.records, magnitude)})
+        if pixel_maps:
+            maps["cva"].add(pairs.records, per_pixel)
 
     records, cnn = [], {"cosine": [], "multilayer": [], "dense": []}
     if model is not None:
         model.eval()
         for pairs in paired_patches(before, after, tiling, grid, batch=batch):
-            distances = cnn_distances(model, pairs.before, pairs.after, before.scale, after.scale)
+            distances = cnn_distances(model, pairs.before, pairs.after, before.scale, after.scale, pixel_maps)
             records += pairs.records
+            if pixel_maps:
+                maps["dense"].add(pairs.records, distances.pop("dense_map"))
             for name, values in distances.items():
                 cnn[name] += values.tolist()
     else:
@@ -254,7 +274,32 @@ def score_change(
         frame["fusion"] = (robust_z(frame["dense"]) + robust_z(frame["cva"])) / 2
     frame["date_before"] = before.date.isoformat() if before.date else None
     frame["date_after"] = after.date.isoformat() if after.date else None
-    return ChangeScores(frame, grid, tiling, before, after)
+    pixels = {name: mosaic.result() for name, mosaic in maps.items()}
+    if "dense" in pixels and model is not None:
+        pixels["fusion"] = (robust_z(pixels["dense"]) + robust_z(pixels["cva"])) / 2
+    if model is None:
+        pixels.pop("dense", None)
+    return ChangeScores(frame, grid, tiling, before, after, pixels)
+
+
+class PixelMosaic:
+    """Per-pixel scores of many patches on one grid; overlaps are averaged."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.total = np.zeros(grid.shape, np.float32)
+        self.count = np.zeros(grid.shape, np.uint16)
+
+    def add(self, records: Sequence[PatchRecord], values: np.ndarray) -> None:
+        for record, value in zip(records, values):
+            r, c = int(record.window.row_off), int(record.window.col_off)
+            h = min(value.shape[0], self.total.shape[0] - r)
+            w = min(value.shape[1], self.total.shape[1] - c)
+            self.total[r : r + h, c : c + w] += value[:h, :w]
+            self.count[r : r + h, c : c + w] += 1
+
+    def result(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.total / self.count, np.nan).astype(np.float32)
 
 
 def robust_z(values) -> np.ndarray:
@@ -308,9 +353,11 @@ def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: f
 
 
 def score_raster(scores: ChangeScores, method: ChangeMethod | str, path) -> None:
-    """Write the per-patch scores as a float32 GeoTIFF on the common grid, one cell per stride.
+    """Write the scores as a float32 GeoTIFF on the common grid.
 
-    Cells of patches that were skipped (nodata) hold NaN, the raster's nodata.
+    With per-pixel maps (``--dense``) the raster has the grid's own pixels;
+    otherwise one cell per patch stride. NaN (the nodata value) marks pixels or
+    cells with no patch.
     """
     import rasterio
     from affine import Affine
@@ -318,15 +365,20 @@ def score_raster(scores: ChangeScores, method: ChangeMethod | str, path) -> None
     from rscbir.atomic import atomic_path
 
     method = ChangeMethod(method).value
-    size, stride = scores.tiling.pixels(scores.grid)
     patches = scores.patches
-    height = int(patches["row"].max()) + 1 if len(patches) else 1
-    width = int(patches["col"].max()) + 1 if len(patches) else 1
-    data = np.full((height, width), np.nan, dtype=np.float32)
-    data[patches["row"].to_numpy(), patches["col"].to_numpy()] = patches[method].to_numpy()
-    # a cell is the stride step; shifted so cell centres sit on patch centres
-    offset = (size - stride) / 2
-    transform = scores.grid.transform * Affine.translation(offset, offset) * Affine.scale(stride)
+    if scores.pixels and method in scores.pixels:
+        data = scores.pixels[method]
+        height, width = data.shape
+        transform = scores.grid.transform
+    else:
+        size, stride = scores.tiling.pixels(scores.grid)
+        height = int(patches["row"].max()) + 1 if len(patches) else 1
+        width = int(patches["col"].max()) + 1 if len(patches) else 1
+        data = np.full((height, width), np.nan, dtype=np.float32)
+        data[patches["row"].to_numpy(), patches["col"].to_numpy()] = patches[method].to_numpy()
+        # a cell is the stride step; shifted so cell centres sit on patch centres
+        offset = (size - stride) / 2
+        transform = scores.grid.transform * Affine.translation(offset, offset) * Affine.scale(stride)
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
                            crs=scores.grid.crs, transform=transform, nodata=float("nan"), compress="deflate") as dst:  # fmt: skip

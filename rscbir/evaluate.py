@@ -133,6 +133,25 @@ def precision_recall_f1(predicted: np.ndarray, truth: np.ndarray) -> tuple[float
 OSCD_CITIES = ("abudhabi", "aguasclaras", "bercy", "bordeaux", "hongkong", "mumbai", "nantes", "paris", "pisa", "rennes")
 
 
+def oscd_labels_on(city_dir: Path, grid) -> np.ndarray:
+    """The OSCD change mask (bool, value 2) cut to ``grid``, a window of date 1's 10 m grid."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    b02 = next((city_dir / "imgs_1").glob("*_B02.tif"))
+    with rasterio.open(b02) as ref:
+        transform = ref.transform
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(next((city_dir / "cm").glob("*-cm.tif"))) as cm:
+            changed = cm.read(1) == 2
+    col0 = int(round((grid.transform.c - transform.c) / transform.a))
+    row0 = int(round((grid.transform.f - transform.f) / transform.e))
+    return changed[row0 : row0 + grid.height, col0 : col0 + grid.width]
+
+
 def oscd_change_fraction(city_dir: Path, frame, grid) -> np.ndarray:
     """Fraction of labelled-change pixels (value 2) in each patch of ``frame``.
 
@@ -169,13 +188,15 @@ def evaluate_change_oscd(
     all_bands: bool = False,
     input_size: int = 224,
     progress=None,
+    dense: bool = False,
 ) -> dict:
     """Patch-level change detection against the OSCD labels, every method and CVA in one run.
 
     A patch counts as changed when its changed-pixel fraction is above ``cut``
     (0 = any pixel). Each city is thresholded on its own scores by ``threshold``
     (no labels involved). Returns per-city and pooled precision, recall, F1 and
-    ROC AUC per method and cut.
+    ROC AUC per method and cut. With ``dense`` also pixel-level figures for the
+    per-pixel maps (``dense``, ``cva``, ``fusion``), Otsu on each city's pixel scores.
     """
     from rscbir.change import ChangeMethod, score_change, threshold_value
     from rscbir.models.load import load_feature_model
@@ -188,6 +209,7 @@ def evaluate_change_oscd(
     model = None
     methods = [m.value for m in ChangeMethod]
     per_city, pooled_scores, pooled_fraction, pooled_pred = {}, {m: [] for m in methods}, [], {m: [] for m in methods}
+    pixel_pool: dict[str, list] = {}
     for city in cities:
         city_dir = root / city
         if not (city_dir / "imgs_1").is_dir():
@@ -200,8 +222,11 @@ def evaluate_change_oscd(
             before, after = before_all.select(rgb), after_all.select(rgb)
         if model is None:
             model, _ = load_feature_model(before.band_names, rgb=rgb, all_bands=all_bands, input_size=input_size)
-        scores = score_change(before, after, model, tiling, grid, spectral=(before_all, after_all.select(before_all.band_names)))
+        scores = score_change(before, after, model, tiling, grid, spectral=(before_all, after_all.select(before_all.band_names)),
+                              pixel_maps=dense)  # fmt: skip
         fraction = oscd_change_fraction(city_dir, scores.patches, grid)
+        if dense:
+            truth_pixels = oscd_labels_on(city_dir, grid)
         pooled_fraction.append(fraction)
         result = {"patches": int(len(fraction)), "changed_pixel_share": float(np.nanmean(fraction))}
         for method in methods:
@@ -215,6 +240,13 @@ def evaluate_change_oscd(
                 p, r, f1 = precision_recall_f1(predicted, truth)
                 result[f"{method}@{cut:g}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(values, truth),
                                                "changed_patches": int(truth.sum()), "flagged": int(predicted.sum())}  # fmt: skip
+        if dense:
+            for method, values in scores.pixels.items():
+                valid = np.isfinite(values)
+                v, t = values[valid], truth_pixels[valid]
+                p, r, f1 = precision_recall_f1(v > threshold_value(v, threshold), t)
+                result[f"pixel:{method}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(v, t)}
+                pixel_pool.setdefault(method, []).append((v, t, v > threshold_value(v, threshold)))
         per_city[city] = result
         if progress:
             progress(f"{city}: " + ", ".join(f"{m} AUC {result[f'{m}@0.05']['auc']:.3f}" for m in methods))
@@ -226,5 +258,9 @@ def evaluate_change_oscd(
             truth = fraction > cut
             p, r, f1 = precision_recall_f1(predicted, truth)
             pooled[f"{method}@{cut:g}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(values, truth)}
-    return {"cities": per_city, "pooled": pooled, "patch_size": patch_size, "threshold": threshold,
+    for method, parts in pixel_pool.items():
+        values, truth, predicted = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        p, r, f1 = precision_recall_f1(predicted, truth)
+        pooled[f"pixel:{method}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(values, truth)}
+    return {"cities": per_city, "pooled": pooled, "patch_size": patch_size, "threshold": threshold, "dense": dense,
             "all_bands": all_bands, "methods": methods, "cuts": list(cuts)}  # fmt: skip

@@ -154,3 +154,14 @@ def test_change_from_index_and_query_change(real_data, tmp_path):
     assert scores == sorted(scores, reverse=True)
     missing = run("change", "--index", out, "--dates", "20090818", "20150926", "-o", tmp_path / "m.geojson")
     assert missing.exit_code == 2 and "no scene of date 2015-09-26" in missing.output
+
+
+def test_dense_pixel_scores_raster_has_grid_pixels(pair, tmp_path):
+    result = run("change", *pair, "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "--dense",
+                 "--scores", tmp_path / "pixels.tif", "-o", tmp_path / "c.geojson")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "pixels.tif") as scores, rasterio.open(pair[0]) as source:
+        assert scores.shape == source.shape and scores.transform == source.transform
+        grid = scores.read(1)
+    row, col = np.unravel_index(np.nanargmax(grid), grid.shape)
+    assert 30 <= row < 66 and 62 <= col < 98  # the strongest pixel lies on or next to the new building

@@ -29,11 +29,12 @@ Examples:
 @click.option("--threshold", default="otsu", show_default=True, help="otsu, percentile:95, sigma:3 or a number.")
 @click.option("--all-patches", is_flag=True, help="Write every patch with its score instead of dissolved changed areas.")
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False), help="Float32 GeoTIFF of the score map on the common grid.")
+@click.option("--dense", is_flag=True, help="Also score every pixel from the CNN feature maps (DCVA) and CVA; --scores then has the grid's pixels.")
 @click.option("--preview", type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
 def change(scenes, output, index_dir, index_dates, preset, bands, band_names, scale, dates, patch_size, stride, edge,
            max_nodata, resampling, backbone, weights, all_bands, pooling, input_size, runtime, method, threshold,
-           all_patches, scores_path, preview, html):  # fmt: skip
+           all_patches, scores_path, dense, preview, html):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders) patch by patch on one grid and
     write the changed areas as GeoJSON, each with max and mean score, area in m², patch
     count and both dates."""
@@ -60,7 +61,7 @@ def change(scenes, output, index_dir, index_dates, preset, bands, band_names, sc
         if method != "cva":
             model, _, (before, after) = options.model_for_scenes([before_all, after_all], preset_obj, backbone, weights,
                                                                  all_bands, pooling, input_size)  # fmt: skip
-        scores = ch.score_change(before, after, model, tiling, spectral=(before_all, after_all))
+        scores = ch.score_change(before, after, model, tiling, spectral=(before_all, after_all), pixel_maps=dense)
     values = scores.score(method)
     cut = ch.threshold_value(values, threshold)
     if all_patches:

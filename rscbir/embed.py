@@ -74,6 +74,7 @@ class EmbedOptions:
     whiten: float = 0.0  # whitening power: 0 centred PCA, 0.5 full whitening
     resampling: Resampling = Resampling.bilinear
     progress: bool = False
+    device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU
 
 
 def embed_batches(forward, loader: DataLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -93,19 +94,22 @@ def embed_scenes(
     align: bool = False,
     options: EmbedOptions = EmbedOptions(),
     grid: Grid | None = None,
+    client=None,
 ) -> "EmbeddingStore":
     """Tile, embed and store every patch of ``scenes`` in the folder ``output``.
 
     With ``align`` all scenes are read onto their common grid, so the vectors of
     the same (row, col) describe the same ground in every date; ``grid`` names
     that grid explicitly (e.g. one shared with scenes embedded elsewhere).
+    With a Dask ``client`` the patch rows are embedded as tasks on its workers
+    (see :mod:`rscbir.scale`); the store is the same.
     """
     output = Path(output)
     if output.exists() and not (output / "model.json").exists() and any(output.iterdir()):
         raise OutputError(f"{output}: exists and is not an embedding store; choose a new folder")
     if not output.parent.exists():
         raise OutputError(f"{output}: parent folder {output.parent} does not exist")
-    forward = forward_for(model, options.runtime)
+    forward = forward_for(model, options.runtime, options.device) if client is None else None
     if grid is None and align:
         grid = aligned_grid(scenes)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -119,21 +123,13 @@ def embed_scenes(
             for scene in scenes:
                 scene_grid = grid or scene.grid
                 if scene.scaling.mode.value == "percentile":
-                    scene.band_stats()  # once, before workers fork, so all share it
-                stream = PatchStream(scene, scene_grid, tiling, options.resampling)
-                workers = options.workers if options.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
-                loader = DataLoader(stream, batch_size=options.batch_size, num_workers=workers)
-                batches = embed_batches(forward, loader)
-                if options.progress:
-                    from tqdm import tqdm
+                    scene.band_stats()  # once, before workers fork or tasks ship, so all share it
+                if client is None:
+                    keys = _embed_local(scene, scene_grid, forward, tiling, options, raw)
+                else:
+                    from rscbir.scale import embed_scene_tasks
 
-                    n_rows, n_cols = patch_layout(scene_grid, *tiling.pixels(scene_grid), tiling.edge)
-                    batches = tqdm(batches, total=-(-n_rows * n_cols // options.batch_size), desc=scene.scene_id, unit="batch")
-                scene_keys = []
-                for keys, vectors in batches:
-                    raw.write(vectors.astype(options.dtype).tobytes())
-                    scene_keys.append(keys)
-                keys = np.concatenate(scene_keys) if scene_keys else np.zeros((0, 3))
+                    keys = embed_scene_tasks(client, scene, scene_grid, config, tiling, options, raw, work)
                 order = np.lexsort((keys[:, 1], keys[:, 0]))  # row-major, whatever order workers finished in
                 size, stride = tiling.pixels(scene_grid)
                 records = [make_record(scene, scene_grid, int(r), int(c), size, stride, float(f)) for r, c, f in keys[order]]
@@ -172,6 +168,7 @@ def embed_scenes(
             "scenes": [s.to_dict() for s in scenes],
         }
         (work / "model.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(work / "shards", ignore_errors=True)  # emptied as the driver read them (Dask runs)
         for path in work.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -180,6 +177,24 @@ def embed_scenes(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return EmbeddingStore.open(output)
+
+
+def _embed_local(scene: Scene, grid: Grid, forward, tiling: TilingConfig, options: EmbedOptions, raw) -> np.ndarray:
+    """Embed one scene in this process; vectors appended to ``raw``; returns keys (n, 3)."""
+    stream = PatchStream(scene, grid, tiling, options.resampling)
+    workers = options.workers if options.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
+    loader = DataLoader(stream, batch_size=options.batch_size, num_workers=workers)
+    batches = embed_batches(forward, loader)
+    if options.progress:
+        from tqdm import tqdm
+
+        n_rows, n_cols = patch_layout(grid, *tiling.pixels(grid), tiling.edge)
+        batches = tqdm(batches, total=-(-n_rows * n_cols // options.batch_size), desc=scene.scene_id, unit="batch")
+    scene_keys = []
+    for keys, vectors in batches:
+        raw.write(vectors.astype(options.dtype).tobytes())
+        scene_keys.append(keys)
+    return np.concatenate(scene_keys) if scene_keys else np.zeros((0, 3))
 
 
 def _swap_in(work: Path, output: Path) -> None:

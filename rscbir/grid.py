@@ -51,6 +51,14 @@ class Grid:
         """The grid of an open rasterio dataset."""
         return cls(dataset.crs, dataset.transform, dataset.width, dataset.height)
 
+    def to_dict(self) -> dict:
+        """JSON-able form (CRS as WKT)."""
+        return {"crs": self.crs.to_wkt(), "transform": list(self.transform)[:6], "width": self.width, "height": self.height}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Grid":
+        return cls(CRS.from_wkt(doc["crs"]), Affine(*doc["transform"]), int(doc["width"]), int(doc["height"]))
+
     @property
     def bounds(self) -> BoundingBox:
         """(left, bottom, right, top) in the grid CRS."""

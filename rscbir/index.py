@@ -33,7 +33,7 @@ import pandas as pd
 from rscbir.atomic import atomic_path
 from rscbir.catalog import read_catalog
 from rscbir.embed import EmbeddingStore, EmbedOptions, embed_scenes
-from rscbir.errors import IndexFileError, ModelMismatchError, RscbirError
+from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, RscbirError
 from rscbir.grid import Grid, common_grid
 from rscbir.models.features import FeatureModel
 from rscbir.models.load import ModelConfig
@@ -238,11 +238,15 @@ def build_index(
     align: bool = False,
     options: EmbedOptions = EmbedOptions(),
     index_type: str = "auto",
+    client=None,
 ) -> tuple[Index, dict]:
     """Create ``path`` or append ``scenes`` to it; returns the index and a summary.
 
     Scenes already present (same id and content hash) are skipped. A different
     model, weights, bands or tiling than the index was built with is refused.
+    A scene that cannot be read (corrupt, truncated) is reported in
+    ``summary["failed"]`` and skipped; the others are indexed. With a Dask
+    ``client`` patch rows are embedded on its workers (:mod:`rscbir.scale`).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -275,10 +279,14 @@ def build_index(
             for scene in scenes:
                 common_grid([grid, scene.grid], ["the index grid", scene.location])
     key = _fingerprint_key(config, tiling, options)
-    summary = {"added": [], "skipped": [], "reused": []}
+    summary = {"added": [], "skipped": [], "reused": [], "failed": []}
     new_stores: list[tuple[dict, EmbeddingStore, Path]] = []
     for scene in scenes:
-        digest = scene_content_hash(scene)
+        try:
+            digest = scene_content_hash(scene)
+        except OSError as exc:
+            summary["failed"].append({"scene": scene.location, "error": str(exc)})
+            continue
         if scene.scene_id in known:
             if known[scene.scene_id]["content_hash"] == digest:
                 log.info("%s: already indexed, skipped", scene.scene_id)
@@ -294,13 +302,21 @@ def build_index(
             log.info("%s: reusing embeddings staged by an earlier run", scene.scene_id)
             summary["reused"].append(scene.scene_id)
         else:
-            store = embed_scenes([scene], stage, model, config, tiling, options=options, grid=grid)
+            try:
+                store = embed_scenes([scene], stage, model, config, tiling, options=options, grid=grid, client=client)
+            except InvalidSceneError as exc:
+                log.warning("%s: skipped: %s", scene.scene_id, exc)
+                summary["failed"].append({"scene": scene.location, "error": str(exc)})
+                continue
         record = {**store.meta["scenes"][0], "content_hash": digest, "patches": len(store.vectors)}
         new_stores.append((record, store, stage))
         summary["added"].append(scene.scene_id)
 
-    if existing is not None and not new_stores:
-        return existing, summary
+    if not new_stores:
+        if existing is not None:
+            return existing, summary
+        if summary["failed"]:
+            raise IndexFileError("no scene could be indexed: " + "; ".join(f["error"] for f in summary["failed"]))
     index = _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid)
     for _, _, stage in new_stores:
         shutil.rmtree(stage, ignore_errors=True)
@@ -317,14 +333,11 @@ def _describe_difference(key: str, before, now) -> str:
 
 
 def grid_to_dict(grid: Grid) -> dict:
-    return {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width, "height": grid.height}
+    return grid.to_dict()
 
 
 def grid_from_dict(doc: dict) -> Grid:
-    from affine import Affine
-    from rasterio.crs import CRS
-
-    return Grid(CRS.from_wkt(doc["crs"]), Affine(*doc["transform"]), int(doc["width"]), int(doc["height"]))
+    return Grid.from_dict(doc)
 
 
 def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid) -> Index:

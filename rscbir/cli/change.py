@@ -33,7 +33,7 @@ Examples:
 @click.option("--preview", type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
 def change(scenes, output, index_dir, index_dates, preset, bands, band_names, scale, dates, patch_size, stride, edge,
-           max_nodata, resampling, backbone, weights, all_bands, pooling, input_size, runtime, method, threshold,
+           max_nodata, resampling, backbone, weights, all_bands, pooling, input_size, runtime, device, method, threshold,
            all_patches, scores_path, dense, preview, html):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders) patch by patch on one grid and
     write the changed areas as GeoJSON, each with max and mean score, area in m², patch

@@ -28,7 +28,7 @@ Example:
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.pass_context
 def embed(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling,
-          backbone, weights, all_bands, pooling, input_size, runtime, align, dim, whiten, batch_size, workers, dtype):  # fmt: skip
+          backbone, weights, all_bands, pooling, input_size, runtime, device, align, dim, whiten, batch_size, workers, dtype):  # fmt: skip
     """Embed every patch of SCENE... with a pretrained CNN (classifier removed).
 
     Writes OUTPUT/catalog.parquet (patches), vectors.npy (one L2-normalised
@@ -44,7 +44,7 @@ def embed(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_si
     model, config, opened = options.model_for_scenes(opened, preset_obj, backbone, weights, all_bands, pooling, input_size)
     tiling = options.tiling_config(patch_size, stride, edge, max_nodata)
     run = EmbedOptions(
-        batch_size=batch_size, workers=workers, runtime=runtime, dtype=dtype, dim=dim, whiten=whiten,
+        batch_size=batch_size, workers=workers, runtime=runtime, device=device, dtype=dtype, dim=dim, whiten=whiten,
         resampling=Resampling[resampling], progress=not ctx.obj["quiet"] and sys.stderr.isatty(),
     )
     store = embed_scenes(opened, output, model, config, tiling, align, run)

@@ -27,7 +27,7 @@ Example:
               help="Evaluate on this stratified half only (the other half trained a head).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the half split (as in finetune).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures here.")
-def retrieval(folder, backbone, weights, all_bands, pooling, input_size, runtime, dim, whiten, half, seed, json_path):
+def retrieval(folder, backbone, weights, all_bands, pooling, input_size, runtime, device, dim, whiten, half, seed, json_path):
     """Every image of DIR (one sub-folder per class) queries the rest: mAP, P@5, P@10, P@50."""
     import time
 

@@ -31,7 +31,7 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def finetune(ctx, sources, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling,
-             backbone, weights, all_bands, pooling, input_size, runtime, labels, label_field, self_supervised, half, dim, unfreeze,
+             backbone, weights, all_bands, pooling, input_size, runtime, device, labels, label_field, self_supervised, half, dim, unfreeze,
              epochs, lr, seed):  # fmt: skip
     """Fine-tune a head on SOURCE: a class-per-folder image set, scenes with
     --labels polygons, or scenes with --self-supervised.

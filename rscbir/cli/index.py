@@ -27,15 +27,19 @@ Example:
               help="FAISS factory string (Flat, HNSW32, IVF1024,PQ32 ...); auto: Flat up to 100k vectors, HNSW32 beyond.")  # fmt: skip
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--workers", type=int, default=None, help="Patch-reading worker processes (default: 0 on <= 2 cores, else 2).")
+@click.option("--scheduler", default=None, metavar="local|ADDRESS",
+              help="Embed on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 uses a running one.")  # fmt: skip
 @click.pass_context
 def index(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling,
-          backbone, weights, all_bands, pooling, input_size, runtime, align, dim, index_type, batch_size, workers):  # fmt: skip
+          backbone, weights, all_bands, pooling, input_size, runtime, device, align, dim, index_type, batch_size, workers,
+          scheduler):  # fmt: skip
     """Index SCENE... for retrieval: patch catalog, embeddings and a FAISS index in one folder.
 
     Appending to an existing folder skips scenes already present (same id and
     content); a different model, weights, bands or tiling is refused. Writes are
     atomic: an interrupted run leaves the previous index readable, and the next
-    run reuses the scenes it had already embedded.
+    run reuses the scenes it had already embedded. An unreadable scene among
+    several is reported and skipped: exit code 3 says the run was partial.
     """
     from rasterio.enums import Resampling
 
@@ -43,16 +47,47 @@ def index(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_si
     from rscbir.index import build_index
     from rscbir.models.load import configure_threads
 
+    from rscbir.errors import RscbirError
+
     configure_threads()
-    opened, preset_obj = options.open_scenes(scenes, preset, bands, band_names, scale, dates)
+    opened, failed = [], []
+    for i, location in enumerate(scenes):  # one unreadable scene among many is reported, not fatal
+        try:
+            found, preset_obj = options.open_scenes([location], preset, bands, band_names, scale, [dates[i]] if dates else None)
+            opened += found
+        except RscbirError as exc:
+            if len(scenes) == 1:
+                raise
+            failed.append({"scene": location, "error": str(exc)})
+    if not opened:
+        raise RscbirError("no scene could be opened: " + "; ".join(f["error"] for f in failed))
     model, config, opened = options.model_for_scenes(opened, preset_obj, backbone, weights, all_bands, pooling, input_size)
     tiling = options.tiling_config(patch_size, stride, edge, max_nodata)
     run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=runtime, dim=dim, resampling=Resampling[resampling],
-                       progress=not ctx.obj["quiet"] and sys.stderr.isatty())  # fmt: skip
-    built, summary = build_index(output, opened, model, config, tiling, align, run, index_type)
+                       progress=not ctx.obj["quiet"] and sys.stderr.isatty(), device=device)  # fmt: skip
+    client = None
+    if scheduler:
+        from rscbir.scale import connect
+
+        client = connect(scheduler)
+    try:
+        built, summary = build_index(output, opened, model, config, tiling, align, run, index_type, client)
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    summary["failed"] = failed + summary["failed"]
     parts = [f"{len(summary['added'])} scene(s) added"]
     if summary["skipped"]:
         parts.append(f"{len(summary['skipped'])} already indexed ({', '.join(summary['skipped'])})")
     if summary["reused"]:
         parts.append(f"{len(summary['reused'])} resumed from staged embeddings")
+    if summary["failed"]:
+        parts.append(f"{len(summary['failed'])} FAILED and skipped")
     click.echo(f"{output}: {len(built)} patches, {built.manifest['dim']}-d, FAISS {built.manifest['index_type']}; " + "; ".join(parts))
+    if summary["failed"]:
+        for failure in summary["failed"]:
+            click.echo(f"skipped {failure['scene']}: {failure['error']}", err=True)
+        ctx.exit(3)  # partial run: the index holds the other scenes

@@ -94,8 +94,12 @@ runtime_opt = click.option("--runtime", type=click.Choice(["auto", "torch", "onn
                            help="Forward pass on PyTorch or ONNX Runtime (auto: ONNX Runtime when installed; same vectors).")  # fmt: skip
 
 
+device_opt = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                          help="Where the CNN runs; auto: CUDA when a GPU is visible, else CPU.")  # fmt: skip
+
+
 def model_options(func):
-    for option in reversed([model_opt, weights_opt, all_bands_opt, pooling_opt, input_size_opt, runtime_opt]):
+    for option in reversed([model_opt, weights_opt, all_bands_opt, pooling_opt, input_size_opt, runtime_opt, device_opt]):
         func = option(func)
     return func
 

@@ -88,15 +88,39 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def forward_for(model: FeatureModel, runtime: Runtime | str = Runtime.AUTO) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable that embeds batches with ``model`` on the chosen runtime."""
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda: torch sees no CUDA GPU here; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+def forward_for(model: FeatureModel, runtime: Runtime | str = Runtime.AUTO, device: str = "auto",
+                threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    """A callable that embeds batches with ``model`` on the chosen runtime and device.
+
+    On a GPU the forward pass runs in PyTorch (ONNX Runtime here is the CPU build);
+    on the CPU ``auto`` picks ONNX Runtime when installed.
+    """
     runtime = Runtime(runtime)
+    if resolve_device(device) == "cuda":
+        gpu = model.eval().to("cuda", memory_format=torch.channels_last)
+
+        def forward_gpu(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return gpu(x.to("cuda", non_blocking=True)).float().cpu()
+
+        return forward_gpu
     if runtime is Runtime.AUTO:
         runtime = Runtime.ONNX if onnxruntime_available() else Runtime.TORCH
     if runtime is Runtime.ONNX:
         if not onnxruntime_available():
             raise ModelError("--runtime onnx needs onnxruntime: `pip install onnxruntime onnx`, or use --runtime torch")
-        return OnnxRuntimeModel(model)
+        return OnnxRuntimeModel(model, threads)
     model.eval().to(memory_format=torch.channels_last)
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -134,7 +134,11 @@ OSCD_CITIES = ("abudhabi", "aguasclaras", "bercy", "bordeaux", "hongkong", "mumb
 
 
 def oscd_labels_on(city_dir: Path, grid) -> np.ndarray:
-    """The OSCD change mask (bool, value 2) cut to ``grid``, a window of date 1's 10 m grid."""
+    """The OSCD change mask (bool, value 2) cut to ``grid``, a window of date 1's 10 m grid.
+
+    The label raster has no CRS of its own: it lies on the 10 m grid of date 1,
+    whose transform is B02's.
+    """
     import warnings
 
     import rasterio
@@ -153,28 +157,11 @@ def oscd_labels_on(city_dir: Path, grid) -> np.ndarray:
 
 
 def oscd_change_fraction(city_dir: Path, frame, grid) -> np.ndarray:
-    """Fraction of labelled-change pixels (value 2) in each patch of ``frame``.
-
-    The label raster has no CRS of its own: it lies on the 10 m grid of date 1,
-    whose transform is B02's; ``grid`` is that grid or a crop of it.
-    """
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    b02 = next((city_dir / "imgs_1").glob("*_B02.tif"))
-    with rasterio.open(b02) as ref:
-        transform = ref.transform
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(next((city_dir / "cm").glob("*-cm.tif"))) as cm:
-            changed = cm.read(1) == 2
-    col0 = int(round((grid.transform.c - transform.c) / transform.a))
-    row0 = int(round((grid.transform.f - transform.f) / transform.e))
+    """Fraction of labelled-change pixels (value 2) in each patch of ``frame`` (windows on ``grid``)."""
+    changed = oscd_labels_on(city_dir, grid)
     fractions = []
     for r in frame.itertuples():
-        window = changed[row0 + r.row_off : row0 + r.row_off + r.height, col0 + r.col_off : col0 + r.col_off + r.width]
+        window = changed[r.row_off : r.row_off + r.height, r.col_off : r.col_off + r.width]
         fractions.append(float(window.mean()) if window.size else np.nan)
     return np.asarray(fractions)
 

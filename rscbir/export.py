@@ -82,8 +82,6 @@ def contact_sheet(index, result: QueryResult, path: str | os.PathLike, thumb: in
     catalog_rows = index.catalog.set_index("patch_id")
     for hit in result.hits.itertuples():
         row = catalog_rows.loc[hit.patch_id]
-        row = row.copy()
-        row["scene_id"] = hit.scene_id
         tiles.append((patch_pixels(index, row), f"#{hit.rank} {hit.score:.3f} {hit.date or ''}"))
     columns = min(6, max(1, len(tiles)))
     rows = -(-len(tiles) // columns)

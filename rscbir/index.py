@@ -33,7 +33,7 @@ import pandas as pd
 from rscbir.atomic import atomic_path
 from rscbir.catalog import read_catalog
 from rscbir.embed import EmbeddingStore, EmbedOptions, embed_scenes
-from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, RscbirError
+from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError
 from rscbir.grid import Grid, common_grid
 from rscbir.models.features import FeatureModel
 from rscbir.models.load import ModelConfig
@@ -427,4 +427,4 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
     return Index.open(path)
 
 
-__all__ = ["Index", "build_index", "build_faiss", "auto_index_type", "scene_content_hash", "RscbirError"]
+__all__ = ["Index", "build_index", "build_faiss", "auto_index_type", "scene_content_hash"]

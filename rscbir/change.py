@@ -39,7 +39,6 @@ from typing import Iterator, Sequence
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
 import torch
 import torch.nn.functional as F
@@ -405,21 +404,30 @@ def _index_scenes(index, dates: Sequence[str]) -> list[dict]:
     return records
 
 
+def co_located_vectors(index, before_id: str, after_id: str):
+    """Catalog rows and stored vectors of the patches indexed in both scenes at the same (row, col).
+
+    Returns (before rows, after rows, before vectors, after vectors), row-aligned.
+    """
+    a, b = (index.catalog[index.catalog["scene_id"] == s].set_index(["row", "col"]) for s in (before_id, after_id))
+    common = a.index.intersection(b.index)
+    rows_a = gpd.GeoDataFrame(a.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
+    rows_b = gpd.GeoDataFrame(b.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
+    va = np.asarray(index.vectors[rows_a["vector"].to_numpy()], dtype=np.float32)
+    vb = np.asarray(index.vectors[rows_b["vector"].to_numpy()], dtype=np.float32)
+    return rows_a, rows_b, va, vb
+
+
 def scores_from_index(index, dates: Sequence[str], method: ChangeMethod | str = ChangeMethod.FUSION) -> ChangeScores:
     """Change scores between two dates of an aligned index; ``cosine`` reuses the stored vectors."""
-    from rscbir.index import grid_from_dict
     from rscbir.models.load import model_from_config
 
     before_doc, after_doc = _index_scenes(index, dates)
-    grid = grid_from_dict(index.manifest["grid"])
+    grid = Grid.from_dict(index.manifest["grid"])
     tiling = TilingConfig(**{k: v for k, v in index.manifest["tiling"].items()})
     before, after = Scene.from_dict(before_doc), Scene.from_dict(after_doc)
     if ChangeMethod(method) is ChangeMethod.COSINE:
-        a, b = (index.catalog[index.catalog["scene_id"] == d["scene_id"]].set_index(["row", "col"]) for d in (before_doc, after_doc))
-        common = a.index.intersection(b.index)
-        va = np.asarray(index.vectors[a.loc[common, "vector"].to_numpy()], dtype=np.float32)
-        vb = np.asarray(index.vectors[b.loc[common, "vector"].to_numpy()], dtype=np.float32)
-        frame = gpd.GeoDataFrame(a.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
+        frame, _, va, vb = co_located_vectors(index, before_doc["scene_id"], after_doc["scene_id"])
         frame["cosine"] = 1 - np.sum(va * vb, axis=1)
         frame["date_before"], frame["date_after"] = before_doc["date"], after_doc["date"]
         return ChangeScores(frame, grid, tiling, before, after)
@@ -430,13 +438,9 @@ def change_vectors(index, dates: Sequence[str]) -> tuple[gpd.GeoDataFrame, np.nd
     """For each (row, col) indexed at both dates: the after-date catalog row, the normalised
     difference vector (after - before) and the change magnitude (1 - cosine)."""
     before_doc, after_doc = _index_scenes(index, dates)
-    a, b = (index.catalog[index.catalog["scene_id"] == d["scene_id"]].set_index(["row", "col"]) for d in (before_doc, after_doc))
-    common = a.index.intersection(b.index)
-    va = np.asarray(index.vectors[a.loc[common, "vector"].to_numpy()], dtype=np.float32)
-    vb = np.asarray(index.vectors[b.loc[common, "vector"].to_numpy()], dtype=np.float32)
+    _, frame, va, vb = co_located_vectors(index, before_doc["scene_id"], after_doc["scene_id"])
     difference = vb - va
     norms = np.linalg.norm(difference, axis=1, keepdims=True)
-    frame = gpd.GeoDataFrame(b.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
     return frame, difference / np.maximum(norms, 1e-12), 1 - np.sum(va * vb, axis=1)
 
 

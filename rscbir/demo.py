@@ -36,10 +36,9 @@ def index_report(path: Path) -> str:
              f"{','.join(config.input_bands)}), FAISS {index.manifest['index_type']}"]  # fmt: skip
     scenes = list(dict.fromkeys(index.catalog["scene_id"]))
     if len(scenes) == 2:
-        a, b = (index.catalog[index.catalog["scene_id"] == s].set_index(["row", "col"])["vector"] for s in scenes)
-        common = a.index.intersection(b.index)
-        va = np.asarray(index.vectors[a.loc[common].to_numpy()], dtype=np.float32)
-        vb = np.asarray(index.vectors[b.loc[common].to_numpy()], dtype=np.float32)
+        from rscbir.change import co_located_vectors
+
+        _, _, va, vb = co_located_vectors(index, *scenes)
         same, other = np.sum(va * vb, axis=1), np.sum(va * np.roll(vb, 1, axis=0), axis=1)
         lines.append(f"  cosine between dates: same place median {np.median(same):.3f}, different places median {np.median(other):.3f}")
     return "\n".join(lines)

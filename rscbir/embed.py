@@ -47,16 +47,18 @@ STORE_VERSION = 1
 
 
 class PatchStream(IterableDataset):
-    """Scaled patches of one scene on a grid; each worker takes every n-th patch row."""
+    """Scaled patches of one scene on a grid (``rows``: only these patch rows); each
+    DataLoader worker takes every n-th of them."""
 
-    def __init__(self, scene: Scene, grid: Grid, tiling: TilingConfig, resampling: Resampling) -> None:
+    def __init__(self, scene: Scene, grid: Grid, tiling: TilingConfig, resampling: Resampling = Resampling.bilinear,
+                 rows: Sequence[int] | None = None) -> None:  # fmt: skip
         self.scene, self.grid, self.tiling, self.resampling = scene, grid, tiling, resampling
-        self.n_rows = patch_layout(grid, *tiling.pixels(grid), tiling.edge)[0]
+        self.rows = list(rows) if rows is not None else list(range(patch_layout(grid, *tiling.pixels(grid), tiling.edge)[0]))
 
     def __iter__(self) -> Iterator[tuple[int, int, float, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rows = range(worker, self.n_rows, workers)
+        rows = self.rows[worker::workers]
         for patch in iter_patches(self.scene, self.tiling, self.grid, resampling=self.resampling, rows=rows):
             record = patch.record
             yield record.row, record.col, record.nodata_fraction, torch.from_numpy(self.scene.scale(patch.data))

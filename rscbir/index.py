@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -274,7 +274,7 @@ def build_index(
     if align:
         # an aligned index keeps one grid for ever, so (row, col) means the same ground in every date
         recorded = existing.manifest.get("grid") if existing else None
-        grid = grid_from_dict(recorded) if recorded else aligned_grid(scenes)
+        grid = Grid.from_dict(recorded) if recorded else aligned_grid(scenes)
         if recorded:
             for scene in scenes:
                 common_grid([grid, scene.grid], ["the index grid", scene.location])
@@ -330,14 +330,6 @@ def _describe_difference(key: str, before, now) -> str:
         diffs = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in now if before.get(k) != now.get(k)]
         return ", ".join(diffs)
     return f"{before} -> {now}"
-
-
-def grid_to_dict(grid: Grid) -> dict:
-    return grid.to_dict()
-
-
-def grid_from_dict(doc: dict) -> Grid:
-    return Grid.from_dict(doc)
 
 
 def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid) -> Index:
@@ -406,7 +398,7 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
             "pca_dim": options.dim,
             "whiten": options.whiten,
             "tiling": _tiling_doc(tiling),
-            "grid": grid_to_dict(grid) if grid is not None else (existing.manifest.get("grid") if existing else None),
+            "grid": grid.to_dict() if grid is not None else (existing.manifest.get("grid") if existing else None),
             "scenes": (existing.manifest["scenes"] if existing else []) + [r for r, _, _ in new_stores],
             "files": {**names, **({"pca": pca_name} if pca_name else {})},
         }

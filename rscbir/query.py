@@ -8,11 +8,9 @@ similarity as a GeoDataFrame in EPSG:4326.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -68,13 +66,14 @@ class QueryResult:
 
 
 def normalise_date(text: str) -> str:
-    text = str(text).strip()
-    for fmt in ("%Y%m%d", "%Y-%m-%d"):
-        try:
-            return dt.datetime.strptime(text, fmt).date().isoformat()
-        except ValueError:
-            continue
-    raise QueryError(f"cannot read date {text!r}; use YYYYMMDD or YYYY-MM-DD")
+    """``YYYY-MM-DD`` from any date spelling :func:`rscbir.scene.parse_date` reads."""
+    from rscbir.errors import BandError
+    from rscbir.scene import parse_date
+
+    try:
+        return parse_date(text).isoformat()
+    except BandError:
+        raise QueryError(f"cannot read date {text!r}; use YYYYMMDD or YYYY-MM-DD") from None
 
 
 def _centres(catalog: gpd.GeoDataFrame) -> np.ndarray:
@@ -203,7 +202,7 @@ def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:
     import rasterio
     from rasterio.errors import RasterioError
 
-    from rscbir.scene import Scaling, ScalingMode
+    from rscbir.scene import Scaling, apply_scaling
 
     try:
         with rasterio.open(path) as ds:
@@ -212,15 +211,8 @@ def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:
         raise QueryError(f"{path}: not a readable image ({exc})") from None
     if data.shape[0] != len(bands):
         raise QueryError(f"{path}: has {data.shape[0]} bands; the index embeds {len(bands)} ({', '.join(bands)}) in that order")
-    scene = index.manifest["scenes"][0]
-    scaling = scene.get("scaling") or {"mode": "none"}
-    out = data.astype(np.float32)
-    if scaling["mode"] == ScalingMode.DIVIDE.value:
-        out /= scaling["divisor"]
-    elif scaling["mode"] == ScalingMode.PERCENTILE.value and scene.get("band_stats"):
-        stats = np.asarray(scene["band_stats"], dtype=np.float32)
-        out = np.clip((out - stats[:, :1, None]) / np.maximum(stats[:, 1:, None] - stats[:, :1, None], 1e-6), 0, 1)
-    return out
+    scene = index.manifest["scenes"][0]  # chips are scaled like the first indexed scene
+    return apply_scaling(data, Scaling.from_dict(scene.get("scaling")), scene.get("band_stats"))
 
 
 __all__ = ["Filters", "QueryResult", "patch_at", "query_point", "query_xy", "query_patch", "query_image", "embed_chip"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from rscbir.grid import Grid
 from rscbir.scene import Scene
-from rscbir.tiling import TilingConfig, iter_patches, patch_layout
+from rscbir.tiling import TilingConfig, patch_layout
 
 log = logging.getLogger(__name__)
 ROWS_PER_TASK = 4
@@ -67,36 +67,28 @@ def _worker_forward(config_doc: dict, runtime: str, device: str):
 def embed_rows(scene_doc: dict, grid_doc: dict, tiling_doc: dict, config_doc: dict, runtime: str, device: str,
                batch_size: int, rows: list[int], shard: str) -> tuple[str, int]:  # fmt: skip
     """Task body: embed patch ``rows`` of a scene and write ``shard`` (keys + float32 vectors)."""
-    import torch
-
     forward = _worker_forward(config_doc, runtime, device)
     scene = Scene.from_dict(scene_doc)
     grid = Grid.from_dict(grid_doc)
     tiling = TilingConfig(**tiling_doc)
-    keys, vectors, batch, batch_keys = [], [], [], []
+    from torch.utils.data import DataLoader
 
-    def flush() -> None:
-        vectors.append(forward(torch.from_numpy(np.stack(batch))).float().numpy())
-        keys.extend(batch_keys)
-        batch.clear()
-        batch_keys.clear()
+    from rscbir.embed import PatchStream, embed_batches
 
-    for patch in iter_patches(scene, tiling, grid, rows=rows):
-        batch.append(scene.scale(patch.data))
-        batch_keys.append((patch.record.row, patch.record.col, patch.record.nodata_fraction))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+    loader = DataLoader(PatchStream(scene, grid, tiling, rows=rows), batch_size=batch_size)
+    keys, vectors = [], []
+    for batch_keys, batch_vectors in embed_batches(forward, loader):
+        keys.append(batch_keys)
+        vectors.append(batch_vectors)
     target = Path(shard)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
-        np.savez(handle, keys=np.asarray(keys, dtype=np.float64).reshape(-1, 3),
+        np.savez(handle, keys=np.concatenate(keys) if keys else np.zeros((0, 3)),
                  vectors=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))  # fmt: skip
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
-    return str(target), len(keys)
+    return str(target), sum(len(k) for k in keys)
 
 
 def embed_scene_tasks(client, scene: Scene, grid: Grid, config, tiling: TilingConfig, options, raw, work: Path) -> np.ndarray:

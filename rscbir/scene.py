@@ -83,6 +83,14 @@ class Scaling:
             raise BandError(f"bad scaling argument in {text!r}; e.g. divide:10000 or percentile:2,98") from None
         return cls(mode)
 
+    def to_dict(self) -> dict:
+        return {"mode": self.mode.value, "divisor": self.divisor, "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, doc: dict | None) -> "Scaling":
+        doc = doc or {}
+        return cls(ScalingMode(doc.get("mode", "auto")), doc.get("divisor", 255.0), doc.get("low", 2.0), doc.get("high", 98.0))
+
     def resolve(self, dtype: np.dtype) -> "Scaling":
         """Replace AUTO by the concrete rule for ``dtype``."""
         if self.mode is not ScalingMode.AUTO:
@@ -184,7 +192,7 @@ class Scene:
             grid=grid,
             dtype=np.dtype(dtype),
             nodata=nodatas[0],
-            date=_parse_date(date, location) if date else _date_from(location, paths, tags),
+            date=parse_date(date, location) if date else _date_from(location, paths, tags),
             scaling=(scaling or Scaling()).resolve(dtype),
             location=location,
         )
@@ -209,15 +217,14 @@ class Scene:
 
     def to_dict(self) -> dict:
         """A JSON-able record from which :meth:`from_dict` reopens exactly this scene."""
-        scaling = self.scaling
         return {
             "scene_id": self.scene_id,
             "location": self.location,
             "date": self.date.isoformat() if self.date else None,
             "bands": self.band_names,
             "sources": [[s.path, s.index, s.name] for s in self.sources],
-            "scaling": {"mode": scaling.mode.value, "divisor": scaling.divisor, "low": scaling.low, "high": scaling.high},
-            "band_stats": self.band_stats().tolist() if scaling.mode is ScalingMode.PERCENTILE else None,
+            "scaling": self.scaling.to_dict(),
+            "band_stats": self.band_stats().tolist() if self.scaling.mode is ScalingMode.PERCENTILE else None,
         }
 
     @classmethod
@@ -228,8 +235,7 @@ class Scene:
         missing = [s.path for s in sources if not Path(s.path).is_file()]
         if missing:
             raise InvalidSceneError(f"{missing[0]}: file recorded for scene {doc['scene_id']!r} is missing")
-        rule = doc.get("scaling") or {}
-        scaling = Scaling(ScalingMode(rule.get("mode", "auto")), rule.get("divisor", 255.0), rule.get("low", 2.0), rule.get("high", 98.0))
+        scaling = Scaling.from_dict(doc.get("scaling"))
         stats = np.asarray(doc["band_stats"], dtype=np.float64) if doc.get("band_stats") else None
         from dataclasses import replace
 
@@ -266,15 +272,8 @@ class Scene:
 
     def scale(self, data: np.ndarray) -> np.ndarray:
         """Raw (bands, h, w) values -> float32 by this scene's scaling rule."""
-        scaling = self.scaling
-        out = data.astype(np.float32, copy=True)
-        if scaling.mode is ScalingMode.DIVIDE:
-            out /= np.float32(scaling.divisor)
-        elif scaling.mode is ScalingMode.PERCENTILE:
-            stats = self.band_stats().astype(np.float32)
-            low, high = stats[:, 0, None, None], stats[:, 1, None, None]
-            out = np.clip((out - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
-        return out
+        stats = self.band_stats() if self.scaling.mode is ScalingMode.PERCENTILE else None
+        return apply_scaling(data, self.scaling, stats)
 
 
 class SceneReader:
@@ -449,7 +448,20 @@ def _default_scene_id(location: str, paths: list[str]) -> str:
     return f"{folder.parent.name}_{folder.name}" if folder.parent.name else folder.name
 
 
-def _parse_date(value: str | dt.date, location: str) -> dt.date:
+def apply_scaling(data: np.ndarray, scaling: Scaling, stats: np.ndarray | None = None) -> np.ndarray:
+    """Raw (bands, h, w) values -> float32; ``stats`` are the (bands, 2) percentiles for PERCENTILE."""
+    out = data.astype(np.float32, copy=True)
+    if scaling.mode is ScalingMode.DIVIDE:
+        out /= np.float32(scaling.divisor)
+    elif scaling.mode is ScalingMode.PERCENTILE and stats is not None:
+        stats = np.asarray(stats, dtype=np.float32)
+        low, high = stats[:, 0, None, None], stats[:, 1, None, None]
+        out = np.clip((out - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+    return out
+
+
+def parse_date(value: str | dt.date, location: str = "date") -> dt.date:
+    """A date from ``YYYYMMDD``, ``YYYY-MM-DD`` or ``YYYY:MM:DD`` (TIFF tags)."""
     if isinstance(value, dt.date):
         return value
     text = str(value).strip()
@@ -472,7 +484,7 @@ def _date_from(location: str, paths: Iterable[str], tags: dict[str, str]) -> dt.
     for key in _DATE_TAGS:
         if key in tags:
             try:
-                return _parse_date(tags[key], location)
+                return parse_date(tags[key], location)
             except BandError:
                 continue
     return None

@@ -11,7 +11,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 from conftest import blob_image, write_raster
-from rscbir.change import ChangeMethod, changed_areas, otsu, robust_z, score_change, threshold_value
+from rscbir.change import otsu, robust_z, score_change, threshold_value
 from rscbir.cli import cli
 from rscbir.evaluate import roc_auc
 from rscbir.scene import Scene

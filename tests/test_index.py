@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import blob_image, write_raster
 from rscbir.cli import cli
-from rscbir.errors import IndexFileError, ModelMismatchError
+from rscbir.errors import IndexFileError
 from rscbir.index import Index, build_faiss
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,5 @@
 """The quickstart notebook runs top to bottom on the real data."""
 
-import os
 from pathlib import Path
 
 import pytest

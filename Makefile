@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/rscbir change $(DATA)/oscd/rennes/imgs_1 $(DATA)/oscd/rennes/imgs_2 --preset sentinel2 --patch-size 32 \
 		-o $(OUT)/rennes_change.geojson --scores $(OUT)/rennes_scores.tif --preview $(OUT)/rennes_change.png
 	$(BIN)/rscbir change --index $(OUT)/naip_index --dates 20090818 20200831 --method cosine -o $(OUT)/naip_change.geojson
-	$(BIN)/python -m rscbir.demo $(OUT)
+	$(BIN)/python scripts/demo_report.py $(OUT)
 
 test: install
 	$(BIN)/python -m pytest

@@ -91,7 +91,7 @@ def int8_rate(model, size: int) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def end_to_end(model, config, stride: int, workers: int, runtime: str, batch: int) -> tuple[int, float]:
+def end_to_end(model, stride: int, workers: int, runtime: str, batch: int) -> tuple[int, float]:
     from rscbir.embed import EmbedOptions, embed_scenes
     from rscbir.scene import Scene
     from rscbir.tiling import TilingConfig
@@ -100,7 +100,7 @@ def end_to_end(model, config, stride: int, workers: int, runtime: str, batch: in
     work = Path(tempfile.mkdtemp())
     try:
         start = time.perf_counter()
-        store = embed_scenes([scene], work / "emb", model, config, TilingConfig(64, stride),
+        store = embed_scenes([scene], work / "emb", model, TilingConfig(64, stride),
                              options=EmbedOptions(batch_size=batch, workers=workers, runtime=runtime))  # fmt: skip
         return len(store.vectors), time.perf_counter() - start
     finally:
@@ -141,14 +141,14 @@ def main() -> None:
     from rscbir.models.load import configure_threads, load_feature_model
 
     configure_threads()
-    model, config = load_feature_model(["R", "G", "B"], input_size=args.input_size)
+    model = load_feature_model(["R", "G", "B"], input_size=args.input_size)
     rows = []
     for name, value in model_only(model, args.input_size, [16, 64]):
         rows.append(("model only", name, value))
         print(f"model only  {name:<46} {value:8.2f}", flush=True)
     for runtime in ("torch", "onnx"):
         for workers in (0, 1):
-            count, seconds = end_to_end(model, config, args.stride, workers, runtime, args.batch)
+            count, seconds = end_to_end(model, args.stride, workers, runtime, args.batch)
             rows.append(("end to end", f"{runtime}, batch {args.batch}, {workers} worker(s), {count} patches", count / seconds))
             print(f"end to end  {runtime} workers={workers} {count} patches {count / seconds:8.2f} patches/s", flush=True)
     count, seconds = naive(model, args.stride, args.naive_limit)

@@ -44,9 +44,9 @@ def real_vectors(dim: int) -> np.ndarray:
     configure_threads()
     paths = sorted((DATA / "naip_timeseries").glob("*.tif"))
     scenes, preset = open_scenes(paths, "naip")
-    model, config, scenes = model_for_scenes(scenes, preset)
+    model, scenes = model_for_scenes(scenes, preset)
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
-        store = embed_scenes(scenes, Path(tmp) / "emb", model, config, TilingConfig(64, 32), options=EmbedOptions(dtype="float32"))
+        store = embed_scenes(scenes, Path(tmp) / "emb", model, TilingConfig(64, 32), options=EmbedOptions(dtype="float32"))
         full = np.asarray(store.vectors, dtype=np.float32)
     reduced = PCAWhitening.fit(full, dim, 0.0).transform(full).astype(np.float32)
     np.save(cache, reduced)

@@ -37,21 +37,24 @@ def groups():
     for name, paths, preset, tiling in (("OSCD 10 cities x 2 dates", oscd, "sentinel2", TilingConfig(32)),
                                         ("NAIP 10 years", naip, "naip", TilingConfig(64))):  # fmt: skip
         scenes, chosen = open_scenes(paths, preset)
-        model, config, scenes = model_for_scenes(scenes, chosen)
+        model, scenes = model_for_scenes(scenes, chosen)
         for scene in scenes:
             if scene.scaling.mode.value == "percentile":
                 scene.band_stats()
-        out.append((name, scenes, model, config, tiling))
+        out.append((name, scenes, model, tiling))
     return out
 
 
-def run(scenes, model, config, tiling, client) -> tuple[int, float, np.ndarray]:
+def run(scenes, model, tiling, client) -> tuple[int, float, np.ndarray]:
     from rscbir.embed import EmbedOptions, embed_scenes
+    from rscbir.scale import DaskRunner
 
     work = Path(tempfile.mkdtemp(dir=WORK))
+    options = EmbedOptions(dtype="float32", workers=0)
     try:
         start = time.perf_counter()
-        store = embed_scenes(scenes, work / "emb", model, config, tiling, options=EmbedOptions(dtype="float32", workers=0), client=client)
+        runner = DaskRunner(client, model, options) if client is not None else None
+        store = embed_scenes(scenes, work / "emb", model, tiling, options=options, runner=runner)
         seconds = time.perf_counter() - start
         return len(store.vectors), seconds, np.asarray(store.vectors)
     finally:
@@ -70,8 +73,8 @@ def main() -> None:
     sets = groups()
     rows = []
     local_results = {}
-    for name, scenes, model, config, tiling in sets:
-        count, seconds, vectors = run(scenes, model, config, tiling, None)
+    for name, scenes, model, tiling in sets:
+        count, seconds, vectors = run(scenes, model, tiling, None)
         local_results[name] = vectors
         rows.append((name, "in-process (ONNX Runtime, 2 threads)", count, seconds))
         print(f"{name}: in-process {count} patches in {seconds:.1f} s = {count / seconds:.1f}/s", flush=True)
@@ -80,8 +83,8 @@ def main() -> None:
     client = Client(cluster)
     startup = time.perf_counter() - start
     try:
-        for name, scenes, model, config, tiling in sets:
-            count, seconds, vectors = run(scenes, model, config, tiling, client)
+        for name, scenes, model, tiling in sets:
+            count, seconds, vectors = run(scenes, model, tiling, client)
             same = np.abs(vectors - local_results[name]).max() if vectors.shape == local_results[name].shape else float("inf")
             rows.append((name, f"LocalCluster 2 workers x 1 thread (max |diff| {same:.1e})", count, seconds))
             print(f"{name}: cluster {count} patches in {seconds:.1f} s = {count / seconds:.1f}/s, max diff {same:.1e}", flush=True)

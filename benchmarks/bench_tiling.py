@@ -73,7 +73,8 @@ def child(mode: str, path: str, patch: int) -> dict:
             checksum += int(p.data[0, 0, 0])
     elif mode == "catalog":
         from rscbir.scene import Scene
-        from rscbir.tiling import TilingConfig, tile_scene
+        from rscbir.catalog import tile_scene
+        from rscbir.tiling import TilingConfig
 
         count = len(tile_scene(Scene.open(path), TilingConfig(patch, max_nodata=1.0)))
     else:  # whole: read everything, then cut patches from memory

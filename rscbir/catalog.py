@@ -1,8 +1,9 @@
 """The patch catalog: one row per patch, geometry in EPSG:4326.
 
-Written as GeoParquet (opens in QGIS, DuckDB, geopandas) or GeoJSON. Each row
-keeps the patch's pixel window, affine transform, bounds and CRS of the grid it
-was cut from, so the exact pixels can be read again.
+:func:`tile_scenes` builds it from scenes; it is written as GeoParquet (opens in
+QGIS, DuckDB, geopandas) or GeoJSON. Each row keeps the patch's pixel window,
+affine transform, bounds and CRS of the grid it was cut from, so the exact
+pixels can be read again.
 """
 
 from __future__ import annotations
@@ -10,19 +11,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 
 from rscbir.atomic import atomic_path
-from rscbir.errors import OutputError
-
-if TYPE_CHECKING:
-    from rscbir.tiling import PatchRecord
+from rscbir.errors import OutputError, TilingError
+from rscbir.grid import Grid
+from rscbir.scene import Scene
+from rscbir.tiling import PatchRecord, TilingConfig, aligned_grid, iter_patches
 
 OUTPUT_CRS = "EPSG:4326"
 COLUMNS = [
@@ -33,7 +36,7 @@ COLUMNS = [
 _FORMATS = {".parquet": "parquet", ".geoparquet": "parquet", ".geojson": "geojson", ".json": "geojson"}
 
 
-def records_to_frame(records: Iterable["PatchRecord"], crs: CRS) -> gpd.GeoDataFrame:
+def records_to_frame(records: Iterable[PatchRecord], crs: CRS) -> gpd.GeoDataFrame:
     """A catalog GeoDataFrame (EPSG:4326) from patch records cut from a grid in ``crs``."""
     rows = [
         (
@@ -88,13 +91,61 @@ def read_catalog(path: str | os.PathLike) -> gpd.GeoDataFrame:
     return frame[[*COLUMNS, "geometry"]]
 
 
-def window_of(row: pd.Series) -> tuple[int, int, int, int]:
-    """(col_off, row_off, width, height) of a catalog row."""
-    return int(row["col_off"]), int(row["row_off"]), int(row["width"]), int(row["height"])
-
-
-def affine_of(row: pd.Series):
+def affine_of(row: pd.Series) -> Affine:
     """The patch's affine transform from a catalog row."""
-    from affine import Affine
-
     return Affine(*np.asarray(row["transform"], dtype=float)[:6])
+
+
+def patch_grid(row: pd.Series) -> Grid:
+    """The grid of one patch (its own pixels) from a catalog row."""
+    return Grid(CRS.from_string(row["crs"]), affine_of(row), int(row["width"]), int(row["height"]))
+
+
+def patch_centres(frame: gpd.GeoDataFrame) -> np.ndarray:
+    """(n, 2) lon/lat centres of the patch boxes of a catalog (EPSG:4326)."""
+    bounds = frame.geometry.bounds.to_numpy()
+    return np.column_stack([(bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2])
+
+
+def tile_scene(
+    scene: Scene,
+    config: TilingConfig = TilingConfig(),
+    grid: Grid | None = None,
+    resampling: Resampling = Resampling.bilinear,
+    progress: bool = False,
+) -> gpd.GeoDataFrame:
+    """The patch catalog (GeoDataFrame, EPSG:4326) of one scene on ``grid``.
+
+    Examples
+    --------
+    >>> scene = Scene.open("../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif")
+    >>> catalog = tile_scene(scene, TilingConfig(patch_size=64))
+    """
+    grid = grid or scene.grid
+    patches = iter_patches(scene, config, grid, with_data=False, resampling=resampling)
+    if progress:
+        from tqdm import tqdm
+
+        n_rows, n_cols = config.layout(grid)
+        patches = tqdm(patches, total=n_rows * n_cols, desc=scene.scene_id, unit="patch")
+    return records_to_frame((p.record for p in patches), grid.crs)
+
+
+def tile_scenes(
+    scenes: Sequence[Scene],
+    config: TilingConfig = TilingConfig(),
+    align: bool = False,
+    resampling: Resampling = Resampling.bilinear,
+    progress: bool = False,
+) -> gpd.GeoDataFrame:
+    """One catalog for several scenes; with ``align`` all share the common grid.
+
+    With ``align=True`` every scene is read onto the first scene's grid cropped
+    to the footprint all scenes cover, so equal (row, col) means equal ground.
+    """
+    ids = [s.scene_id for s in scenes]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise TilingError(f"scene ids {duplicates} occur twice; give each scene its own id")
+    grid = aligned_grid(scenes) if align else None
+    return concat([tile_scene(s, config, grid, resampling, progress) for s in scenes])

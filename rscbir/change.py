@@ -24,16 +24,15 @@ ground in each. Every co-located patch pair gets a change score:
     weight fitted to labels. Robust z-scores keep the heavy tail where rare
     change lives (percentile ranks would flatten it and mislead Otsu).
 
-Changed patches are those above a threshold chosen without labels: Otsu's
-method on the scores of the pair (default), a percentile, mean + k sigma, or a
-fixed number.
+Changed patches are those above a threshold chosen without labels
+(:mod:`rscbir.thresholds`); :func:`changed_areas` dissolves them into polygons.
+Writers (score GeoTIFF, preview PNG, GeoJSON) live in :mod:`rscbir.export`;
+"where else did the same change happen" is :func:`rscbir.query.query_change`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -46,61 +45,18 @@ from pyproj import Geod
 from rasterio.enums import Resampling
 
 from rscbir.catalog import records_to_frame
-from rscbir.errors import BandError, RscbirError
+from rscbir.errors import BandError, EmptyGridError
 from rscbir.grid import Grid
-from rscbir.models.features import FeatureModel
+from rscbir.index import Index
+from rscbir.models.features import FeatureModel, stage_maps
+from rscbir.models.load import ModelOptions, model_from_config
+from rscbir.modes import ChangeMethod
+from rscbir.presets import Preset, same_bands
 from rscbir.scene import Scene
+from rscbir.thresholds import Threshold
 from rscbir.tiling import PatchRecord, TilingConfig, aligned_grid, iter_patches
 
 log = logging.getLogger(__name__)
-
-
-class ChangeMethod(str, enum.Enum):
-    COSINE = "cosine"
-    MULTILAYER = "multilayer"
-    DENSE = "dense"
-    CVA = "cva"
-    FUSION = "fusion"
-
-
-# ------------------------------------------------------------------ thresholds
-def otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold: the cut maximising between-class variance of a 1-D sample."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) < 2 or values.max() - values.min() < 1e-6:
-        # no spread (identical dates give float noise around 0): nothing is above the cut
-        return float(values.max()) if len(values) else math.inf
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight = np.cumsum(hist)
-    weight_above = weight[-1] - weight
-    mean_below = np.cumsum(hist * centres) / np.maximum(weight, 1)
-    total = (hist * centres).sum()
-    mean_above = (total - np.cumsum(hist * centres)) / np.maximum(weight_above, 1)
-    between = weight * weight_above * (mean_below - mean_above) ** 2
-    return float(edges[1:][np.argmax(between)])
-
-
-def threshold_value(scores: np.ndarray, rule: str | float) -> float:
-    """The score above which a patch counts as changed.
-
-    ``rule``: ``otsu``, ``percentile:95``, ``sigma:3`` (mean + 3 std) or a number.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if isinstance(rule, (int, float)):
-        return float(rule)
-    name, _, arg = str(rule).strip().partition(":")
-    try:
-        if name == "otsu":
-            return otsu(scores)
-        if name == "percentile":
-            return float(np.percentile(scores, float(arg or 95)))
-        if name == "sigma":
-            return float(scores.mean() + float(arg or 3) * scores.std())
-        return float(rule)
-    except ValueError:
-        raise RscbirError(f"unknown threshold {rule!r}; use otsu, percentile:95, sigma:3 or a number") from None
 
 
 # ---------------------------------------------------------------- patch pairs
@@ -150,32 +106,12 @@ def band_moments(scene: Scene, tiling: TilingConfig, grid: Grid) -> tuple[np.nda
         total_sq += (data**2).sum(axis=1)
         count += data.shape[1]
     if not count:
-        raise RscbirError(f"{scene.scene_id}: no valid patch on the common grid")
+        raise EmptyGridError(f"{scene.scene_id}: no valid patch on the common grid; check nodata and the dates' overlap")
     mean = total / count
     return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
 
 
 # ---------------------------------------------------------------- CNN stages
-def stage_maps(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
-    """Feature maps (N, C_i, h_i, w_i) after every trunk stage, for scaled bands ``x``."""
-    from rscbir.models.finetune import trunk_stages
-
-    h = model.prepare(x)
-    maps = []
-    for stage in trunk_stages(model):
-        h = stage(h)
-        if h.ndim == 4 and not isinstance(stage, torch.nn.BatchNorm2d):
-            maps.append(h)
-    # in timm the last conv is followed by BatchNorm+activation (bn2): use that output
-    maps[-1] = h
-    return maps
-
-
-def stage_features(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
-    """Global-average-pooled outputs of every trunk stage (N, C_i)."""
-    return [m.mean(dim=(2, 3)) for m in stage_maps(model, x)]
-
-
 def cnn_distances(model: FeatureModel, before: np.ndarray, after: np.ndarray, scale_before, scale_after,
                   pixel_maps: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """Per patch pair: final-stage pooled cosine distance (``cosine``), its mean over stages
@@ -351,190 +287,55 @@ def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: f
     return frame.sort_values("max_score", ascending=False, ignore_index=True)
 
 
-def score_raster(scores: ChangeScores, method: ChangeMethod | str, path) -> None:
-    """Write the scores as a float32 GeoTIFF on the common grid.
-
-    With per-pixel maps (``--dense``) the raster has the grid's own pixels;
-    otherwise one cell per patch stride. NaN (the nodata value) marks pixels or
-    cells with no patch.
-    """
-    import rasterio
-    from affine import Affine
-
-    from rscbir.atomic import atomic_path
-
-    method = ChangeMethod(method).value
-    patches = scores.patches
-    if scores.pixels and method in scores.pixels:
-        data = scores.pixels[method]
-        height, width = data.shape
-        transform = scores.grid.transform
-    else:
-        size, stride = scores.tiling.pixels(scores.grid)
-        height = int(patches["row"].max()) + 1 if len(patches) else 1
-        width = int(patches["col"].max()) + 1 if len(patches) else 1
-        data = np.full((height, width), np.nan, dtype=np.float32)
-        data[patches["row"].to_numpy(), patches["col"].to_numpy()] = patches[method].to_numpy()
-        # a cell is the stride step; shifted so cell centres sit on patch centres
-        offset = (size - stride) / 2
-        transform = scores.grid.transform * Affine.translation(offset, offset) * Affine.scale(stride)
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
-                           crs=scores.grid.crs, transform=transform, nodata=float("nan"), compress="deflate") as dst:  # fmt: skip
-            dst.write(data, 1)
-            dst.set_band_description(1, f"{method} change score")
-            dst.update_tags(method=method, date_before=str(patches["date_before"].iloc[0]), date_after=str(patches["date_after"].iloc[0]))
-
-
 # ------------------------------------------------------------- index-backed change
-def _index_scenes(index, dates: Sequence[str]) -> list[dict]:
-    from rscbir.errors import QueryError
-    from rscbir.query import normalise_date
+def flag_changes(scores: ChangeScores, method: ChangeMethod | str, threshold: Threshold | str | float,
+                    all_patches: bool = False) -> tuple[gpd.GeoDataFrame, dict]:  # fmt: skip
+    """The changed areas (or every patch with ``all_patches``) and a summary of the cut."""
+    method = ChangeMethod(method).value
+    threshold = Threshold.parse(threshold)
+    values = scores.score(method)
+    cut = threshold.value(values)
+    if all_patches:
+        frame = scores.patches[["patch_id", "row", "col", "date_before", "date_after", "geometry", method]]
+        frame = frame.rename(columns={method: "score"})
+        frame["changed"] = frame["score"] > cut
+    else:
+        frame = changed_areas(scores, method, cut)
+    summary = {"method": method, "threshold_rule": str(threshold), "threshold": cut, "patches": int(len(values)),
+               "changed_patches": int((values > cut).sum())}  # fmt: skip
+    return frame, summary
 
-    if not index.manifest.get("grid"):
-        raise QueryError(f"{index.path} was not indexed with --align; change needs both dates on one grid")
-    records = []
-    for date in dates:
-        wanted = normalise_date(date)
-        found = [s for s in index.manifest["scenes"] if s.get("date") == wanted]
-        if not found:
-            have = sorted({s.get("date") or "undated" for s in index.manifest["scenes"]})
-            raise QueryError(f"no scene of date {wanted} in {index.path}; dates indexed: {', '.join(have)}")
-        records.append(found[0])
-    return records
 
+def score_scenes(
+    before: Scene,
+    after: Scene,
+    tiling: TilingConfig = TilingConfig(32),
+    method: ChangeMethod | str = ChangeMethod.FUSION,
+    model_options: ModelOptions = ModelOptions(),
+    preset: Preset | None = None,
+    named_bands: bool = False,
+    pixel_maps: bool = False,
+) -> ChangeScores:
+    """Change scores of two opened scenes: the model reads its bands, CVA reads every band both share.
 
-def co_located_vectors(index, before_id: str, after_id: str):
-    """Catalog rows and stored vectors of the patches indexed in both scenes at the same (row, col).
-
-    Returns (before rows, after rows, before vectors, after vectors), row-aligned.
+    ``named_bands`` says the bands were named by a preset or ``--bands``, so dates
+    with different band counts can be matched by name.
     """
-    a, b = (index.catalog[index.catalog["scene_id"] == s].set_index(["row", "col"]) for s in (before_id, after_id))
-    common = a.index.intersection(b.index)
-    rows_a = gpd.GeoDataFrame(a.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
-    rows_b = gpd.GeoDataFrame(b.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
-    va = np.asarray(index.vectors[rows_a["vector"].to_numpy()], dtype=np.float32)
-    vb = np.asarray(index.vectors[rows_b["vector"].to_numpy()], dtype=np.float32)
-    return rows_a, rows_b, va, vb
+    after = same_bands(after, before, named_bands)
+    model, (model_before, model_after) = None, (before, after)
+    if ChangeMethod(method) is not ChangeMethod.CVA:
+        model, (model_before, model_after) = model_options.for_scenes([before, after], preset)
+    return score_change(model_before, model_after, model, tiling, spectral=(before, after), pixel_maps=pixel_maps)
 
 
-def scores_from_index(index, dates: Sequence[str], method: ChangeMethod | str = ChangeMethod.FUSION) -> ChangeScores:
+def scores_from_index(index: Index, dates: Sequence[str], method: ChangeMethod | str = ChangeMethod.FUSION) -> ChangeScores:
     """Change scores between two dates of an aligned index; ``cosine`` reuses the stored vectors."""
-    from rscbir.models.load import model_from_config
-
-    before_doc, after_doc = _index_scenes(index, dates)
-    grid = Grid.from_dict(index.manifest["grid"])
-    tiling = TilingConfig(**{k: v for k, v in index.manifest["tiling"].items()})
+    before_doc, after_doc = index.scenes_on(dates)
+    grid, tiling = index.grid, index.tiling
     before, after = Scene.from_dict(before_doc), Scene.from_dict(after_doc)
     if ChangeMethod(method) is ChangeMethod.COSINE:
-        frame, _, va, vb = co_located_vectors(index, before_doc["scene_id"], after_doc["scene_id"])
+        frame, _, va, vb = index.co_located(before_doc["scene_id"], after_doc["scene_id"])
         frame["cosine"] = 1 - np.sum(va * vb, axis=1)
         frame["date_before"], frame["date_after"] = before_doc["date"], after_doc["date"]
         return ChangeScores(frame, grid, tiling, before, after)
     return score_change(before, after, model_from_config(index.model_config), tiling, grid)
-
-
-def change_vectors(index, dates: Sequence[str]) -> tuple[gpd.GeoDataFrame, np.ndarray, np.ndarray]:
-    """For each (row, col) indexed at both dates: the after-date catalog row, the normalised
-    difference vector (after - before) and the change magnitude (1 - cosine)."""
-    before_doc, after_doc = _index_scenes(index, dates)
-    _, frame, va, vb = co_located_vectors(index, before_doc["scene_id"], after_doc["scene_id"])
-    difference = vb - va
-    norms = np.linalg.norm(difference, axis=1, keepdims=True)
-    return frame, difference / np.maximum(norms, 1e-12), 1 - np.sum(va * vb, axis=1)
-
-
-def query_change(index, lon: float, lat: float, dates: Sequence[str], k: int = 10, all_pairs: bool = False,
-                 threshold: str | float = "otsu", exclude_radius: float | None = None):  # fmt: skip
-    """Places whose change between ``dates`` is most like the change at (lon, lat).
-
-    The example is the normalised difference of the two embeddings of the patch
-    under the point; candidates are the patches whose change magnitude passes
-    ``threshold`` (all pairs with ``all_pairs``), ranked by cosine similarity of
-    their difference vectors, so new construction finds other new construction
-    rather than every change.
-    """
-    from rscbir.errors import QueryError
-    from rscbir.query import QueryResult, _centres
-
-    frame, directions, magnitude = change_vectors(index, dates)
-    point = shapely.Point(lon, lat)
-    covering = np.flatnonzero(frame.geometry.covers(point).to_numpy())
-    if len(covering) == 0:
-        raise QueryError(f"point ({lon:.6f}, {lat:.6f}) is not covered by a patch indexed at both dates {', '.join(dates)}")
-    example = int(covering[0])
-    candidates = np.ones(len(frame), bool) if all_pairs else magnitude > threshold_value(magnitude, threshold)
-    candidates[example] = False
-    if exclude_radius:
-        centres = _centres(frame)
-        _, _, metres = _GEOD.inv(np.full(len(frame), lon), np.full(len(frame), lat), centres[:, 0], centres[:, 1])
-        candidates &= metres > exclude_radius
-    similarity = directions @ directions[example]
-    order = [i for i in np.argsort(-similarity) if candidates[i]][:k]
-    hits = gpd.GeoDataFrame(
-        {
-            "rank": np.arange(1, len(order) + 1),
-            "score": similarity[order].astype(float),
-            "change_magnitude": magnitude[order].astype(float),
-            "patch_id": frame["patch_id"].to_numpy()[order],
-            "scene_id": frame["scene_id"].to_numpy()[order],
-            "date": [f"{dates[0]}/{dates[1]}"] * len(order),
-            "row": frame["row"].to_numpy()[order],
-            "col": frame["col"].to_numpy()[order],
-        },
-        geometry=frame.geometry.to_numpy()[order],
-        crs="EPSG:4326",
-    )
-    query = {"type": "change", "lon": lon, "lat": lat, "dates": list(dates), "patch_id": frame["patch_id"].iloc[example],
-             "change_magnitude": float(magnitude[example]), "k": k}  # fmt: skip
-    return QueryResult(hits, query, frame.iloc[[example]])
-
-
-def preview(scores: ChangeScores, method: ChangeMethod | str, threshold: float, path, max_side: int = 800) -> None:
-    """PNG: before | after | score heat map, changed patches outlined."""
-    import io
-
-    from affine import Affine
-    from PIL import Image, ImageDraw
-    from rasterio.windows import Window
-
-    from rscbir.atomic import atomic_path
-
-    method = ChangeMethod(method).value
-    grid = scores.grid
-    factor = max(1.0, max(grid.width, grid.height) / max_side)
-    view = Grid(grid.crs, grid.transform * Affine.scale(factor), int(grid.width / factor), int(grid.height / factor))
-
-    def rgb(scene: Scene) -> np.ndarray:
-        names = scene.band_names
-        picks = [names.index(b) for b in ("B04", "B03", "B02") if b in names] or [0, 1, 2][: min(3, scene.count)]
-        picks = (picks * 3)[:3]
-        with scene.reader(view) as reader:
-            data = scene.scale(reader.read(Window(0, 0, view.width, view.height))[picks])
-        return (np.clip(np.moveaxis(data, 0, -1), 0, 1) * 255).astype(np.uint8)
-
-    size, stride = scores.tiling.pixels(grid)
-    heat = np.zeros((view.height, view.width), np.float32)
-    values = scores.patches[method].to_numpy()
-    low, high = np.nanpercentile(values, [2, 98]) if len(values) else (0, 1)
-    boxes = []
-    for r, c, v in zip(scores.patches["row_off"], scores.patches["col_off"], values):
-        y0, x0 = int(r / factor), int(c / factor)
-        y1, x1 = int((r + size) / factor), int((c + size) / factor)
-        heat[y0:y1, x0:x1] = np.clip((v - low) / max(high - low, 1e-9), 0, 1)
-        if v > threshold:
-            boxes.append((x0, y0, x1, y1))
-    colour = np.stack([heat * 255, heat * 120, (1 - heat) * 60], axis=-1).astype(np.uint8)
-    panels = [Image.fromarray(rgb(scores.before)), Image.fromarray(rgb(scores.after)), Image.fromarray(colour)]
-    sheet = Image.new("RGB", (3 * view.width + 20, view.height + 20), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (panel, caption) in enumerate(zip(panels, [str(scores.patches["date_before"].iloc[0]), str(scores.patches["date_after"].iloc[0]), f"{method} score"])):
-        x = 5 + i * (view.width + 5)
-        sheet.paste(panel, (x, 15))
-        draw.text((x, 2), caption, fill=(0, 0, 0))
-        for x0, y0, x1, y1 in boxes:
-            draw.rectangle([x + x0, 15 + y0, x + x1 - 1, 15 + y1 - 1], outline=(255, 255, 0), width=1)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())

@@ -55,3 +55,39 @@ class ModelMismatchError(RscbirError, ValueError):
 
 class QueryError(RscbirError, ValueError):
     """A query cannot be answered: point outside every scene, unknown date or scene."""
+
+
+class DateError(RscbirError, ValueError):
+    """A date cannot be read (``--date``, a file name, a TIFF tag, a query filter)."""
+
+
+class ScalingError(RscbirError, ValueError):
+    """A scaling rule (``--scale``) cannot be read."""
+
+
+class PresetError(RscbirError, ValueError):
+    """A band preset is unknown or its YAML is invalid."""
+
+
+class ThresholdError(RscbirError, ValueError):
+    """A change threshold rule (``--threshold``) cannot be read."""
+
+
+class StoreError(RscbirError, ValueError):
+    """An embedding store folder is missing, unreadable or inconsistent."""
+
+
+class EmptyGridError(RscbirError, ValueError):
+    """No valid (non-nodata) patch lies on the grid where one is needed."""
+
+
+class SchedulerError(RscbirError, ConnectionError):
+    """A Dask scheduler cannot be reached."""
+
+
+class FeedbackError(RscbirError, ValueError):
+    """Relevance feedback cannot be used: unknown patch ids, no positive, no label column."""
+
+
+class LabelError(RscbirError, ValueError):
+    """A labelled data set (change masks, class folders) does not fit what is evaluated."""

@@ -8,82 +8,22 @@ sets such as UC Merced, PatternNet and RSSCN7.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
-from PIL import Image
+import pandas as pd
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 
+from rscbir.change import ChangeMethod, score_change
 from rscbir.errors import InvalidSceneError
 from rscbir.models.features import FeatureModel
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-
-
-@dataclass(frozen=True)
-class LabelledImages:
-    """A class-per-folder image set (ImageFolder layout)."""
-
-    paths: list[Path]
-    labels: np.ndarray
-    classes: list[str]
-
-    @classmethod
-    def scan(cls, root: str | os.PathLike) -> "LabelledImages":
-        root = Path(root)
-        if not root.is_dir():
-            raise InvalidSceneError(f"{root}: not a folder; expected one sub-folder of images per class")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        paths, labels = [], []
-        for index, name in enumerate(classes):
-            files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            paths += files
-            labels += [index] * len(files)
-        if len(classes) < 2 or not paths:
-            raise InvalidSceneError(f"{root}: needs at least two class sub-folders holding images ({', '.join(IMAGE_SUFFIXES)})")
-        return cls(paths, np.asarray(labels), classes)
-
-    def subset(self, indices: Sequence[int]) -> "LabelledImages":
-        indices = list(indices)
-        return LabelledImages([self.paths[i] for i in indices], self.labels[indices], self.classes)
-
-    def halves(self, seed: int = 0) -> tuple["LabelledImages", "LabelledImages"]:
-        """A stratified 50/50 split: train on one half, evaluate on the other only."""
-        rng = np.random.default_rng(seed)
-        first, second = [], []
-        for label in np.unique(self.labels):
-            members = rng.permutation(np.flatnonzero(self.labels == label))
-            first += members[: len(members) // 2].tolist()
-            second += members[len(members) // 2 :].tolist()
-        return self.subset(sorted(first)), self.subset(sorted(second))
-
-
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An RGB image as a float tensor (3, H, W) in [0, 1]."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise InvalidSceneError(f"{path}: not a readable image ({exc})") from None
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def embed_images(model: FeatureModel, paths: Sequence[Path], batch_size: int = 16, runtime: str = "auto") -> np.ndarray:
-    """(N, dim) vectors of image files, in order (images of one size batch together)."""
-    from rscbir.models.runtime import forward_for
-
-    forward = forward_for(model, runtime)
-    out = []
-    for start in range(0, len(paths), batch_size):
-        batch = [load_image(p) for p in paths[start : start + batch_size]]
-        if len({tuple(t.shape) for t in batch}) == 1:
-            out.append(forward(torch.stack(batch)).float().numpy())
-        else:
-            out.extend(forward(t[None]).float().numpy() for t in batch)
-    return np.concatenate(out)
-
+from rscbir.models.load import load_feature_model
+from rscbir.scene import Scene
+from rscbir.thresholds import Threshold
+from rscbir.tiling import TilingConfig, aligned_grid
 
 def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (5, 10, 50)) -> dict[str, float]:
     """mAP and P@k when every vector queries all the others (cosine similarity).
@@ -111,8 +51,6 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, ks: Sequence[int]
 # ---------------------------------------------------------------------- change
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN with one class."""
-    import pandas as pd
-
     labels = np.asarray(labels, dtype=bool)
     positives, negatives = labels.sum(), (~labels).sum()
     if positives == 0 or negatives == 0:
@@ -122,6 +60,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def precision_recall_f1(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """Precision, recall and F1 of a boolean prediction (recall NaN when nothing is true)."""
     predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
     tp = float((predicted & truth).sum())
     precision = tp / predicted.sum() if predicted.sum() else 0.0
@@ -139,11 +78,6 @@ def oscd_labels_on(city_dir: Path, grid) -> np.ndarray:
     The label raster has no CRS of its own: it lies on the 10 m grid of date 1,
     whose transform is B02's.
     """
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
     b02 = next((city_dir / "imgs_1").glob("*_B02.tif"))
     with rasterio.open(b02) as ref:
         transform = ref.transform
@@ -171,10 +105,10 @@ def evaluate_change_oscd(
     cities: Sequence[str] = OSCD_CITIES,
     patch_size: int = 32,
     cuts: Sequence[float] = (0.0, 0.05, 0.25),
-    threshold: str = "otsu",
+    threshold: Threshold | str = "otsu",
     all_bands: bool = False,
     input_size: int = 224,
-    progress=None,
+    progress: Callable[[str], None] | None = None,
     dense: bool = False,
 ) -> dict:
     """Patch-level change detection against the OSCD labels, every method and CVA in one run.
@@ -183,71 +117,77 @@ def evaluate_change_oscd(
     (0 = any pixel). Each city is thresholded on its own scores by ``threshold``
     (no labels involved). Returns per-city and pooled precision, recall, F1 and
     ROC AUC per method and cut. With ``dense`` also pixel-level figures for the
-    per-pixel maps (``dense``, ``cva``, ``fusion``), Otsu on each city's pixel scores.
+    per-pixel maps (``dense``, ``cva``, ``fusion``), the threshold applied to each city's pixel scores.
     """
-    from rscbir.change import ChangeMethod, score_change, threshold_value
-    from rscbir.models.load import load_feature_model
-    from rscbir.scene import Scene
-    from rscbir.tiling import TilingConfig, aligned_grid
-
-    root = Path(root)
-    rgb = ["B04", "B03", "B02"]
+    root, threshold = Path(root), Threshold.parse(threshold)
     tiling = TilingConfig(patch_size)
-    model = None
     methods = [m.value for m in ChangeMethod]
-    per_city, pooled_scores, pooled_fraction, pooled_pred = {}, {m: [] for m in methods}, [], {m: [] for m in methods}
-    pixel_pool: dict[str, list] = {}
+    model: FeatureModel | None = None
+    per_city, patch_parts, pixel_parts = {}, [], []
     for city in cities:
         city_dir = root / city
-        if not (city_dir / "imgs_1").is_dir():
-            raise InvalidSceneError(f"{city_dir}: not an OSCD city folder (imgs_1/, imgs_2/, cm/)")
-        before_all, after_all = Scene.open(city_dir / "imgs_1"), Scene.open(city_dir / "imgs_2")
-        grid = aligned_grid([before_all, after_all])
-        if all_bands:
-            before, after = before_all, after_all.select(before_all.band_names)
-        else:
-            before, after = before_all.select(rgb), after_all.select(rgb)
         if model is None:
-            model, _ = load_feature_model(before.band_names, rgb=rgb, all_bands=all_bands, input_size=input_size)
-        scores = score_change(before, after, model, tiling, grid, spectral=(before_all, after_all.select(before_all.band_names)),
-                              pixel_maps=dense)  # fmt: skip
+            model = load_feature_model(["B04", "B03", "B02"] if not all_bands else _oscd_scene(city_dir, 1).band_names,
+                                       rgb=["B04", "B03", "B02"], all_bands=all_bands, input_size=input_size)  # fmt: skip
+        scores, grid = _score_oscd_city(city_dir, model, tiling, all_bands, dense)
         fraction = oscd_change_fraction(city_dir, scores.patches, grid)
-        if dense:
-            truth_pixels = oscd_labels_on(city_dir, grid)
-        pooled_fraction.append(fraction)
         result = {"patches": int(len(fraction)), "changed_pixel_share": float(np.nanmean(fraction))}
+        predictions = {m: scores.score(m) > threshold.value(scores.score(m)) for m in methods}
         for method in methods:
-            values = scores.score(method)
-            cut_value = threshold_value(values, threshold)
-            predicted = values > cut_value
-            pooled_scores[method].append(values)
-            pooled_pred[method].append(predicted)
             for cut in cuts:
-                truth = fraction > cut
-                p, r, f1 = precision_recall_f1(predicted, truth)
-                result[f"{method}@{cut:g}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(values, truth),
-                                               "changed_patches": int(truth.sum()), "flagged": int(predicted.sum())}  # fmt: skip
+                result[f"{method}@{cut:g}"] = {**_figures(scores.score(method), predictions[method], fraction > cut),
+                                               "changed_patches": int((fraction > cut).sum()),
+                                               "flagged": int(predictions[method].sum())}  # fmt: skip
+        patch_parts.append((fraction, {m: (scores.score(m), predictions[m]) for m in methods}))
         if dense:
+            truth = oscd_labels_on(city_dir, grid)
+            pixels = {}
             for method, values in scores.pixels.items():
                 valid = np.isfinite(values)
-                v, t = values[valid], truth_pixels[valid]
-                p, r, f1 = precision_recall_f1(v > threshold_value(v, threshold), t)
-                result[f"pixel:{method}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(v, t)}
-                pixel_pool.setdefault(method, []).append((v, t, v > threshold_value(v, threshold)))
+                v, t = values[valid], truth[valid]
+                pixels[method] = (v, t, v > threshold.value(v))
+                result[f"pixel:{method}"] = _figures(v, pixels[method][2], t)
+            pixel_parts.append(pixels)
         per_city[city] = result
         if progress:
             progress(f"{city}: " + ", ".join(f"{m} AUC {result[f'{m}@0.05']['auc']:.3f}" for m in methods))
-    pooled = {}
-    fraction = np.concatenate(pooled_fraction)
-    for method in methods:
-        values, predicted = np.concatenate(pooled_scores[method]), np.concatenate(pooled_pred[method])
-        for cut in cuts:
-            truth = fraction > cut
-            p, r, f1 = precision_recall_f1(predicted, truth)
-            pooled[f"{method}@{cut:g}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(values, truth)}
-    for method, parts in pixel_pool.items():
-        values, truth, predicted = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        p, r, f1 = precision_recall_f1(predicted, truth)
-        pooled[f"pixel:{method}"] = {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(values, truth)}
-    return {"cities": per_city, "pooled": pooled, "patch_size": patch_size, "threshold": threshold, "dense": dense,
+    pooled = _pooled_figures(patch_parts, pixel_parts, methods, cuts)
+    return {"cities": per_city, "pooled": pooled, "patch_size": patch_size, "threshold": str(threshold), "dense": dense,
             "all_bands": all_bands, "methods": methods, "cuts": list(cuts)}  # fmt: skip
+
+
+def _oscd_scene(city_dir: Path, date: int) -> Scene:
+    if not (city_dir / f"imgs_{date}").is_dir():
+        raise InvalidSceneError(f"{city_dir}: not an OSCD city folder (imgs_1/, imgs_2/, cm/)")
+    return Scene.open(city_dir / f"imgs_{date}")
+
+
+def _score_oscd_city(city_dir: Path, model: FeatureModel, tiling: TilingConfig, all_bands: bool, dense: bool):
+    """Change scores of one OSCD city (CNN on RGB or all bands, CVA on all 13) and its common grid."""
+    before_all, after_all = _oscd_scene(city_dir, 1), _oscd_scene(city_dir, 2)
+    after_all = after_all.select(before_all.band_names)
+    grid = aligned_grid([before_all, after_all])
+    bands = before_all.band_names if all_bands else ["B04", "B03", "B02"]
+    before, after = before_all.select(bands), after_all.select(bands)
+    scores = score_change(before, after, model, tiling, grid, spectral=(before_all, after_all), pixel_maps=dense)
+    return scores, grid
+
+
+def _figures(scores: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> dict:
+    p, r, f1 = precision_recall_f1(predicted, truth)
+    return {"precision": p, "recall": r, "f1": f1, "auc": roc_auc(scores, truth)}
+
+
+def _pooled_figures(patch_parts, pixel_parts, methods, cuts) -> dict:
+    """Figures over every city's patches (and pixels) together."""
+    pooled = {}
+    fraction = np.concatenate([f for f, _ in patch_parts])
+    for method in methods:
+        values = np.concatenate([parts[method][0] for _, parts in patch_parts])
+        predicted = np.concatenate([parts[method][1] for _, parts in patch_parts])
+        for cut in cuts:
+            pooled[f"{method}@{cut:g}"] = _figures(values, predicted, fraction > cut)
+    for method in pixel_parts[0] if pixel_parts else []:
+        values, truth, predicted = (np.concatenate([city[method][i] for city in pixel_parts]) for i in range(3))
+        pooled[f"pixel:{method}"] = _figures(values, predicted, truth)
+    return pooled

@@ -1,4 +1,4 @@
-"""Writers for query results: GeoJSON, CSV, a PNG contact sheet, a Leaflet map.
+"""Writers: query results and change maps as GeoJSON, CSV, GeoTIFF, PNG and a Leaflet map.
 
 All geometry is EPSG:4326 here, the output edge. Files are written atomically.
 """
@@ -8,14 +8,25 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TextIO
 
+import geopandas as gpd
 import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image, ImageDraw
+from rasterio.windows import Window
 
 from rscbir.atomic import atomic_path
+from rscbir.catalog import patch_grid
+from rscbir.change import ChangeMethod, ChangeScores
 from rscbir.errors import OutputError
+from rscbir.grid import Grid
+from rscbir.index import Index
 from rscbir.query import QueryResult
+from rscbir.scene import Scene
 
 PROPERTIES = ["rank", "score", "patch_id", "scene_id", "date", "row", "col"]
 
@@ -42,47 +53,42 @@ def to_csv(result: QueryResult) -> str:
 def write_text(text: str, path: str | os.PathLike | None, stdout: TextIO | None = None) -> None:
     """Write to ``path`` atomically, or to ``stdout`` when path is None or '-'."""
     if path in (None, "-"):
-        (stdout or __import__("sys").stdout).write(text if text.endswith("\n") else text + "\n")
+        (stdout or sys.stdout).write(text if text.endswith("\n") else text + "\n")
         return
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
-def patch_pixels(index, row) -> np.ndarray:
-    """(h, w, 3) uint8 display pixels of an indexed patch, read again from its scene."""
-    from rasterio.crs import CRS
-    from rasterio.windows import Window
+def patch_pixels(index: Index, row, scenes: dict[str, Scene] | None = None) -> np.ndarray:
+    """(h, w, 3) uint8 display pixels of an indexed patch, read again from its scene.
 
-    from rscbir.catalog import affine_of
-    from rscbir.grid import Grid
-    from rscbir.scene import Scene
-
-    record = next(s for s in index.manifest["scenes"] if s["scene_id"] == row["scene_id"])
-    scene = Scene.from_dict(record)
-    grid = Grid(CRS.from_string(row["crs"]), affine_of(row), int(row["width"]), int(row["height"]))
+    ``scenes`` caches opened scenes by id across calls (a contact sheet reads many patches).
+    """
+    scenes = {} if scenes is None else scenes
+    if row["scene_id"] not in scenes:
+        scenes[row["scene_id"]] = Scene.from_dict(index.scene_record(row["scene_id"]))
+    scene = scenes[row["scene_id"]]
+    grid = patch_grid(row)
     with scene.reader(grid) as reader:
         data = scene.scale(reader.read(Window(0, 0, grid.width, grid.height)))
     rgb = list(index.model_config.rgb) if len(data) >= 3 else [0, 0, 0]
     return (np.clip(np.moveaxis(data[rgb], 0, -1), 0, 1) * 255).astype(np.uint8)
 
 
-def contact_sheet(index, result: QueryResult, path: str | os.PathLike, thumb: int = 128, query_image=None) -> Path:
+def contact_sheet(index: Index, result: QueryResult, path: str | os.PathLike, thumb: int = 128, query_image=None) -> Path:
     """A PNG: the query then the top hits, each labelled with rank, score and date."""
-    from PIL import Image, ImageDraw
-
     tiles: list[tuple[np.ndarray, str]] = []
+    scenes: dict[str, Scene] = {}
     if result.query_patch is not None and len(result.query_patch):
         q = result.query_patch.iloc[0]
-        tiles.append((patch_pixels(index, q), f"query {q['date'] or ''}"))
+        tiles.append((patch_pixels(index, q, scenes), f"query {q['date'] or ''}"))
     elif query_image is not None:
-        from PIL import Image as PILImage
-
-        with PILImage.open(query_image) as image:
+        with Image.open(query_image) as image:
             tiles.append((np.asarray(image.convert("RGB")), "query image"))
     catalog_rows = index.catalog.set_index("patch_id")
     for hit in result.hits.itertuples():
         row = catalog_rows.loc[hit.patch_id]
-        tiles.append((patch_pixels(index, row), f"#{hit.rank} {hit.score:.3f} {hit.date or ''}"))
+        tiles.append((patch_pixels(index, row, scenes), f"#{hit.rank} {hit.score:.3f} {hit.date or ''}"))
     columns = min(6, max(1, len(tiles)))
     rows = -(-len(tiles) // columns)
     label = 16
@@ -94,36 +100,131 @@ def contact_sheet(index, result: QueryResult, path: str | os.PathLike, thumb: in
         if i == 0 and caption.startswith("query"):
             draw.rectangle([x - 3, y - 3, x + thumb + 2, y + thumb + 2], outline=(220, 30, 30), width=3)
         draw.text((x, y + thumb + 2), caption, fill=(0, 0, 0))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return Path(path)
+    return _write_png(sheet, path)
 
 
 def leaflet_map(result: QueryResult, path: str | os.PathLike) -> Path:
     """An HTML Leaflet map (folium) of the hits, the query patch outlined in red."""
+    hits = result.hits[[*PROPERTIES, "geometry"]] if len(result.hits) else result.hits
+    return _folium_map(hits, ["rank", "score", "date", "scene_id"], path, result.query_patch)
+
+
+def change_map(areas: gpd.GeoDataFrame, path: str | os.PathLike) -> Path:
+    """An HTML Leaflet map (folium) of changed areas with their scores and dates."""
+    fields = [c for c in ("max_score", "mean_score", "score", "area_m2", "date_before", "date_after") if c in areas.columns]
+    return _folium_map(areas, fields, path)
+
+
+def _folium_map(frame: gpd.GeoDataFrame, fields: list[str], path, outline: gpd.GeoDataFrame | None = None) -> Path:
     try:
         import folium
     except ImportError:
         raise OutputError("--html needs folium: `pip install folium`") from None
-    hits = result.hits
-    if len(hits) == 0 and (result.query_patch is None or not len(result.query_patch)):
-        raise OutputError("no results to map")
-    bounds = (hits if len(hits) else result.query_patch).total_bounds
+    outline = outline if outline is not None and len(outline) else None
+    if len(frame) == 0 and outline is None:
+        raise OutputError(f"{path}: nothing to map (no results)")
+    bounds = (frame if len(frame) else outline).total_bounds
     fmap = folium.Map(tiles="OpenStreetMap")
     fmap.fit_bounds([[bounds[1], bounds[0]], [bounds[3], bounds[2]]])
-    if len(hits):
+    if len(frame):
         folium.GeoJson(
-            hits[[*PROPERTIES, "geometry"]].to_json(),
+            frame.to_json(),
             name="results",
             style_function=lambda _: {"color": "#1f6feb", "weight": 2, "fillOpacity": 0.15},
-            tooltip=folium.GeoJsonTooltip(fields=["rank", "score", "date", "scene_id"]),
+            tooltip=folium.GeoJsonTooltip(fields=fields),
         ).add_to(fmap)
-    if result.query_patch is not None and len(result.query_patch):
-        folium.GeoJson(result.query_patch[["geometry"]].to_json(), name="query",
+    if outline is not None:
+        folium.GeoJson(outline[["geometry"]].to_json(), name="query",
                        style_function=lambda _: {"color": "#d1242f", "weight": 3, "fillOpacity": 0}).add_to(fmap)  # fmt: skip
     folium.LayerControl().add_to(fmap)
     with atomic_path(path) as tmp:
         fmap.save(str(tmp))
+    return Path(path)
+
+
+# ----------------------------------------------------------------------- change
+def change_geojson(frame: gpd.GeoDataFrame, summary: dict) -> dict:
+    """A FeatureCollection of changed areas; the method and cut ride along as the ``change`` member."""
+    doc = json.loads(frame.to_json(drop_id=True))
+    doc["change"] = summary
+    return doc
+
+
+def score_raster(scores: ChangeScores, method: ChangeMethod | str, path: str | os.PathLike) -> Path:
+    """Write the scores as a float32 GeoTIFF on the common grid.
+
+    With per-pixel maps (``--dense``) the raster has the grid's own pixels;
+    otherwise one cell per patch stride. NaN (the nodata value) marks pixels or
+    cells with no patch.
+    """
+    method = ChangeMethod(method).value
+    patches = scores.patches
+    if scores.pixels and method in scores.pixels:
+        data = scores.pixels[method]
+        height, width = data.shape
+        transform = scores.grid.transform
+    else:
+        size, stride = scores.tiling.pixels(scores.grid)
+        height = int(patches["row"].max()) + 1 if len(patches) else 1
+        width = int(patches["col"].max()) + 1 if len(patches) else 1
+        data = np.full((height, width), np.nan, dtype=np.float32)
+        data[patches["row"].to_numpy(), patches["col"].to_numpy()] = patches[method].to_numpy()
+        # a cell is the stride step; shifted so cell centres sit on patch centres
+        offset = (size - stride) / 2
+        transform = scores.grid.transform * Affine.translation(offset, offset) * Affine.scale(stride)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
+                           crs=scores.grid.crs, transform=transform, nodata=float("nan"), compress="deflate") as dst:  # fmt: skip
+            dst.write(data, 1)
+            dst.set_band_description(1, f"{method} change score")
+            dst.update_tags(method=method, date_before=str(patches["date_before"].iloc[0]), date_after=str(patches["date_after"].iloc[0]))
+    return Path(path)
+
+
+def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: float, path: str | os.PathLike,
+                   max_side: int = 800) -> Path:  # fmt: skip
+    """PNG: before | after | score heat map, changed patches outlined."""
+    method = ChangeMethod(method).value
+    grid = scores.grid
+    factor = max(1.0, max(grid.width, grid.height) / max_side)
+    view = Grid(grid.crs, grid.transform * Affine.scale(factor), int(grid.width / factor), int(grid.height / factor))
+
+    def rgb(scene: Scene) -> np.ndarray:
+        names = scene.band_names
+        picks = [names.index(b) for b in ("B04", "B03", "B02") if b in names] or [0, 1, 2][: min(3, scene.count)]
+        picks = (picks * 3)[:3]
+        with scene.reader(view) as reader:
+            data = scene.scale(reader.read(Window(0, 0, view.width, view.height))[picks])
+        return (np.clip(np.moveaxis(data, 0, -1), 0, 1) * 255).astype(np.uint8)
+
+    size, stride = scores.tiling.pixels(grid)
+    heat = np.zeros((view.height, view.width), np.float32)
+    values = scores.patches[method].to_numpy()
+    low, high = np.nanpercentile(values, [2, 98]) if len(values) else (0, 1)
+    boxes = []
+    for r, c, v in zip(scores.patches["row_off"], scores.patches["col_off"], values):
+        y0, x0 = int(r / factor), int(c / factor)
+        y1, x1 = int((r + size) / factor), int((c + size) / factor)
+        heat[y0:y1, x0:x1] = np.clip((v - low) / max(high - low, 1e-9), 0, 1)
+        if v > threshold:
+            boxes.append((x0, y0, x1, y1))
+    colour = np.stack([heat * 255, heat * 120, (1 - heat) * 60], axis=-1).astype(np.uint8)
+    panels = [Image.fromarray(rgb(scores.before)), Image.fromarray(rgb(scores.after)), Image.fromarray(colour)]
+    sheet = Image.new("RGB", (3 * view.width + 20, view.height + 20), "white")
+    draw = ImageDraw.Draw(sheet)
+    captions = [str(scores.patches["date_before"].iloc[0]), str(scores.patches["date_after"].iloc[0]), f"{method} score"]
+    for i, (panel, caption) in enumerate(zip(panels, captions)):
+        x = 5 + i * (view.width + 5)
+        sheet.paste(panel, (x, 15))
+        draw.text((x, 2), caption, fill=(0, 0, 0))
+        for x0, y0, x1, y1 in boxes:
+            draw.rectangle([x + x0, 15 + y0, x + x1 - 1, 15 + y1 - 1], outline=(255, 255, 0), width=1)
+    return _write_png(sheet, path)
+
+
+def _write_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     return Path(path)

@@ -30,14 +30,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from rscbir.atomic import atomic_path
+from rscbir.atomic import atomic_path, fsync_path
 from rscbir.catalog import read_catalog
-from rscbir.embed import EmbeddingStore, EmbedOptions, embed_scenes
-from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError
+from rscbir.embed import EmbeddingStore, EmbedOptions, Runner, embed_scenes
+from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, QueryError
 from rscbir.grid import Grid, common_grid
-from rscbir.models.features import FeatureModel
-from rscbir.models.load import ModelConfig
-from rscbir.scene import Scene
+from rscbir.models.features import FeatureModel, ModelConfig
+from rscbir.models.whitening import PCAWhitening
+from rscbir.scene import Scene, normalise_date
 from rscbir.tiling import TilingConfig, aligned_grid
 
 log = logging.getLogger(__name__)
@@ -103,17 +103,8 @@ def _grid_key(grid: Grid | None) -> str:
 
 
 def _fingerprint_key(config: ModelConfig, tiling: TilingConfig, options: EmbedOptions) -> str:
-    text = json.dumps([config.fingerprint(), _tiling_doc(tiling), options.dim, options.whiten, options.dtype], sort_keys=True)
+    text = json.dumps([config.fingerprint(), tiling.to_dict(), options.dim, options.whiten, options.dtype.value], sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-
-
-def _tiling_doc(tiling: TilingConfig) -> dict:
-    return {"patch_size": tiling.patch_size, "stride": tiling.stride, "edge": tiling.edge.value, "max_nodata": tiling.max_nodata}
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 @dataclass
@@ -157,44 +148,58 @@ class Index:
         return ModelConfig.from_dict(self.manifest["model"])
 
     @property
-    def pca(self):
-        from rscbir.models.whitening import PCAWhitening
-
+    def pca(self) -> PCAWhitening | None:
         name = self.manifest["files"].get("pca")
         return PCAWhitening.load(self.path / name) if name else None
+
+    @property
+    def tiling(self) -> TilingConfig:
+        return TilingConfig.from_dict(self.manifest["tiling"])
+
+    @property
+    def grid(self) -> Grid | None:
+        """The common grid of an aligned index (``--align``), else None."""
+        doc = self.manifest.get("grid")
+        return Grid.from_dict(doc) if doc else None
+
+    def scene_record(self, scene_id: str) -> dict:
+        """The manifest record of an indexed scene (files, bands, scaling, date)."""
+        for record in self.manifest["scenes"]:
+            if record["scene_id"] == scene_id:
+                return record
+        raise IndexFileError(f"{self.path}: no scene {scene_id!r}; indexed: {', '.join(s['scene_id'] for s in self.manifest['scenes'])}")
+
+    def scenes_on(self, dates: Sequence[str]) -> list[dict]:
+        """The scene record of each of two or more distinct dates of an aligned index (for change)."""
+        if not self.manifest.get("grid"):
+            raise QueryError(f"{self.path} was not indexed with --align; change needs every date on one grid")
+        wanted = [normalise_date(d) for d in dates]
+        if len(set(wanted)) != len(wanted):
+            raise QueryError(f"dates {', '.join(wanted)}: give two different dates to compare")
+        records = []
+        for date in wanted:
+            found = [s for s in self.manifest["scenes"] if s.get("date") == date]
+            if not found:
+                have = sorted({s.get("date") or "undated" for s in self.manifest["scenes"]})
+                raise QueryError(f"no scene of date {date} in {self.path}; dates indexed: {', '.join(have)}")
+            records.append(found[0])
+        return records
 
     def __len__(self) -> int:
         return len(self.catalog)
 
-    # ------------------------------------------------------------------ queries
-    def query_point(self, lon: float, lat: float, k: int = 10, query_date: str | None = None, **filters):
-        """The ``k`` patches most like the patch covering (lon, lat); see :class:`rscbir.query.Filters`.
+    def co_located(self, before_id: str, after_id: str) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, np.ndarray, np.ndarray]:
+        """Catalog rows and stored vectors of the patches indexed in both scenes at the same (row, col).
 
-        Examples
-        --------
-        >>> Index.open("out/naip_index").query_point(-99.06, 47.02, k=10, exclude_radius=500)
+        Returns (before rows, after rows, before vectors, after vectors), row-aligned.
         """
-        from rscbir.query import Filters, query_point
-
-        return query_point(self, lon, lat, k, query_date, Filters(**filters))
-
-    def query_xy(self, x: float, y: float, crs: str, k: int = 10, query_date: str | None = None, **filters):
-        """Like :meth:`query_point` with coordinates in ``crs`` (e.g. ``"EPSG:26914"``)."""
-        from rscbir.query import Filters, query_xy
-
-        return query_xy(self, x, y, crs, k, query_date, Filters(**filters))
-
-    def query_image(self, path: str | os.PathLike, k: int = 10, **filters):
-        """The ``k`` patches most like an image chip (PNG/JPEG, or GeoTIFF with the index's bands)."""
-        from rscbir.query import Filters, query_image
-
-        return query_image(self, path, k, Filters(**filters))
-
-    def query_patch(self, patch_id: str, k: int = 10, **filters):
-        """The ``k`` patches most like an indexed patch (``scene:row:col``)."""
-        from rscbir.query import Filters, query_patch
-
-        return query_patch(self, patch_id, k, Filters(**filters))
+        a, b = (self.catalog[self.catalog["scene_id"] == s].set_index(["row", "col"]) for s in (before_id, after_id))
+        common = a.index.intersection(b.index)
+        rows_a = gpd.GeoDataFrame(a.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
+        rows_b = gpd.GeoDataFrame(b.loc[common].reset_index(), geometry="geometry", crs="EPSG:4326")
+        va = np.asarray(self.vectors[rows_a["vector"].to_numpy()], dtype=np.float32)
+        vb = np.asarray(self.vectors[rows_b["vector"].to_numpy()], dtype=np.float32)
+        return rows_a, rows_b, va, vb
 
     # ------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -233,54 +238,84 @@ def build_index(
     path: str | os.PathLike,
     scenes: Sequence[Scene],
     model: FeatureModel,
-    config: ModelConfig,
     tiling: TilingConfig = TilingConfig(),
     align: bool = False,
     options: EmbedOptions = EmbedOptions(),
     index_type: str = "auto",
-    client=None,
+    runner: Runner | None = None,
 ) -> tuple[Index, dict]:
     """Create ``path`` or append ``scenes`` to it; returns the index and a summary.
 
     Scenes already present (same id and content hash) are skipped. A different
     model, weights, bands or tiling than the index was built with is refused.
     A scene that cannot be read (corrupt, truncated) is reported in
-    ``summary["failed"]`` and skipped; the others are indexed. With a Dask
-    ``client`` patch rows are embedded on its workers (:mod:`rscbir.scale`).
+    ``summary["failed"]`` and skipped; the others are indexed. ``runner`` runs
+    the model (default in this process; :class:`rscbir.scale.DaskRunner` on a cluster).
     """
     path = Path(path)
+    existing = _open_for_append(path)
+    if existing is not None:
+        _check_compatible(path, existing, model.config, tiling, options)
+    path.mkdir(parents=True, exist_ok=True)
+    grid = _index_grid(existing, scenes) if align else None
+    summary = {"added": [], "skipped": [], "reused": [], "failed": []}
+    new_stores = _stage_scenes(path, existing, scenes, model, tiling, options, grid, runner, summary)
+    if not new_stores:
+        if existing is not None:
+            return existing, summary
+        if summary["failed"]:
+            raise IndexFileError("no scene could be indexed: " + "; ".join(f["error"] for f in summary["failed"]))
+    index = _write_generation(path, existing, new_stores, model.config, tiling, options, index_type, grid)
+    staging = path / ".staging"
+    for _, _, stage in new_stores:
+        shutil.rmtree(stage, ignore_errors=True)
+    if staging.exists() and not any(staging.iterdir()):
+        staging.rmdir()
+    return index, summary
+
+
+def _open_for_append(path: Path) -> Index | None:
+    """The index already at ``path`` (None for a new or empty folder); refuses other folders."""
     if path.exists() and not path.is_dir():
         raise IndexFileError(f"{path}: exists and is not a folder")
-    existing = Index.open(path) if (path / MANIFEST).exists() else None
-    if existing is None and path.exists() and any(p for p in path.iterdir() if p.name != ".staging"):
+    if (path / MANIFEST).exists():
+        return Index.open(path)
+    if path.exists() and any(p for p in path.iterdir() if p.name != ".staging"):
         raise IndexFileError(f"{path}: folder exists and holds no rscbir index; choose an empty or new folder")
-    fingerprint = {"model": config.fingerprint(), "tiling": _tiling_doc(tiling), "dim": options.dim, "whiten": options.whiten}
-    if existing is not None:
-        before = {"model": existing.model_config.fingerprint(), "tiling": existing.manifest["tiling"],
-                  "dim": existing.manifest.get("pca_dim"), "whiten": existing.manifest.get("whiten", 0.0)}  # fmt: skip
-        if before != fingerprint:
-            differ = [key for key in fingerprint if fingerprint[key] != before[key]]
-            detail = "; ".join(_describe_difference(key, before[key], fingerprint[key]) for key in differ)
-            raise ModelMismatchError(
-                f"{path} was built with another {' and '.join(differ)} ({detail}); use the same --model/--weights/"
-                "--preset/--patch-size options, or index into a new folder"
-            )
-    path.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _check_compatible(path: Path, existing: Index, config: ModelConfig, tiling: TilingConfig, options: EmbedOptions) -> None:
+    """Refuse an append whose vectors would not be comparable with the index's (a diff names what differs)."""
+    now = {"model": config.fingerprint(), "tiling": tiling.to_dict(), "dim": options.dim, "whiten": options.whiten}
+    before = {"model": existing.model_config.fingerprint(), "tiling": existing.manifest["tiling"],
+              "dim": existing.manifest.get("pca_dim"), "whiten": existing.manifest.get("whiten", 0.0)}  # fmt: skip
+    if before != now:
+        differ = [key for key in now if now[key] != before[key]]
+        detail = "; ".join(_describe_difference(key, before[key], now[key]) for key in differ)
+        raise ModelMismatchError(
+            f"{path} was built with another {' and '.join(differ)} ({detail}); use the same --model/--weights/"
+            "--preset/--patch-size options, or index into a new folder"
+        )
+
+
+def _index_grid(existing: Index | None, scenes: Sequence[Scene]) -> Grid:
+    """An aligned index keeps one grid for ever, so (row, col) means the same ground in every date."""
+    grid = existing.grid if existing is not None else None
+    if grid is None:
+        return aligned_grid(scenes)
+    for scene in scenes:
+        common_grid([grid, scene.grid], ["the index grid", scene.location])
+    return grid
+
+
+def _stage_scenes(path, existing, scenes, model, tiling, options, grid, runner, summary) -> list[tuple[dict, EmbeddingStore, Path]]:
+    """Embed each new scene into ``.staging/`` (reusing what a killed run staged); fills ``summary``."""
     staging = path / ".staging"
     staging.mkdir(exist_ok=True)
-
     known = {s["scene_id"]: s for s in (existing.manifest["scenes"] if existing else [])}
-    grid = None
-    if align:
-        # an aligned index keeps one grid for ever, so (row, col) means the same ground in every date
-        recorded = existing.manifest.get("grid") if existing else None
-        grid = Grid.from_dict(recorded) if recorded else aligned_grid(scenes)
-        if recorded:
-            for scene in scenes:
-                common_grid([grid, scene.grid], ["the index grid", scene.location])
-    key = _fingerprint_key(config, tiling, options)
-    summary = {"added": [], "skipped": [], "reused": [], "failed": []}
-    new_stores: list[tuple[dict, EmbeddingStore, Path]] = []
+    key = _fingerprint_key(model.config, tiling, options)
+    new_stores = []
     for scene in scenes:
         try:
             digest = scene_content_hash(scene)
@@ -303,7 +338,7 @@ def build_index(
             summary["reused"].append(scene.scene_id)
         else:
             try:
-                store = embed_scenes([scene], stage, model, config, tiling, options=options, grid=grid, client=client)
+                store = embed_scenes([scene], stage, model, tiling, options=options, grid=grid, runner=runner)
             except InvalidSceneError as exc:
                 log.warning("%s: skipped: %s", scene.scene_id, exc)
                 summary["failed"].append({"scene": scene.location, "error": str(exc)})
@@ -311,18 +346,7 @@ def build_index(
         record = {**store.meta["scenes"][0], "content_hash": digest, "patches": len(store.vectors)}
         new_stores.append((record, store, stage))
         summary["added"].append(scene.scene_id)
-
-    if not new_stores:
-        if existing is not None:
-            return existing, summary
-        if summary["failed"]:
-            raise IndexFileError("no scene could be indexed: " + "; ".join(f["error"] for f in summary["failed"]))
-    index = _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid)
-    for _, _, stage in new_stores:
-        shutil.rmtree(stage, ignore_errors=True)
-    if staging.exists() and not any(staging.iterdir()):
-        staging.rmdir()
-    return index, summary
+    return new_stores
 
 
 def _describe_difference(key: str, before, now) -> str:
@@ -332,83 +356,84 @@ def _describe_difference(key: str, before, now) -> str:
     return f"{before} -> {now}"
 
 
+def _write_vectors_and_catalog(path: Path, names: dict, existing: Index | None, new_stores, dtype, dim: int) -> tuple[np.ndarray, int]:
+    """Generation files for vectors (old then new, memory-mapped) and the catalog; returns (vectors, total)."""
+    old_count = len(existing) if existing else 0
+    total = old_count + sum(len(s.vectors) for _, s, _ in new_stores)
+    vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=dtype, shape=(total, dim))
+    for start in range(0, old_count, 65536):
+        stop = min(start + 65536, old_count)
+        vectors[start:stop] = existing.vectors[start:stop]
+    offset = old_count
+    frames = [existing.catalog] if existing is not None else []
+    for _, store, _ in new_stores:
+        vectors[offset : offset + len(store.vectors)] = store.vectors
+        frame = store.catalog.copy()
+        frame["vector"] = np.arange(offset, offset + len(frame), dtype=np.int64)
+        frames.append(frame)
+        offset += len(store.vectors)
+    vectors.flush()
+    catalog = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
+    catalog.to_parquet(path / names["catalog"], index=False)
+    return vectors, total
+
+
+def _faiss_for(existing: Index | None, vectors: np.ndarray, old_count: int, factory: str) -> faiss.Index:
+    """Extend the existing FAISS index when its type still fits, else build one over every vector."""
+    if existing is not None and factory == existing.manifest["index_type"] and existing.faiss_index.is_trained:
+        index = existing.faiss_index
+        for start in range(old_count, len(vectors), 65536):
+            index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
+        return index
+    return build_faiss(vectors, factory)
+
+
 def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid) -> Index:
     """Write generation g+1 (catalog, vectors, FAISS), fsync, then swap the manifest."""
     generation = (existing.manifest["generation"] + 1) if existing else 1
     old_files = dict(existing.manifest["files"]) if existing else {}
     old_count = len(existing) if existing else 0
     dim = new_stores[0][1].vectors.shape[1]
-    total = old_count + sum(len(s.vectors) for _, s, _ in new_stores)
     names = {
         "catalog": f"catalog-{generation:06d}.parquet",
         "vectors": f"vectors-{generation:06d}.npy",
         "faiss": f"faiss-{generation:06d}.index",
     }
-    written: list[Path] = []
+    written = [path / names["vectors"], path / names["catalog"]]
     try:
-        vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=options.dtype, shape=(total, dim))
-        written.append(path / names["vectors"])
-        offset = 0
-        if existing is not None:
-            for start in range(0, old_count, 65536):
-                stop = min(start + 65536, old_count)
-                vectors[start:stop] = existing.vectors[start:stop]
-            offset = old_count
-        frames = [existing.catalog] if existing is not None else []
-        for _, store, _ in new_stores:
-            vectors[offset : offset + len(store.vectors)] = store.vectors
-            frame = store.catalog.copy()
-            frame["vector"] = np.arange(offset, offset + len(frame), dtype=np.int64)
-            frames.append(frame)
-            offset += len(store.vectors)
-        vectors.flush()
-        catalog = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
-        catalog.to_parquet(path / names["catalog"], index=False)
-        written.append(path / names["catalog"])
-
+        vectors, total = _write_vectors_and_catalog(path, names, existing, new_stores, options.numpy_dtype, dim)
         requested = existing.manifest["index_type_requested"] if (existing is not None and index_type == "auto") else index_type
         factory = auto_index_type(total) if requested == "auto" else requested
-        if existing is not None and factory == existing.manifest["index_type"] and existing.faiss_index.is_trained:
-            faiss_index = existing.faiss_index
-            for start in range(old_count, total, 65536):
-                faiss_index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
-        else:
-            faiss_index = build_faiss(vectors, factory)
-        faiss.write_index(faiss_index, str(path / names["faiss"]))
         written.append(path / names["faiss"])
+        faiss.write_index(_faiss_for(existing, vectors, old_count, factory), str(path / names["faiss"]))
         pca_name = None
         if new_stores[0][1].meta.get("pca_dim"):
             pca_name = old_files.get("pca") or f"pca-{generation:06d}.npz"
             if not (path / pca_name).exists():
-                shutil.copyfile(new_stores[0][1].path / "pca.npz", path / pca_name)
                 written.append(path / pca_name)
+                shutil.copyfile(new_stores[0][1].path / "pca.npz", path / pca_name)
         for file in written:
-            _fsync(file)
-
+            fsync_path(file)
         manifest = {
             "format": FORMAT,
             "version": VERSION,
             "generation": generation,
             "count": total,
             "dim": int(dim),
-            "dtype": options.dtype,
+            "dtype": options.dtype.value,
             "index_type": factory,
             "index_type_requested": requested,
             "model": config.to_dict(),
             "pca_dim": options.dim,
             "whiten": options.whiten,
-            "tiling": _tiling_doc(tiling),
+            "tiling": tiling.to_dict(),
             "grid": grid.to_dict() if grid is not None else (existing.manifest.get("grid") if existing else None),
             "scenes": (existing.manifest["scenes"] if existing else []) + [r for r, _, _ in new_stores],
             "files": {**names, **({"pca": pca_name} if pca_name else {})},
         }
         with atomic_path(path / MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2))
-        dir_fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(path)
     except BaseException:
         for file in written:
             file.unlink(missing_ok=True)

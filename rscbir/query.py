@@ -3,7 +3,14 @@
 A point query takes the indexed patch covering the point as the example; an
 image query embeds the chip exactly as the index embedded its patches (same
 model, bands, scaling, input size, PCA). Results come back ranked by cosine
-similarity as a GeoDataFrame in EPSG:4326.
+similarity as a GeoDataFrame in EPSG:4326. :func:`query_change` ranks places
+by the direction of their embedding change between two dates.
+
+Examples
+--------
+>>> from rscbir.index import Index
+>>> from rscbir.query import query_point
+>>> result = query_point(Index.open("out/naip_index"), -99.06, 47.02, k=10, filters=Filters(exclude_radius=500))
 """
 
 from __future__ import annotations
@@ -11,15 +18,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import geopandas as gpd
 import numpy as np
+import rasterio
 import shapely
 import torch
 from pyproj import Geod, Transformer
+from rasterio.errors import RasterioError
 
+from rscbir.catalog import patch_centres
 from rscbir.errors import QueryError
+from rscbir.images import load_image
 from rscbir.index import Index
+from rscbir.models.load import model_from_config
+from rscbir.scene import Scaling, apply_scaling, normalise_date
+from rscbir.thresholds import Threshold
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -50,7 +65,7 @@ class Filters:
                 raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(set(catalog['scene_id'])))}")
             keep &= catalog["scene_id"].isin(self.scenes).to_numpy()
         if self.exclude_radius and centre is not None:
-            centres = _centres(catalog)
+            centres = patch_centres(catalog)
             _, _, metres = _GEOD.inv(np.full(len(catalog), centre[0]), np.full(len(catalog), centre[1]), centres[:, 0], centres[:, 1])
             keep &= metres > self.exclude_radius
         return None if keep.all() else keep
@@ -63,22 +78,6 @@ class QueryResult:
     hits: gpd.GeoDataFrame  # rank, score, patch_id, scene_id, date, row, col, geometry (EPSG:4326)
     query: dict = field(default_factory=dict)
     query_patch: gpd.GeoDataFrame | None = None  # the example patch, for point / patch queries
-
-
-def normalise_date(text: str) -> str:
-    """``YYYY-MM-DD`` from any date spelling :func:`rscbir.scene.parse_date` reads."""
-    from rscbir.errors import BandError
-    from rscbir.scene import parse_date
-
-    try:
-        return parse_date(text).isoformat()
-    except BandError:
-        raise QueryError(f"cannot read date {text!r}; use YYYYMMDD or YYYY-MM-DD") from None
-
-
-def _centres(catalog: gpd.GeoDataFrame) -> np.ndarray:
-    bounds = catalog.geometry.bounds.to_numpy()
-    return np.column_stack([(bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2])
 
 
 def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> int:
@@ -106,7 +105,7 @@ def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> i
         if valid.any():
             latest = max(d for d in dates if d is not None)
             covering = covering[dates == latest]
-    centres = _centres(catalog.iloc[covering])
+    centres = patch_centres(catalog.iloc[covering])
     return int(covering[np.argmin((centres[:, 0] - lon) ** 2 + (centres[:, 1] - lat) ** 2)])
 
 
@@ -138,7 +137,7 @@ def query_point(index: Index, lon: float, lat: float, k: int = 10, query_date: s
     """The ``k`` patches most like the patch covering (lon, lat)."""
     row = patch_at(index, lon, lat, query_date)
     vector = np.asarray(index.vectors[row], dtype=np.float32)[None]
-    centre = tuple(_centres(index.catalog.iloc[[row]])[0])
+    centre = tuple(patch_centres(index.catalog.iloc[[row]])[0])
     hits = _rank(index, vector, k, filters, centre, exclude_row=row)
     patch = index.catalog.iloc[[row]]
     return QueryResult(hits, {"type": "point", "lon": lon, "lat": lat, "patch_id": patch["patch_id"].iloc[0],
@@ -162,7 +161,7 @@ def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Fil
     if len(matches) == 0:
         raise QueryError(f"no patch {patch_id!r} in {index.path}")
     row = int(matches[0])
-    centre = tuple(_centres(index.catalog.iloc[[row]])[0])
+    centre = tuple(patch_centres(index.catalog.iloc[[row]])[0])
     hits = _rank(index, np.asarray(index.vectors[row], dtype=np.float32)[None], k, filters, centre, exclude_row=row)
     return QueryResult(hits, {"type": "patch", "patch_id": patch_id, "k": k}, index.catalog.iloc[[row]])
 
@@ -175,17 +174,16 @@ def query_image(index: Index, path: str | os.PathLike, k: int = 10, filters: Fil
 
 
 def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:
-    """(1, dim) vector of an image file, embedded the way the index embedded its patches."""
-    from rscbir.models.load import model_from_config
+    """(1, dim) vector of an image file, embedded the way the index embedded its patches.
 
+    The model is built once per index config and cached (:func:`rscbir.models.load.model_from_config`).
+    """
     path = Path(path)
     if not path.is_file():
         raise QueryError(f"{path}: no such image file")
     config = index.model_config
     bands = list(config.input_bands)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
-        from rscbir.evaluate import load_image
-
         if len(bands) != 3:
             raise QueryError(f"{path}: the index embeds {len(bands)} bands ({', '.join(bands)}); query with a GeoTIFF chip holding them")
         x = load_image(path)
@@ -199,11 +197,6 @@ def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    from rscbir.scene import Scaling, apply_scaling
-
     try:
         with rasterio.open(path) as ds:
             data = ds.read()
@@ -215,4 +208,60 @@ def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:
     return apply_scaling(data, Scaling.from_dict(scene.get("scaling")), scene.get("band_stats"))
 
 
-__all__ = ["Filters", "QueryResult", "patch_at", "query_point", "query_xy", "query_patch", "query_image", "embed_chip"]
+# ------------------------------------------------------------------ change retrieval
+def change_vectors(index: Index, dates: Sequence[str]) -> tuple[gpd.GeoDataFrame, np.ndarray, np.ndarray]:
+    """For each (row, col) indexed at both dates: the after-date catalog row, the normalised
+    difference vector (after - before) and the change magnitude (1 - cosine)."""
+    before_doc, after_doc = index.scenes_on(dates)
+    _, frame, va, vb = index.co_located(before_doc["scene_id"], after_doc["scene_id"])
+    difference = vb - va
+    norms = np.linalg.norm(difference, axis=1, keepdims=True)
+    return frame, difference / np.maximum(norms, 1e-12), 1 - np.sum(va * vb, axis=1)
+
+
+def query_change(index: Index, lon: float, lat: float, dates: Sequence[str], k: int = 10, all_pairs: bool = False,
+                 threshold: Threshold | str | float = "otsu", exclude_radius: float | None = None) -> QueryResult:  # fmt: skip
+    """Places whose change between ``dates`` is most like the change at (lon, lat).
+
+    The example is the normalised difference of the two embeddings of the patch
+    under the point; candidates are the patches whose change magnitude passes
+    ``threshold`` (all pairs with ``all_pairs``), ranked by cosine similarity of
+    their difference vectors, so new construction finds other new construction
+    rather than every change.
+    """
+    frame, directions, magnitude = change_vectors(index, dates)
+    point = shapely.Point(lon, lat)
+    covering = np.flatnonzero(frame.geometry.covers(point).to_numpy())
+    if len(covering) == 0:
+        raise QueryError(f"point ({lon:.6f}, {lat:.6f}) is not covered by a patch indexed at both dates {', '.join(dates)}")
+    example = int(covering[0])
+    candidates = np.ones(len(frame), bool) if all_pairs else magnitude > Threshold.parse(threshold).value(magnitude)
+    candidates[example] = False
+    if exclude_radius:
+        centres = patch_centres(frame)
+        _, _, metres = _GEOD.inv(np.full(len(frame), lon), np.full(len(frame), lat), centres[:, 0], centres[:, 1])
+        candidates &= metres > exclude_radius
+    similarity = directions @ directions[example]
+    order = [i for i in np.argsort(-similarity) if candidates[i]][:k]
+    iso = [normalise_date(d) for d in dates]
+    hits = gpd.GeoDataFrame(
+        {
+            "rank": np.arange(1, len(order) + 1),
+            "score": similarity[order].astype(float),
+            "change_magnitude": magnitude[order].astype(float),
+            "patch_id": frame["patch_id"].to_numpy()[order],
+            "scene_id": frame["scene_id"].to_numpy()[order],
+            "date": [f"{iso[0]}/{iso[1]}"] * len(order),
+            "row": frame["row"].to_numpy()[order],
+            "col": frame["col"].to_numpy()[order],
+        },
+        geometry=frame.geometry.to_numpy()[order],
+        crs="EPSG:4326",
+    )
+    query = {"type": "change", "lon": lon, "lat": lat, "dates": iso, "patch_id": frame["patch_id"].iloc[example],
+             "change_magnitude": float(magnitude[example]), "k": k}  # fmt: skip
+    return QueryResult(hits, query, frame.iloc[[example]])
+
+
+__all__ = ["Filters", "QueryResult", "patch_at", "query_point", "query_xy", "query_patch", "query_image", "embed_chip",
+           "change_vectors", "query_change"]

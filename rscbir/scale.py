@@ -12,16 +12,26 @@ nothing is duplicated).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
+from torch.utils.data import DataLoader
 
+from rscbir.atomic import atomic_path
+from rscbir.embed import EmbedOptions, PatchStream, embed_batches
+from rscbir.errors import SchedulerError
 from rscbir.grid import Grid
+from rscbir.models.features import FeatureModel, ModelConfig
+from rscbir.models.load import model_from_config
+from rscbir.models.runtime import forward_for
 from rscbir.scene import Scene
-from rscbir.tiling import TilingConfig, patch_layout
+from rscbir.tiling import TilingConfig
 
 log = logging.getLogger(__name__)
 ROWS_PER_TASK = 4
@@ -32,23 +42,18 @@ def connect(scheduler: str):
     """A Dask client: ``local`` starts a LocalCluster (one single-threaded worker per core)."""
     from distributed import Client, LocalCluster
 
-    from rscbir.errors import RscbirError
-
     if scheduler == "local":
         cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster)
     try:
         return Client(scheduler, timeout="20s")
     except (OSError, TimeoutError) as exc:
-        raise RscbirError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start one or use --scheduler local") from None
+        raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start one or use --scheduler local") from None
 
 
 def _worker_forward(config_doc: dict, runtime: str, device: str):
     key = json.dumps([config_doc, runtime, device], sort_keys=True)
     if key not in _MODELS:
-        from rscbir.models.load import ModelConfig, model_from_config
-        from rscbir.models.runtime import forward_for
-
         threads = 1
         try:
             from distributed import get_worker
@@ -70,49 +75,62 @@ def embed_rows(scene_doc: dict, grid_doc: dict, tiling_doc: dict, config_doc: di
     forward = _worker_forward(config_doc, runtime, device)
     scene = Scene.from_dict(scene_doc)
     grid = Grid.from_dict(grid_doc)
-    tiling = TilingConfig(**tiling_doc)
-    from torch.utils.data import DataLoader
-
-    from rscbir.embed import PatchStream, embed_batches
-
+    tiling = TilingConfig.from_dict(tiling_doc)
     loader = DataLoader(PatchStream(scene, grid, tiling, rows=rows), batch_size=batch_size)
     keys, vectors = [], []
     for batch_keys, batch_vectors in embed_batches(forward, loader):
         keys.append(batch_keys)
         vectors.append(batch_vectors)
-    target = Path(shard)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(shard) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, keys=np.concatenate(keys) if keys else np.zeros((0, 3)),
                  vectors=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))  # fmt: skip
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    return str(target), sum(len(k) for k in keys)
+    return str(shard), sum(len(k) for k in keys)
 
 
-def embed_scene_tasks(client, scene: Scene, grid: Grid, config, tiling: TilingConfig, options, raw, work: Path) -> np.ndarray:
-    """Embed one scene on the cluster; vectors appended to ``raw`` as shards finish; returns keys."""
-    from distributed import as_completed
+class DaskRunner:
+    """Embeds a scene's patch rows as Dask tasks; a :class:`rscbir.embed.Runner` for ``embed_scenes``."""
 
-    n_rows = patch_layout(grid, *tiling.pixels(grid), tiling.edge)[0]
-    shards = work / "shards" / scene.scene_id
-    shards.mkdir(parents=True, exist_ok=True)
-    tiling_doc = {"patch_size": tiling.patch_size, "stride": tiling.stride, "edge": tiling.edge.value, "max_nodata": tiling.max_nodata}
-    scene_doc, grid_doc, config_doc = scene.to_dict(), grid.to_dict(), config.to_dict()
-    futures = [
-        client.submit(embed_rows, scene_doc, grid_doc, tiling_doc, config_doc, options.runtime, options.device,
-                      options.batch_size, list(range(start, min(start + ROWS_PER_TASK, n_rows))),
-                      str(shards / f"rows-{start:06d}.npz"), key=f"embed-{scene.scene_id}-{start}-{os.getpid()}",
-                      retries=3, pure=False)  # fmt: skip
-        for start in range(0, n_rows, ROWS_PER_TASK)
-    ]
-    all_keys = []
-    for future in as_completed(futures):
-        path, count = future.result()
-        with np.load(path) as shard:
-            if count:
-                raw.write(shard["vectors"].astype(options.dtype).tobytes())
-                all_keys.append(shard["keys"])
-        Path(path).unlink()
-    return np.concatenate(all_keys) if all_keys else np.zeros((0, 3))
+    def __init__(self, client, model: FeatureModel, options: EmbedOptions = EmbedOptions()) -> None:
+        self.client, self.options = client, options
+        self.config: ModelConfig = model.config
+
+    def __call__(self, scene: Scene, grid: Grid, tiling: TilingConfig, raw: BinaryIO, work: Path) -> np.ndarray:
+        """Vectors appended to ``raw`` as shards finish; returns keys (n, 3)."""
+        from distributed import as_completed
+
+        options = self.options
+        n_rows = tiling.layout(grid)[0]
+        shards = work / "shards" / scene.scene_id
+        shards.mkdir(parents=True, exist_ok=True)
+        scene_doc, grid_doc, config_doc = scene.to_dict(), grid.to_dict(), self.config.to_dict()
+        futures = [
+            self.client.submit(embed_rows, scene_doc, grid_doc, tiling.to_dict(), config_doc, options.runtime.value,
+                               options.device.value, options.batch_size, list(range(start, min(start + ROWS_PER_TASK, n_rows))),
+                               str(shards / f"rows-{start:06d}.npz"), key=f"embed-{scene.scene_id}-{start}-{os.getpid()}",
+                               retries=3, pure=False)  # fmt: skip
+            for start in range(0, n_rows, ROWS_PER_TASK)
+        ]
+        all_keys = []
+        for future in as_completed(futures):
+            path, count = future.result()
+            with np.load(path) as shard:
+                if count:
+                    raw.write(shard["vectors"].astype(options.numpy_dtype).tobytes())
+                    all_keys.append(shard["keys"])
+            Path(path).unlink()
+        shutil.rmtree(work / "shards", ignore_errors=True)
+        return np.concatenate(all_keys) if all_keys else np.zeros((0, 3))
+
+
+@contextlib.contextmanager
+def dask_runner(scheduler: str, model: FeatureModel, options: EmbedOptions = EmbedOptions()) -> Iterator[DaskRunner]:
+    """A :class:`DaskRunner` on ``scheduler`` (``local`` or an address); the client, and a
+    LocalCluster it started, are closed on exit."""
+    client = connect(scheduler)
+    try:
+        yield DaskRunner(client, model, options)
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()

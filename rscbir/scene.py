@@ -29,7 +29,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from rscbir.errors import BandError, CRSError, InvalidSceneError, NoOverlapError
+from rscbir.errors import BandError, CRSError, DateError, InvalidSceneError, NoOverlapError, ScalingError
 from rscbir.grid import Grid, intersect_bounds
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ class Scaling:
         try:
             mode = ScalingMode(name.lower())
         except ValueError:
-            raise BandError(
-                f"unknown scaling {text!r}; use auto, none, divide:10000 or percentile:2,98"
-            ) from None
+            raise ScalingError(f"unknown scaling {text!r}; use auto, none, divide:10000 or percentile:2,98") from None
         try:
             if mode is ScalingMode.DIVIDE:
                 return cls(mode, divisor=float(arg) if arg else 10000.0)
@@ -80,7 +78,7 @@ class Scaling:
                     raise ValueError
                 return cls(mode, low=low, high=high)
         except ValueError:
-            raise BandError(f"bad scaling argument in {text!r}; e.g. divide:10000 or percentile:2,98") from None
+            raise ScalingError(f"bad scaling argument in {text!r}; e.g. divide:10000 or percentile:2,98") from None
         return cls(mode)
 
     def to_dict(self) -> dict:
@@ -470,7 +468,12 @@ def parse_date(value: str | dt.date, location: str = "date") -> dt.date:
             return dt.datetime.strptime(text[: len(dt.date(2000, 1, 1).strftime(fmt))], fmt).date()
         except ValueError:
             continue
-    raise BandError(f"{location}: cannot read date {value!r}; use YYYYMMDD or YYYY-MM-DD")
+    raise DateError(f"{location}: cannot read date {value!r}; use YYYYMMDD or YYYY-MM-DD")
+
+
+def normalise_date(value: str | dt.date) -> str:
+    """``YYYY-MM-DD`` from any date spelling :func:`parse_date` reads (the form catalogs store)."""
+    return parse_date(value).isoformat()
 
 
 def _date_from(location: str, paths: Iterable[str], tags: dict[str, str]) -> dt.date | None:
@@ -485,7 +488,7 @@ def _date_from(location: str, paths: Iterable[str], tags: dict[str, str]) -> dt.
         if key in tags:
             try:
                 return parse_date(tags[key], location)
-            except BandError:
+            except DateError:
                 continue
     return None
 

@@ -64,6 +64,18 @@ class TilingConfig:
         stride = size if self.stride is None else length_in_pixels(self.stride, grid)
         return size, stride
 
+    def layout(self, grid: Grid) -> tuple[int, int]:
+        """Number of patch (rows, cols) this layout puts on ``grid``."""
+        return patch_layout(grid, *self.pixels(grid), self.edge)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, as recorded in stores and index manifests."""
+        return {"patch_size": self.patch_size, "stride": self.stride, "edge": self.edge.value, "max_nodata": self.max_nodata}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "TilingConfig":
+        return cls(doc["patch_size"], doc.get("stride"), EdgePolicy(doc.get("edge", "drop")), doc.get("max_nodata", 0.25))
+
 
 @dataclass(frozen=True)
 class PatchRecord:
@@ -208,51 +220,3 @@ def aligned_grid(scenes: Sequence[Scene], reference: int = 0) -> Grid:
     the footprint they all cover. Patch (row, col) on it is the same ground in
     every scene."""
     return common_grid([s.grid for s in scenes], [s.location or s.scene_id for s in scenes], reference)
-
-
-def tile_scene(
-    scene: Scene,
-    config: TilingConfig = TilingConfig(),
-    grid: Grid | None = None,
-    resampling: Resampling = Resampling.bilinear,
-    progress: bool = False,
-):
-    """The patch catalog (GeoDataFrame, EPSG:4326) of one scene on ``grid``.
-
-    Examples
-    --------
-    >>> scene = Scene.open("../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif")
-    >>> catalog = tile_scene(scene, TilingConfig(patch_size=64))
-    """
-    from rscbir.catalog import records_to_frame
-
-    grid = grid or scene.grid
-    patches = iter_patches(scene, config, grid, with_data=False, resampling=resampling)
-    if progress:
-        from tqdm import tqdm
-
-        n_rows, n_cols = patch_layout(grid, *config.pixels(grid), config.edge)
-        patches = tqdm(patches, total=n_rows * n_cols, desc=scene.scene_id, unit="patch")
-    return records_to_frame((p.record for p in patches), grid.crs)
-
-
-def tile_scenes(
-    scenes: Sequence[Scene],
-    config: TilingConfig = TilingConfig(),
-    align: bool = False,
-    resampling: Resampling = Resampling.bilinear,
-    progress: bool = False,
-):
-    """One catalog for several scenes; with ``align`` all share the common grid.
-
-    With ``align=True`` every scene is read onto the first scene's grid cropped
-    to the footprint all scenes cover, so equal (row, col) means equal ground.
-    """
-    from rscbir.catalog import concat
-
-    ids = [s.scene_id for s in scenes]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise TilingError(f"scene ids {duplicates} occur twice; give each scene its own id")
-    grid = aligned_grid(scenes) if align else None
-    return concat([tile_scene(s, config, grid, resampling, progress) for s in scenes])

@@ -10,7 +10,8 @@ from rasterio.warp import transform_geom
 from rscbir.catalog import COLUMNS, affine_of, read_catalog, write_catalog
 from rscbir.errors import OutputError
 from rscbir.scene import Scene
-from rscbir.tiling import TilingConfig, tile_scene
+from rscbir.catalog import tile_scene
+from rscbir.tiling import TilingConfig
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".geojson"])

@@ -8,14 +8,21 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from PIL import Image
 from click.testing import CliRunner
 
 from conftest import blob_image, write_raster
-from rscbir.change import otsu, robust_z, score_change, threshold_value
+from rscbir.change import robust_z, score_change
+from rscbir.errors import ThresholdError
 from rscbir.cli import cli
 from rscbir.evaluate import roc_auc
 from rscbir.scene import Scene
+from rscbir.thresholds import Threshold, ThresholdRule, otsu
 from rscbir.tiling import TilingConfig
+
+
+def threshold_value(values, rule):
+    return Threshold.parse(rule).value(values)
 
 
 @pytest.fixture
@@ -39,8 +46,13 @@ def test_otsu_and_threshold_rules():
     assert threshold_value(values, "sigma:2") == pytest.approx(values.mean() + 2 * values.std())
     assert threshold_value(values, 4.5) == 4.5
     assert otsu(np.ones(10)) == 1.0  # constant scores: nothing above the cut
-    with pytest.raises(Exception, match="unknown threshold"):
-        threshold_value(values, "magic")
+    with pytest.raises(ThresholdError, match="unknown threshold 'magic'"):
+        Threshold.parse("magic")
+    with pytest.raises(ThresholdError, match="unknown threshold"):
+        Threshold.parse("percentile:150")
+    rule = Threshold.parse("percentile")  # parsed once, applied to any scores
+    assert rule == Threshold(ThresholdRule.PERCENTILE, 95.0) and str(rule) == "percentile:95"
+    assert Threshold.parse(str(rule)) == rule and Threshold.parse(Threshold.parse(0.3)).arg == 0.3
     # median 2.5, MAD 1 (deviations 1.5, .5, .5, 97.5): the outlier does not widen the scale
     np.testing.assert_allclose(robust_z([1, 2, 3, 100])[:3], np.array([-1.5, -0.5, 0.5]) / 1.4826, atol=1e-6)
 
@@ -68,7 +80,11 @@ def test_new_building_is_flagged_where_it_is(pair, tmp_path):
         assert scores.crs.to_epsg() == 32618 and scores.dtypes[0] == "float32" and scores.shape == (4, 4)
         grid = scores.read(1)
         assert np.unravel_index(np.nanargmax(grid), grid.shape) == (1, 2)  # the building's patch
-    assert (tmp_path / "change.png").stat().st_size > 1000
+    with Image.open(tmp_path / "change.png") as png:  # before | after | heat map, side by side
+        assert png.size == (3 * 128 + 20, 128 + 20)
+        heat = np.asarray(png.convert("RGB"))[15:143, 2 * 133 + 5 : 2 * 133 + 5 + 128].astype(int)
+    assert heat.std() > 10  # not blank: the building's patch is hotter than the fields
+    assert heat[36:60, 68:92, 0].mean() > heat[100:120, 10:30, 0].mean() + 50
 
 
 def test_identical_dates_give_no_change(pair, tmp_path):
@@ -154,6 +170,9 @@ def test_change_from_index_and_query_change(real_data, tmp_path):
     assert scores == sorted(scores, reverse=True)
     missing = run("change", "--index", out, "--dates", "20090818", "20150926", "-o", tmp_path / "m.geojson")
     assert missing.exit_code == 2 and "no scene of date 2015-09-26" in missing.output
+    same = run("change", "--index", out, "--dates", "20090818", "2009-08-18", "-o", tmp_path / "s.geojson")
+    assert same.exit_code == 2 and "give two different dates" in same.output and not (tmp_path / "s.geojson").exists()
+    assert {f["properties"]["date"] for f in doc["features"]} == {"2009-08-18/2020-08-31"}  # ISO, as everywhere
 
 
 def test_dense_pixel_scores_raster_has_grid_pixels(pair, tmp_path):

@@ -1,3 +1,6 @@
+import shlex
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -5,6 +8,8 @@ from click.testing import CliRunner
 
 from conftest import write_raster
 from rscbir.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args):
@@ -28,17 +33,32 @@ def test_tile_dates_bands_and_geojson(rgb_tif, tmp_path):
     assert {str(d)[:10] for d in gpd.read_file(out)["date"]} == {"2021-01-01"}
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["tile"], ["info"], ["embed"], ["finetune"], ["index"], ["query"], ["change"], ["query-change"],
-     ["eval", "retrieval"], ["eval", "change"]],  # fmt: skip
-)
-def test_help_ends_with_runnable_example(command):
+COMMANDS = [["tile"], ["info"], ["embed"], ["finetune"], ["index"], ["query"], ["change"], ["query-change"],
+            ["eval", "retrieval"], ["eval", "change"]]  # fmt: skip
+
+
+def examples(help_text: str) -> list[list[str]]:
+    """The example command lines at the end of a --help text (continuation lines joined)."""
+    body = help_text[help_text.rindex("Example"):].splitlines()[1:]
+    joined = " ".join(line.strip() for line in body).replace("\\ ", "")
+    return [shlex.split("rscbir " + part) for part in joined.split("rscbir ")[1:]]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_examples_parse_as_real_command_lines(command, monkeypatch):
+    """Every example in --help parses with that command's own options: names, choices and value types
+    are checked by click (the command body is not run here; `make demo` runs them)."""
     result = run(*command, "--help")
     assert result.exit_code == 0
-    assert "Example" in result.output
-    last = result.output.strip().splitlines()[-1].strip()
-    assert last.startswith(("rscbir ", "--")), last  # an rscbir command line, or its continuation
+    found = examples(result.output)
+    assert found, result.output
+    monkeypatch.chdir(ROOT)  # examples name ../shared/data relative to the checkout
+    for argv in found:
+        assert argv[1 : 1 + len(command)] == command, argv
+        target = cli
+        for name in command:
+            target = target.commands[name]
+        target.make_context(" ".join(command), argv[1 + len(command) :])  # raises click.UsageError on a bad option
 
 
 def test_info(rgb_tif):

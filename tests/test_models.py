@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from rscbir.errors import ModelError, WeightsError
-from rscbir.models import BACKBONES, FeatureModel, InputSpec, load_backbone, resolve_input
+from rscbir.models.backbones import BACKBONES, load_backbone
+from rscbir.models.features import FeatureModel, InputSpec, resolve_input
 from rscbir.models.backbones import _load_into, read_state_dict
 from rscbir.models.features import inflate_first_conv
 from rscbir.models.load import load_feature_model
@@ -114,10 +115,10 @@ def test_all_sentinel2_bands_through_inflated_conv():
     names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
     spec = resolve_input(names, rgb=["B04", "B03", "B02"], all_bands=True, size=32)
     assert spec.rgb == (3, 2, 1) and len(spec.bands) == 13
-    model, config = load_feature_model(names, rgb=["B04", "B03", "B02"], all_bands=True, input_size=32)
+    model = load_feature_model(names, rgb=["B04", "B03", "B02"], all_bands=True, input_size=32)
     with torch.inference_mode():
         assert model(torch.rand(2, 13, 32, 32)).shape == (2, 1280)
-    assert config.input_bands == tuple(names)
+    assert model.config.input_bands == tuple(names)
 
 
 def test_band_count_errors():
@@ -132,7 +133,7 @@ def test_band_count_errors():
 
 
 def test_rotated_patch_is_closer_than_other_class(real_data, lite0):
-    from rscbir.evaluate import load_image
+    from rscbir.images import load_image
 
     model = FeatureModel(lite0, InputSpec(("R", "G", "B"))).eval()
     forest = load_image(sorted((real_data / "rsscn7" / "eForest").glob("*.jpg"))[0])
@@ -148,11 +149,13 @@ def test_imagenet_features_separate_rsscn7_far_above_random_weights(real_data):
     Measured when written: 0.52 vs 0.39 mAP (chance ~0.16); random conv features
     still see colour and texture, so the margin asked for is 0.08.
     """
-    from rscbir.evaluate import LabelledImages, embed_images, retrieval_metrics
+    from rscbir.embed import embed_images
+    from rscbir.evaluate import retrieval_metrics
+    from rscbir.images import LabelledImages
 
     images = LabelledImages.scan(real_data / "rsscn7")
     images = images.subset([i for c in range(7) for i in np.flatnonzero(images.labels == c)[:20]])
-    model, _ = load_feature_model(["R", "G", "B"], input_size=128)
+    model = load_feature_model(["R", "G", "B"], input_size=128)
     pretrained = retrieval_metrics(embed_images(model, images.paths), images.labels)["mAP"]
     torch.manual_seed(0)
     random_model = FeatureModel(load_backbone(), InputSpec(("R", "G", "B"), size=128)).eval()

@@ -10,7 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from rscbir.cli import cli
+from conftest import blob_image, write_raster
+from rscbir.errors import QueryError
 from rscbir.index import Index
+from rscbir.query import Filters, patch_at, query_image, query_patch, query_point
 
 NAIP = "naip_timeseries/m_4709963_se_14_1_{}.tif"
 
@@ -37,7 +40,7 @@ def test_point_query_returns_its_own_patch_first(naip_index):
     index = Index.open(naip_index)
     assert len(index) == 308 and index.manifest["grid"] is not None
     lon, lat = centre_of(index, "m_4709963_se_14_1_20090818:5:7")
-    result = index.query_point(lon, lat, k=5, query_date="2009-08-18")
+    result = query_point(index, lon, lat, k=5, query_date="2009-08-18")
     assert result.hits.iloc[0]["patch_id"] == "m_4709963_se_14_1_20090818:5:7"
     assert result.hits.iloc[0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert list(result.hits["rank"]) == [1, 2, 3, 4, 5]
@@ -54,7 +57,7 @@ def test_same_place_other_year_ranks_far_above_chance(naip_index):
     ranks = []
     for patch_id in index.catalog.loc[index.catalog["date"] == "2009-08-18", "patch_id"]:
         row, col = patch_id.split(":")[1:]
-        result = index.query_patch(patch_id, k=154, dates=("2020-08-31",))
+        result = query_patch(index, patch_id, k=154, filters=Filters(dates=("2020-08-31",)))
         ids = list(result.hits["patch_id"])
         ranks.append(ids.index(f"m_4709963_se_14_1_20200831:{row}:{col}") + 1)
     assert np.median(ranks) < 40 and np.mean(np.array(ranks) <= 10) > 0.25
@@ -72,15 +75,17 @@ def test_cli_geojson_valid_and_first_polygon_contains_point(naip_index, tmp_path
     assert hits.geometry.iloc[0].contains(shapely.Point(lon, lat))
     doc = json.loads(out.read_text())
     assert doc["query"]["patch_id"] == "m_4709963_se_14_1_20200831:3:9"
-    with Image.open(tmp_path / "sheet.png") as sheet:
-        assert sheet.size[0] > 6 * 128
+    with Image.open(tmp_path / "sheet.png") as sheet:  # the query and 8 hits: 6 columns of 128 px thumbnails, 2 rows
+        assert sheet.size == (6 * 134 + 6, 2 * 150 + 6)
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert pixels[6:134, 6:134].std() > 5  # the query thumbnail shows imagery, not a blank square
     assert "leaflet" in (tmp_path / "map.html").read_text().lower()
 
 
 def test_exclude_radius_bbox_and_csv(naip_index):
     index = Index.open(naip_index)
     lon, lat = centre_of(index, "m_4709963_se_14_1_20200831:3:9")
-    far = index.query_point(lon, lat, k=10, exclude_radius=1000)
+    far = query_point(index, lon, lat, k=10, filters=Filters(exclude_radius=1000))
     from pyproj import Geod
 
     geod = Geod(ellps="WGS84")
@@ -88,7 +93,7 @@ def test_exclude_radius_bbox_and_csv(naip_index):
         assert geod.inv(lon, lat, geometry.centroid.x, geometry.centroid.y)[2] > 1000
     west, south, east, north = index.catalog.total_bounds
     box = (west, south, (west + east) / 2, (south + north) / 2)
-    boxed = index.query_point(lon, lat, k=5, bbox=box)
+    boxed = query_point(index, lon, lat, k=5, filters=Filters(bbox=box))
     assert all(g.intersects(shapely.box(*box)) for g in boxed.hits.geometry)
     result = CliRunner().invoke(cli, ["query", str(naip_index), "--xy", "488000", "5207000", "--crs", "EPSG:26914",
                                       "--format", "csv", "-k", "3"])  # fmt: skip
@@ -105,7 +110,7 @@ def test_query_by_image_chip_finds_its_source(naip_index, tmp_path):
     row = index.catalog.set_index("patch_id").loc["m_4709963_se_14_1_20090818:6:10"].copy()
     row["scene_id"] = "m_4709963_se_14_1_20090818"
     Image.fromarray(patch_pixels(index, row)).save(tmp_path / "chip.png")
-    result = index.query_image(tmp_path / "chip.png", k=3)
+    result = query_image(index, tmp_path / "chip.png", k=3)
     assert result.hits.iloc[0]["patch_id"] == "m_4709963_se_14_1_20090818:6:10"
     assert result.hits.iloc[0]["score"] > 0.97
 
@@ -130,8 +135,6 @@ def test_bad_queries_exit_2(naip_index, args, message):
 
 
 def test_empty_index_is_a_clear_error(tmp_path):
-    from conftest import write_raster
-
     empty = write_raster(tmp_path / "empty_20200101.tif", np.zeros((3, 64, 64), np.uint8), nodata=0)
     out = tmp_path / "idx"
     result = CliRunner().invoke(cli, ["-q", "index", str(empty), "--patch-size", "32", "--input-size", "32", "-o", str(out)])
@@ -139,3 +142,66 @@ def test_empty_index_is_a_clear_error(tmp_path):
     assert len(Index.open(out)) == 0
     result = CliRunner().invoke(cli, ["query", str(out), "--patch-id", "x:0:0"])
     assert result.exit_code == 2
+
+
+# ------------------------------------------------- a small index built from rasters written here
+@pytest.fixture(scope="module")
+def blob_index(tmp_path_factory):
+    """Two dates of one 128 x 128 scene (10 m UTM), 32 px patches: a bright blob in patch (1, 1) in 2020,
+    in patch (2, 2) in 2021; every other patch is background."""
+    folder = tmp_path_factory.mktemp("blobs")
+    a = write_raster(folder / "site_20200101.tif", blob_image(128, 128, (48, 48), 5, seed=1), nodata=0)
+    b = write_raster(folder / "site_20210101.tif", blob_image(128, 128, (80, 80), 5, seed=2), nodata=0)
+    out = folder / "idx"
+    result = CliRunner().invoke(cli, ["-q", "index", str(a), str(b), "--align", "--patch-size", "32", "--input-size", "32",
+                                      "--runtime", "torch", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return Index.open(out)
+
+
+def test_patch_at_picks_the_covering_patch_and_date(blob_index):
+    row = blob_index.catalog.set_index("patch_id").index.get_loc("site_20200101:1:1")
+    lon, lat = blob_index.catalog.geometry.iloc[row].centroid.coords[0]
+    assert blob_index.catalog.iloc[patch_at(blob_index, lon, lat, "20200101")]["patch_id"] == "site_20200101:1:1"
+    assert blob_index.catalog.iloc[patch_at(blob_index, lon, lat)]["patch_id"] == "site_20210101:1:1"  # latest date
+    with pytest.raises(QueryError, match="outside every indexed patch"):
+        patch_at(blob_index, 0.0, 0.0)
+    with pytest.raises(QueryError, match="no patch of date 2019-01-01 covers"):
+        patch_at(blob_index, lon, lat, "2019-01-01")
+
+
+def test_blob_finds_the_other_blob_and_filters_keep_k_hits(blob_index):
+    result = query_patch(blob_index, "site_20200101:1:1", k=3, filters=Filters(dates=("2021-01-01",)))
+    assert result.hits.iloc[0]["patch_id"] == "site_20210101:2:2"  # the other blob, not the same ground
+    assert set(result.hits["date"]) == {"2021-01-01"} and len(result.hits) == 3
+    blobs = [blob_index.catalog.index[blob_index.catalog["patch_id"] == p][0] for p in ("site_20200101:1:1", "site_20210101:2:2")]
+    scores, ids = blob_index.search(np.asarray(blob_index.vectors[blobs], dtype=np.float32), 4)
+    assert scores.shape == ids.shape == (2, 4)  # FAISS-style (distances, ids), row-aligned with the queries
+    assert list(ids[:, 0]) == blobs and (np.diff(scores, axis=1) <= 1e-6).all()
+    allowed = np.zeros(len(blob_index), bool)
+    allowed[[5, 9, 30]] = True
+    _, ids = blob_index.search(np.asarray(blob_index.vectors[:1], dtype=np.float32), 5, allowed)
+    assert sorted(ids[0]) == [5, 9, 30]  # fewer allowed ids than k: every allowed one, nothing else
+    west, south, east, north = blob_index.catalog.total_bounds
+    box = (west, south, (west + east) / 2, (south + north) / 2)
+    boxed = query_patch(blob_index, "site_20200101:0:0", k=4, filters=Filters(bbox=box, exclude_radius=1))
+    assert len(boxed.hits) == 4 and all(g.intersects(shapely.box(*box)) for g in boxed.hits.geometry)
+    assert "site_20200101:0:0" not in set(boxed.hits["patch_id"])
+    with pytest.raises(QueryError, match="no indexed patch has date 2019-01-01"):
+        query_patch(blob_index, "site_20200101:0:0", filters=Filters(dates=("2019-01-01",)))
+
+
+def test_image_queries_and_contact_sheets_reuse_what_they_opened(blob_index, tmp_path, monkeypatch):
+    """The model is built once per index config (not per --image query), and a contact sheet opens each
+    scene once, not once per hit."""
+    from rscbir import export
+    from rscbir.models.load import model_from_config
+    from rscbir.scene import Scene
+
+    assert model_from_config(blob_index.model_config) is model_from_config(blob_index.model_config)
+    opened = []
+    real_from_dict = Scene.from_dict
+    monkeypatch.setattr(Scene, "from_dict", classmethod(lambda cls, doc: opened.append(doc["scene_id"]) or real_from_dict(doc)))
+    result = query_patch(blob_index, "site_20200101:1:1", k=12)
+    export.contact_sheet(blob_index, result, tmp_path / "sheet.png")
+    assert sorted(opened) == sorted(set(result.hits["scene_id"]) | {"site_20200101"})

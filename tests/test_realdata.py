@@ -77,7 +77,7 @@ def test_naip_aligned_patches_show_the_same_place(real_data):
 
 def test_cog_in_web_mercator(real_data):
     scene = Scene.open(real_data / "rasterio" / "cogeo.tif")
-    catalog = __import__("rscbir.tiling", fromlist=["tile_scene"]).tile_scene(scene, TilingConfig(256))
+    catalog = __import__("rscbir.catalog", fromlist=["tile_scene"]).tile_scene(scene, TilingConfig(256))
     assert len(catalog) == 16 and set(catalog["crs"]) == {"EPSG:3857"}
     lon, lat = catalog.geometry.iloc[0].centroid.coords[0]
     assert -180 <= lon <= 180 and -90 <= lat <= 90

@@ -15,6 +15,7 @@ from rscbir.cli import cli
 from rscbir.embed import EmbedOptions, embed_scenes
 from rscbir.index import Index
 from rscbir.models.load import load_feature_model
+from rscbir.scale import DaskRunner
 from rscbir.scene import Scene
 from rscbir.tiling import TilingConfig
 
@@ -36,9 +37,10 @@ def scene_files(tmp_path, n=2, size=192):
 
 def embed(paths, out, client=None):
     scenes = [Scene.open(p) for p in paths]
-    model, config = load_feature_model(scenes[0].band_names, input_size=32)
+    model = load_feature_model(scenes[0].band_names, input_size=32)
     options = EmbedOptions(batch_size=8, workers=0, runtime="torch", dtype="float32")
-    return embed_scenes(scenes, out, model, config, TilingConfig(16), options=options, client=client)
+    runner = DaskRunner(client, model, options) if client is not None else None
+    return embed_scenes(scenes, out, model, TilingConfig(16), options=options, runner=runner)
 
 
 def test_cluster_result_equals_single_process(tmp_path, cluster):

@@ -6,8 +6,9 @@ from affine import Affine
 from rasterio.windows import Window
 
 from conftest import write_raster
-from rscbir.errors import BandError, CRSError, InvalidSceneError, NoOverlapError
-from rscbir.scene import Scaling, ScalingMode, Scene
+from rscbir.errors import BandError, CRSError, DateError, InvalidSceneError, NoOverlapError, PresetError, ScalingError
+from rscbir.presets import available_presets, load_preset
+from rscbir.scene import Scaling, ScalingMode, Scene, normalise_date, parse_date
 
 
 def test_open_single_file(rgb_tif):
@@ -125,5 +126,24 @@ def test_scaling_rules(rgb_tif, tmp_path):
     fixed = Scene.open(write_raster(tmp_path / "ramp2.tif", ramp), scaling="divide:10000")
     assert fixed.scale(ramp).max() == pytest.approx(1.0)
     assert Scaling.parse("percentile:1,99") == Scaling(ScalingMode.PERCENTILE, low=1, high=99)
-    with pytest.raises(BandError):
+    with pytest.raises(ScalingError, match="unknown scaling 'stretch'"):
         Scaling.parse("stretch")
+    with pytest.raises(ScalingError, match="bad scaling argument"):
+        Scaling.parse("percentile:90,10")
+
+
+def test_each_fault_has_its_own_error_class():
+    """A bad date is a DateError and an unknown preset a PresetError (they used to be BandError / ModelError)."""
+    assert parse_date("2020:08:31") == dt.date(2020, 8, 31) and normalise_date("20200831") == "2020-08-31"
+    with pytest.raises(DateError, match="cannot read date 'yesterday'"):
+        parse_date("yesterday")
+    with pytest.raises(PresetError, match="unknown preset 'nope'; choose one of landsat, naip, rgb, sentinel2"):
+        load_preset("nope")
+    assert isinstance(DateError("x"), ValueError) and not issubclass(DateError, BandError)
+
+
+def test_presets_ship_with_the_package(tmp_path, monkeypatch):
+    """Presets are package data: found from any working directory, not only from a checkout."""
+    monkeypatch.chdir(tmp_path)
+    assert available_presets() == ["landsat", "naip", "rgb", "sentinel2"]
+    assert load_preset("naip").band_names == ("R", "G", "B", "NIR")

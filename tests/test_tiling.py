@@ -11,7 +11,8 @@ from rasterio.windows import bounds as window_bounds
 from conftest import UTM, blob_image, write_raster
 from rscbir.errors import TilingError
 from rscbir.scene import Scene
-from rscbir.tiling import EdgePolicy, TilingConfig, aligned_grid, iter_patches, length_in_pixels, tile_scene, tile_scenes
+from rscbir.catalog import tile_scene, tile_scenes
+from rscbir.tiling import EdgePolicy, TilingConfig, aligned_grid, iter_patches, length_in_pixels
 
 
 def test_patch_bounds_equal_window_bounds_and_crs_kept(rgb_tif):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from rscbir.cli import options
+from rscbir.modes import VectorDtype, choices
 
 
 @click.command(
@@ -21,14 +20,13 @@ Example:
 @options.tiling_options
 @options.model_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
-@click.option("--dim", type=int, default=None, help="PCA to this many dimensions, fitted on these patches; stored with the model.")
+@click.option("--dim", type=click.IntRange(1), default=None, help="PCA to this many dimensions, fitted on these patches; stored with the model.")
 @click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--workers", type=int, default=None, help="Patch-reading worker processes (default: 0 on <= 2 cores, else 2).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@options.batch_size_option
+@options.workers_option
+@click.option("--dtype", type=click.Choice(choices(VectorDtype)), default="float16", show_default=True, help="Storage type of the vectors.")
 @click.pass_context
-def embed(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling,
-          backbone, weights, all_bands, pooling, input_size, runtime, device, align, dim, whiten, batch_size, workers, dtype):  # fmt: skip
+def embed(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, batch_size, workers, dtype):
     """Embed every patch of SCENE... with a pretrained CNN (classifier removed).
 
     Writes OUTPUT/catalog.parquet (patches), vectors.npy (one L2-normalised
@@ -40,15 +38,12 @@ def embed(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_si
     from rscbir.models.load import configure_threads
 
     configure_threads()
-    opened, preset_obj = options.open_scenes(scenes, preset, bands, band_names, scale, dates)
-    model, config, opened = options.model_for_scenes(opened, preset_obj, backbone, weights, all_bands, pooling, input_size)
-    tiling = options.tiling_config(patch_size, stride, edge, max_nodata)
-    run = EmbedOptions(
-        batch_size=batch_size, workers=workers, runtime=runtime, device=device, dtype=dtype, dim=dim, whiten=whiten,
-        resampling=Resampling[resampling], progress=not ctx.obj["quiet"] and sys.stderr.isatty(),
-    )
-    store = embed_scenes(opened, output, model, config, tiling, align, run)
+    opened, preset = scene_opts.open(scenes)
+    model, opened = model_opts.for_scenes(opened, preset)
+    run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dtype=dtype,
+                       dim=dim, whiten=whiten, resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
+    store = embed_scenes(opened, output, model, tiling, align, run)
     click.echo(
-        f"wrote {len(store.vectors)} vectors of {store.meta['dim']} dims ({config.backbone}, bands "
-        f"{','.join(config.input_bands)}) to {output}"
+        f"wrote {len(store.vectors)} vectors of {store.meta['dim']} dims ({model.config.backbone}, bands "
+        f"{','.join(model.config.input_bands)}) to {output}"
     )

@@ -27,22 +27,25 @@ Example:
               help="Evaluate on this stratified half only (the other half trained a head).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the half split (as in finetune).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures here.")
-def retrieval(folder, backbone, weights, all_bands, pooling, input_size, runtime, device, dim, whiten, half, seed, json_path):
+def retrieval(folder, model_opts, dim, whiten, half, seed, json_path):
     """Every image of DIR (one sub-folder per class) queries the rest: mAP, P@5, P@10, P@50."""
     import time
 
     from rscbir.atomic import atomic_path
-    from rscbir.evaluate import LabelledImages, embed_images, retrieval_metrics
-    from rscbir.models.load import configure_threads, load_feature_model
+    from rscbir.embed import embed_images
+    from rscbir.evaluate import retrieval_metrics
+    from rscbir.images import LabelledImages
+    from rscbir.models.load import configure_threads
     from rscbir.models.whitening import PCAWhitening
 
     configure_threads()
     images = LabelledImages.scan(folder)
     if half != "all":
         images = images.halves(seed)[0 if half == "first" else 1]
-    model, config = load_feature_model(["R", "G", "B"], backbone=backbone, weights=weights, input_size=input_size or None, pooling=pooling)
+    model = model_opts.for_rgb_images()
+    config = model.config
     start = time.perf_counter()
-    vectors = embed_images(model, images.paths, runtime=runtime)
+    vectors = embed_images(model, images.paths, runtime=model_opts.runtime)
     seconds = time.perf_counter() - start
     if dim:
         vectors = PCAWhitening.fit(vectors, dim, whiten).transform(vectors)
@@ -57,10 +60,10 @@ def retrieval(folder, backbone, weights, all_bands, pooling, input_size, runtime
         "dim": int(vectors.shape[1]),
         "whiten_power": whiten if dim else None,
         "images_per_second": len(images.paths) / seconds,
-        "runtime": runtime,
+        "runtime": model_opts.runtime.value,
     }
     click.echo(
-        f"{config.backbone} ({'checkpoint' if config.checkpoint else 'pretrained'}, {result['dim']}-d, {pooling}) on "
+        f"{config.backbone} ({'checkpoint' if config.checkpoint else 'pretrained'}, {result['dim']}-d, {config.pooling}) on "
         f"{len(images.paths)} images: mAP {result['mAP']:.3f}  P@5 {result['P@5']:.3f}  P@10 {result['P@10']:.3f}  "
         f"P@50 {result['P@50']:.3f}"
     )

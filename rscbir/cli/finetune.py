@@ -30,56 +30,42 @@ Examples:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
-def finetune(ctx, sources, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling,
-             backbone, weights, all_bands, pooling, input_size, runtime, device, labels, label_field, self_supervised, half, dim, unfreeze,
-             epochs, lr, seed):  # fmt: skip
+def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, labels, label_field, self_supervised, half, dim,
+             unfreeze, epochs, lr, seed):  # fmt: skip
     """Fine-tune a head on SOURCE: a class-per-folder image set, scenes with
     --labels polygons, or scenes with --self-supervised.
 
     The checkpoint records backbone, head, band mapping and normalisation and
     is used with --weights by embed, eval and index.
     """
-    from pathlib import Path
-
+    from rscbir.images import LabelledImages, is_image_folder
     from rscbir.models import finetune as ft
-    from rscbir.models.load import configure_threads, load_feature_model
+    from rscbir.models.checkpoint import save_checkpoint
+    from rscbir.models.load import configure_threads
 
     configure_threads()
     say = None if ctx.obj["quiet"] else (lambda line: click.echo(line, err=True))
     config = ft.TrainConfig(dim=dim, epochs=epochs, lr=lr, unfreeze=unfreeze, seed=seed)
     classes = []
-    if len(sources) == 1 and Path(sources[0]).is_dir() and not labels and not self_supervised and _is_image_folder(Path(sources[0])):
-        from rscbir.evaluate import LabelledImages
-
+    if len(sources) == 1 and not labels and not self_supervised and is_image_folder(sources[0]):
         images = LabelledImages.scan(sources[0])
         if half != "all":
             images = images.halves(seed)[0 if half == "first" else 1]
-        model, _ = load_feature_model(["R", "G", "B"], backbone=backbone, weights=weights, input_size=input_size or None, pooling=pooling)
-        model = ft.finetune_on_images(model, images, config, say)
+        model, history = ft.finetune_on_images(model_opts.for_rgb_images(), images, config, say)
         mode, classes = "supervised-images", images.classes
     else:
         if not labels and not self_supervised:
             raise click.UsageError("SOURCE scenes need --labels POLYGONS or --self-supervised (or pass one image folder)")
-        scenes, preset_obj = options.open_scenes(sources, preset, bands, band_names, scale, dates)
-        model, _, scenes = options.model_for_scenes(scenes, preset_obj, backbone, weights, all_bands, pooling, input_size)
-        tiling = options.tiling_config(patch_size, stride, edge, max_nodata)
+        scenes, preset = scene_opts.open(sources)
+        model, scenes = model_opts.for_scenes(scenes, preset)
         if self_supervised:
             anchors, neighbours = ft.neighbour_pairs(model, scenes, tiling)
-            model = ft.train_triplets(model, anchors, neighbours, config, progress=say)
+            model, history = ft.train_triplets(model, anchors, neighbours, config, progress=say)
             mode = "self-supervised-triplets"
         else:
             tensors, targets, classes = ft.labelled_patches(scenes, labels, label_field, tiling)
-            model = ft.train_supervised(model, tensors, targets, classes, config, say)
+            model, history = ft.train_supervised(model, tensors, targets, classes, config, say)
             mode = "supervised-polygons"
-    if unfreeze:
-        mode += "-unfrozen"
-    ft.save_checkpoint(model, output, mode, classes, config.history)
-    best = min((h["val_loss"] for h in config.history), default=float("nan"))
-    click.echo(f"wrote {output}: {mode}, {model.dim}-d head on {model.backbone.name}, {len(config.history)} epochs, best val loss {best:.3f}")
-
-
-def _is_image_folder(path) -> bool:
-    from rscbir.evaluate import IMAGE_SUFFIXES
-
-    subdirs = [d for d in path.iterdir() if d.is_dir()]
-    return bool(subdirs) and any(f.suffix.lower() in IMAGE_SUFFIXES for d in subdirs for f in d.iterdir())
+    save_checkpoint(model, output, mode, classes, history)
+    best = min((h["val_loss"] for h in history), default=float("nan"))
+    click.echo(f"wrote {output}: {mode}, {model.dim}-d head on {model.backbone.name}, {len(history)} epochs, best val loss {best:.3f}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import contextlib
 
 import click
 
@@ -22,17 +22,15 @@ Example:
 @options.tiling_options
 @options.model_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
-@click.option("--dim", type=int, default=None, help="PCA to this many dimensions, fitted on the first scenes indexed.")
+@click.option("--dim", type=click.IntRange(1), default=None, help="PCA to this many dimensions, fitted on the first scenes indexed.")
 @click.option("--index-type", default="auto", show_default=True, metavar="FACTORY",
               help="FAISS factory string (Flat, HNSW32, IVF1024,PQ32 ...); auto: Flat up to 100k vectors, HNSW32 beyond.")  # fmt: skip
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--workers", type=int, default=None, help="Patch-reading worker processes (default: 0 on <= 2 cores, else 2).")
+@options.batch_size_option
+@options.workers_option
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
               help="Embed on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 uses a running one.")  # fmt: skip
 @click.pass_context
-def index(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling,
-          backbone, weights, all_bands, pooling, input_size, runtime, device, align, dim, index_type, batch_size, workers,
-          scheduler):  # fmt: skip
+def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, index_type, batch_size, workers, scheduler):
     """Index SCENE... for retrieval: patch catalog, embeddings and a FAISS index in one folder.
 
     Appending to an existing folder skips scenes already present (same id and
@@ -47,37 +45,18 @@ def index(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_si
     from rscbir.index import build_index
     from rscbir.models.load import configure_threads
 
-    from rscbir.errors import RscbirError
-
     configure_threads()
-    opened, failed = [], []
-    for i, location in enumerate(scenes):  # one unreadable scene among many is reported, not fatal
-        try:
-            found, preset_obj = options.open_scenes([location], preset, bands, band_names, scale, [dates[i]] if dates else None)
-            opened += found
-        except RscbirError as exc:
-            if len(scenes) == 1:
-                raise
-            failed.append({"scene": location, "error": str(exc)})
-    if not opened:
-        raise RscbirError("no scene could be opened: " + "; ".join(f["error"] for f in failed))
-    model, config, opened = options.model_for_scenes(opened, preset_obj, backbone, weights, all_bands, pooling, input_size)
-    tiling = options.tiling_config(patch_size, stride, edge, max_nodata)
-    run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=runtime, dim=dim, resampling=Resampling[resampling],
-                       progress=not ctx.obj["quiet"] and sys.stderr.isatty(), device=device)  # fmt: skip
-    client = None
-    if scheduler:
-        from rscbir.scale import connect
+    opened, preset, failed = scene_opts.open_each(scenes)
+    model, opened = model_opts.for_scenes(opened, preset)
+    run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dim=dim,
+                       resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        runner = None
+        if scheduler:
+            from rscbir.scale import dask_runner
 
-        client = connect(scheduler)
-    try:
-        built, summary = build_index(output, opened, model, config, tiling, align, run, index_type, client)
-    finally:
-        if client is not None:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            runner = stack.enter_context(dask_runner(scheduler, model, run))
+        built, summary = build_index(output, opened, model, tiling, align, run, index_type, runner)
     summary["failed"] = failed + summary["failed"]
     parts = [f"{len(summary['added'])} scene(s) added"]
     if summary["skipped"]:

@@ -12,9 +12,9 @@ from rscbir.cli import options
 @click.command(epilog="\b\nExample:\n  rscbir info ../shared/data/oscd/paris/imgs_1")
 @click.argument("scene", metavar="SCENE")
 @options.scene_options
-def info(scene, preset, bands, band_names, scale, dates):
+def info(scene, scene_opts):
     """Print SCENE's id, date, bands, CRS and grid as JSON."""
-    (opened,), _ = options.open_scenes([scene], preset, bands, band_names, scale, dates[:1])
+    (opened,), _ = scene_opts.open([scene])
     grid = opened.grid
     click.echo(
         json.dumps(

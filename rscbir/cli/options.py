@@ -1,120 +1,147 @@
-"""Options shared by several commands, declared once (as in ``rasterio.rio.options``)."""
+"""Options shared by several commands, declared once (as in ``rasterio.rio.options``).
+
+Each group of options reaches the command as one value: ``scene_options`` as
+``scene_opts`` (:class:`rscbir.presets.SceneOptions`), ``tiling_options`` as
+``tiling`` (:class:`rscbir.tiling.TilingConfig`) plus ``resampling``, and
+``model_options`` as ``model_opts`` (:class:`rscbir.models.load.ModelOptions`).
+Library modules are imported when a command runs, not at start-up.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import click
 
-from rscbir.tiling import EdgePolicy
+from rscbir.modes import Device, Pooling, Runtime, choices
+
+EDGE_CHOICES = ["drop", "pad"]  # rscbir.tiling.EdgePolicy, spelled here so --help needs no rasterio
 
 
 def _split(ctx, param, value):
     if not value:
         return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-bands_opt = click.option(
-    "--bands", callback=_split, metavar="LIST",
-    help="Bands to use, by name or 1-based index, comma-separated (e.g. B04,B03,B02 or 1,2,3).",
-)  # fmt: skip
-band_names_opt = click.option(
-    "--band-names", callback=_split, metavar="LIST",
-    help="Names for the bands of multi-band files (e.g. R,G,B,NIR).",
-)  # fmt: skip
-scale_opt = click.option(
-    "--scale", default=None, metavar="RULE",
-    help="Scaling to float: auto (default), none, divide:10000 or percentile:2,98.",
-)  # fmt: skip
-preset_opt = click.option(
-    "--preset", default=None, metavar="NAME",
-    help="Band preset from configs/ (naip, sentinel2, landsat, rgb) or a YAML path: band names, RGB bands, scaling.",
-)  # fmt: skip
-date_opt = click.option(
-    "--date", "dates", multiple=True, metavar="YYYYMMDD",
-    help="Acquisition date, once per scene in order. Default: a date in the file name or TIFF tags.",
-)  # fmt: skip
-patch_size_opt = click.option(
-    "--patch-size", default="64", show_default=True, metavar="LEN",
-    help="Patch side in pixels (64) or ground units (640m, 1.28km).",
-)  # fmt: skip
-stride_opt = click.option(
-    "--stride", default=None, metavar="LEN", help="Step between patches, pixels or ground units. Default: patch size.",
-)  # fmt: skip
-edge_opt = click.option(
-    "--edge", type=click.Choice([e.value for e in EdgePolicy]), default="drop", show_default=True,
-    help="Patches crossing the right/bottom edge: drop them, or pad with nodata.",
-)  # fmt: skip
-max_nodata_opt = click.option(
-    "--max-nodata", type=click.FloatRange(0, 1), default=0.25, show_default=True,
-    help="Skip patches whose nodata (or all-zero) pixel fraction exceeds this.",
-)  # fmt: skip
-resampling_opt = click.option(
-    "--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "average"]), default="bilinear",
-    show_default=True, help="Resampling when bands or dates are read onto another grid.",
-)  # fmt: skip
+def length(value: str | None) -> int | str | None:
+    """CLI length: whole numbers are pixels, anything else keeps its unit (640m, 1.2km, 64px)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        float(text)
+    except ValueError:
+        return text  # a ground length; rscbir.tiling reads the unit
+    raise click.BadParameter(f"{value!r}: pixel sizes are whole numbers (or give a unit: 640m, 1.2km)")
 
 
-def length(value: str) -> int | str:
-    """CLI length: plain digits are pixels, anything else keeps its unit."""
-    return int(value) if value.strip().isdigit() else value
+def _bundle(names: list[str], target: str, build):
+    """Decorator: gather the keyword arguments ``names`` into one value ``target`` = build(**them)."""
+
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            kwargs[target] = build(**{name: kwargs.pop(name) for name in names})
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
-def tiling_config(patch_size, stride, edge, max_nodata):
-    from rscbir.tiling import TilingConfig
+def _apply(func, decorators):
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
 
-    return TilingConfig(length(patch_size), length(stride) if stride else None, edge, max_nodata)
+
+# ----------------------------------------------------------------------- scenes
+def _scene_options(preset, bands, band_names, scale, dates):
+    from rscbir.presets import SceneOptions
+
+    return SceneOptions(preset, bands, band_names, scale, tuple(dates))
 
 
 def scene_options(func):
-    for option in reversed([preset_opt, bands_opt, band_names_opt, scale_opt, date_opt]):
-        func = option(func)
-    return func
+    """--preset --bands --band-names --scale --date, passed as ``scene_opts``."""
+    return _apply(_bundle(["preset", "bands", "band_names", "scale", "dates"], "scene_opts", _scene_options)(func), [
+        click.option("--preset", default=None, metavar="NAME",
+                     help="Band preset shipped with rscbir (naip, sentinel2, landsat, rgb) or a YAML path: band names, "
+                          "RGB bands, scaling."),
+        click.option("--bands", callback=_split, metavar="LIST",
+                     help="Bands to use, by name or 1-based index, comma-separated (e.g. B04,B03,B02 or 1,2,3)."),
+        click.option("--band-names", callback=_split, metavar="LIST", help="Names for the bands of multi-band files (e.g. R,G,B,NIR)."),
+        click.option("--scale", default=None, metavar="RULE", help="Scaling to float: auto (default), none, divide:10000 or percentile:2,98."),
+        click.option("--date", "dates", multiple=True, metavar="YYYYMMDD",
+                     help="Acquisition date, once per scene in order. Default: a date in the file name or TIFF tags."),
+    ])  # fmt: skip
 
 
-def tiling_options(func):
-    for option in reversed([patch_size_opt, stride_opt, edge_opt, max_nodata_opt, resampling_opt]):
-        func = option(func)
-    return func
+# ----------------------------------------------------------------------- tiling
+def _tiling(patch_size, stride, edge, max_nodata):
+    from rscbir.tiling import TilingConfig
+
+    return TilingConfig(length(patch_size), length(stride), edge, max_nodata)
 
 
-model_opt = click.option("--model", "backbone", default=None, metavar="NAME",
-                         help="Backbone: efficientnet_lite0 (default, offline), efficientnet_lite1/2, resnet18, resnet50, "
-                              "vgg16, efficientnet_b0, mobilenet_v2, mobilenet_v3_large, convnext_tiny.")  # fmt: skip
-weights_opt = click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                           help="Local weights: a state dict for --model, or a checkpoint from `rscbir finetune`.")  # fmt: skip
-all_bands_opt = click.option("--all-bands", is_flag=True,
-                             help="Feed every band (the preset's all_bands) through a first conv inflated from RGB.")  # fmt: skip
-pooling_opt = click.option("--pooling", type=click.Choice(["avg", "gem"]), default="avg", show_default=True,
-                           help="Global pooling of the last feature map.")  # fmt: skip
-input_size_opt = click.option("--input-size", type=int, default=224, show_default=True,
-                              help="Patches are resized to this many pixels per side before the CNN (0: keep).")  # fmt: skip
+def tiling_options(func, default_patch: str = "64"):
+    """--patch-size --stride --edge --max-nodata (as ``tiling``) and --resampling."""
+    return _apply(_bundle(["patch_size", "stride", "edge", "max_nodata"], "tiling", _tiling)(func), [
+        click.option("--patch-size", default=default_patch, show_default=True, metavar="LEN",
+                     help="Patch side in whole pixels (64) or ground units (640m, 1.28km)."),
+        click.option("--stride", default=None, metavar="LEN", help="Step between patches, pixels or ground units. Default: patch size."),
+        click.option("--edge", type=click.Choice(EDGE_CHOICES), default="drop", show_default=True,
+                     help="Patches crossing the right/bottom edge: drop them, or pad with nodata."),
+        click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+                     help="Skip patches whose nodata (or all-zero) pixel fraction exceeds this."),
+        click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "average"]), default="bilinear",
+                     show_default=True, help="Resampling when bands or dates are read onto another grid."),
+    ])  # fmt: skip
 
 
-runtime_opt = click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
-                           help="Forward pass on PyTorch or ONNX Runtime (auto: ONNX Runtime when installed; same vectors).")  # fmt: skip
+# ------------------------------------------------------------------------ model
+def _model_options(backbone, weights, all_bands, pooling, input_size, runtime, device):
+    from rscbir.models.load import ModelOptions
 
-
-device_opt = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                          help="Where the CNN runs; auto: CUDA when a GPU is visible, else CPU.")  # fmt: skip
+    return ModelOptions(backbone, weights, all_bands, Pooling(pooling), input_size or None, Runtime(runtime), Device(device))
 
 
 def model_options(func):
-    for option in reversed([model_opt, weights_opt, all_bands_opt, pooling_opt, input_size_opt, runtime_opt, device_opt]):
-        func = option(func)
-    return func
+    """--model --weights --all-bands --pooling --input-size --runtime --device, passed as ``model_opts``."""
+    names = ["backbone", "weights", "all_bands", "pooling", "input_size", "runtime", "device"]
+    return _apply(_bundle(names, "model_opts", _model_options)(func), [
+        click.option("--model", "backbone", default=None, metavar="NAME",
+                     help="Backbone: efficientnet_lite0 (default, offline), efficientnet_lite1/2, resnet18, resnet50, "
+                          "vgg16, efficientnet_b0, mobilenet_v2, mobilenet_v3_large, convnext_tiny."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Local weights: a state dict for --model, or a checkpoint from `rscbir finetune`."),
+        click.option("--all-bands", is_flag=True, help="Feed every band (the preset's all_bands) through a first conv inflated from RGB."),
+        click.option("--pooling", type=click.Choice(choices(Pooling)), default="avg", show_default=True,
+                     help="Global pooling of the last feature map."),
+        click.option("--input-size", type=int, default=224, show_default=True,
+                     help="Patches are resized to this many pixels per side before the CNN (0: keep)."),
+        click.option("--runtime", type=click.Choice(choices(Runtime)), default="auto", show_default=True,
+                     help="Forward pass on PyTorch or ONNX Runtime (auto: ONNX Runtime when installed; same vectors)."),
+        click.option("--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
+                     help="Where the CNN runs; auto: CUDA when a GPU is visible, else CPU."),
+    ])  # fmt: skip
 
 
-def open_scenes(locations, preset, bands, band_names, scale, dates):
-    """CLI wrapper of :func:`rscbir.presets.open_scenes`."""
-    from rscbir.presets import open_scenes as open_with_preset
-
-    if dates and len(dates) != len(locations):
-        raise click.BadParameter(f"give --date once per scene ({len(locations)}), or not at all", param_hint="--date")
-    return open_with_preset(locations, preset, bands, band_names, scale, dates)
+def batch_size_option(func):
+    return click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+                        help="Patches per forward pass (16 is fastest on small CPUs).")(func)  # fmt: skip
 
 
-def model_for_scenes(scenes, preset, backbone, weights, all_bands, pooling, input_size):
-    """CLI wrapper of :func:`rscbir.models.load.model_for_scenes`."""
-    from rscbir.models.load import model_for_scenes as build
+def workers_option(func):
+    return click.option("--workers", type=click.IntRange(0), default=None,
+                        help="Patch-reading worker processes (default: 0 on <= 2 cores, else 2).")(func)  # fmt: skip
 
-    return build(scenes, preset, backbone, weights, all_bands, input_size or None, pooling)
+
+def progress_enabled(ctx) -> bool:
+    """Progress bars only on a terminal and without --quiet."""
+    import sys
+
+    return not ctx.obj["quiet"] and sys.stderr.isatty()

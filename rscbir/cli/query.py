@@ -19,7 +19,7 @@ Examples:
 @click.option("--crs", default=None, help="CRS of --xy, e.g. EPSG:26914.")
 @click.option("--patch-id", default=None, help="Query by an indexed patch id (scene:row:col).")
 @click.option("--query-date", default=None, metavar="YYYYMMDD", help="Date of the query patch for --lonlat/--xy (default: --date if one, else the latest).")
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results.")
+@click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True, help="Number of results.")
 @click.option("--bbox", type=float, nargs=4, metavar="W S E N", help="Only results intersecting this lon/lat box.")
 @click.option("--date", "dates", multiple=True, metavar="YYYYMMDD", help="Only results of this date (repeatable).")
 @click.option("--scene", "scenes", multiple=True, help="Only results of this scene id (repeatable).")
@@ -35,30 +35,27 @@ def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, date
     import json
 
     from rscbir import export
+    from rscbir import query as q
     from rscbir.index import Index
     from rscbir.models.load import configure_threads
-    from rscbir.query import Filters
 
     given = [name for name, value in (("--image", image), ("--lonlat", lonlat), ("--xy", xy), ("--patch-id", patch_id)) if value]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --image, --lonlat, --xy or --patch-id")
     if xy and not crs:
         raise click.UsageError("--xy needs --crs (e.g. --crs EPSG:26914)")
-    if k < 1:
-        raise click.BadParameter("must be at least 1", param_hint="-k")
     configure_threads()
     opened = Index.open(index_dir)
-    filters = dict(bbox=tuple(bbox) if bbox else None, dates=tuple(dates), scenes=tuple(scenes), exclude_radius=exclude_radius)
-    Filters(**filters)
+    filters = q.Filters(bbox=tuple(bbox) if bbox else None, dates=tuple(dates), scenes=tuple(scenes), exclude_radius=exclude_radius)
     when = query_date or (dates[0] if len(dates) == 1 else None)
     if image:
-        result = opened.query_image(image, k, **filters)
+        result = q.query_image(opened, image, k, filters)
     elif lonlat:
-        result = opened.query_point(lonlat[0], lonlat[1], k, when, **filters)
+        result = q.query_point(opened, lonlat[0], lonlat[1], k, when, filters)
     elif xy:
-        result = opened.query_xy(xy[0], xy[1], crs, k, when, **filters)
+        result = q.query_xy(opened, xy[0], xy[1], crs, k, when, filters)
     else:
-        result = opened.query_patch(patch_id, k, **filters)
+        result = q.query_patch(opened, patch_id, k, filters)
     text = json.dumps(export.to_geojson(result)) if fmt == "geojson" else export.to_csv(result)
     export.write_text(text, output)
     if preview:

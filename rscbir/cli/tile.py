@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from rscbir.cli import options
@@ -22,7 +20,7 @@ Example:
 @options.tiling_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
 @click.pass_context
-def tile(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_size, stride, edge, max_nodata, resampling, align):
+def tile(ctx, scenes, output, scene_opts, tiling, resampling, align):
     """Tile SCENE... (files, band-file folders or globs) into patches.
 
     Each patch row holds its id, scene, date, grid row/col, pixel window, affine
@@ -30,14 +28,11 @@ def tile(ctx, scenes, output, preset, bands, band_names, scale, dates, patch_siz
     """
     from rasterio.enums import Resampling
 
-    from rscbir.catalog import catalog_format, write_catalog
-    from rscbir.tiling import tile_scenes
+    from rscbir.catalog import catalog_format, tile_scenes, write_catalog
 
     catalog_format(output)
-    opened, _ = options.open_scenes(scenes, preset, bands, band_names, scale, dates)
-    config = options.tiling_config(patch_size, stride, edge, max_nodata)
-    progress = not ctx.obj["quiet"] and sys.stderr.isatty()
-    catalog = tile_scenes(opened, config, align=align, resampling=Resampling[resampling], progress=progress)
+    opened, _ = scene_opts.open(scenes)
+    catalog = tile_scenes(opened, tiling, align=align, resampling=Resampling[resampling], progress=options.progress_enabled(ctx))
     write_catalog(catalog, output)
     counts = catalog.groupby("scene_id").size().to_dict()
     summary = ", ".join(f"{scene.scene_id}: {counts.get(scene.scene_id, 0)}" for scene in opened)

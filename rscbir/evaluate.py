@@ -1,74 +1,143 @@
-"""Retrieval quality against labelled data: mAP and precision at k.
+"""Quality against labelled data: retrieval mAP and precision at k, change F1 and AUC.
 
-Every image queries all the others (itself excluded); an image of the same
-class is relevant. This is the protocol of the RS CBIR literature on scene
-sets such as UC Merced, PatternNet and RSSCN7.
+Retrieval: every image queries all the others (itself excluded); an image of
+the same class is relevant; AP is over the full ranking. This is the protocol
+of the RS CBIR literature on scene sets such as UC Merced, PatternNet and
+RSSCN7. Rankings are made the way ``rscbir query`` makes them (query expansion,
+relevance feedback), so the figures measure what users get.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from rscbir.change import ChangeMethod, score_change
-from rscbir.errors import InvalidSceneError
+from rscbir.embed import DEFAULT_DIM, embed_images
+from rscbir.errors import InvalidSceneError, LabelError
 from rscbir.models.features import FeatureModel
-from rscbir.models.load import load_feature_model
+from rscbir.images import LabelledImages
+from rscbir.models.load import ModelOptions, load_feature_model
+from rscbir.metrics import RankingScores, precision_recall_f1, roc_auc
+from rscbir.models.whitening import PCAWhitening
+from rscbir.index import DEFAULT_AUGMENT
+from rscbir.rerank import QueryExpansion, augment_database, feedback_vector
 from rscbir.scene import Scene
 from rscbir.thresholds import Threshold
 from rscbir.tiling import TilingConfig, aligned_grid
 
-def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (5, 10, 50)) -> dict[str, float]:
-    """mAP and P@k when every vector queries all the others (cosine similarity).
+def retrieval_metrics(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    ks: Sequence[int] = (5, 10, 50),
+    expansion: QueryExpansion = QueryExpansion(0),
+    feedback_top: int = 0,
+    augment: int = 0,
+    block: int = 512,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """mAP and P@k when every vector queries all the others, ranked as ``rscbir query`` ranks.
 
-    Vectors must be L2-normalised. Average precision is over the full ranking.
+    Vectors must be L2-normalised. Average precision is over the full ranking of
+    the other n - 1 items (every relevant item counts). Queries run in blocks of
+    ``block`` rows, so memory is ``block x n``, never ``n x n``. ``augment`` k
+    ranks against database-side augmented vectors, as an index built with
+    ``--augment k`` does; ``expansion`` applies query expansion to each query
+    first. With ``feedback_top`` N, one
+    simulated feedback round follows: the top N of that ranking are marked right
+    or wrong by their label, the query is re-ranked by the Rocchio direction of
+    the query and the marks (marked-wrong items removed), and the figures after it
+    are returned under ``"feedback"``.
     """
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     labels = np.asarray(labels)
     n = len(vectors)
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]  # self ranks last; drop it
-    relevant = labels[order] == labels[:, None]
-    hits = np.cumsum(relevant, axis=1)
-    n_relevant = relevant.sum(axis=1)
-    ranks = np.arange(1, n)
-    ap = (relevant * hits / ranks).sum(axis=1) / np.maximum(n_relevant, 1)
-    result = {"mAP": float(ap[n_relevant > 0].mean()), "queries": int(n)}
-    for k in ks:
-        k_eff = min(k, n - 1)
-        result[f"P@{k}"] = float(hits[:, k_eff - 1].mean() / k_eff)
+    if n < 2:
+        raise LabelError("retrieval evaluation needs at least two images")
+    database = augment_database(vectors, augment) if augment else vectors
+    first = RankingScores(n, ks)
+    second = RankingScores(n, ks) if feedback_top else None
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        sims = vectors[rows] @ database.T
+        sims[np.arange(len(rows)), rows] = -np.inf
+        if expansion.enabled:
+            top = np.argpartition(-sims, min(expansion.k, n - 2), axis=1)[:, : expansion.k]
+            queries = expansion.expand(vectors[rows], database[top], np.take_along_axis(sims, top, 1))
+            sims = queries @ database.T
+            sims[np.arange(len(rows)), rows] = -np.inf
+        first.add(sims, labels[rows], labels)
+        if second is not None:
+            second.add(_feedback_scores(vectors, database, labels, rows, sims, feedback_top), labels[rows], labels)
+        if progress:
+            progress(f"ranked {rows[-1] + 1} of {n} queries")
+    result = first.result()
+    if second is not None:
+        result["feedback"] = {**second.result(), "marked_top": int(feedback_top), "model": "rocchio"}
     return result
 
 
+def evaluate_retrieval(
+    images: LabelledImages,
+    model_options: ModelOptions = ModelOptions(),
+    dim: int | None = DEFAULT_DIM,
+    whiten: float = 0.0,
+    expansion: QueryExpansion = QueryExpansion(),
+    feedback_top: int = 0,
+    augment: int = DEFAULT_AUGMENT,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Embed a labelled image set as ``rscbir index`` embeds patches (same model options, centred PCA
+    fitted on the set itself, database-side augmentation), rank as ``rscbir query`` ranks, and return
+    :func:`retrieval_metrics` with the settings and the embedding speed."""
+    model = model_options.for_rgb_images()
+    start = time.perf_counter()
+    vectors = embed_images(model, images.paths, runtime=model_options.runtime)
+    seconds = time.perf_counter() - start
+    if dim and len(vectors) > dim:
+        vectors = PCAWhitening.fit(vectors, dim, whiten).transform(vectors)
+    config = model.config
+    return {
+        **retrieval_metrics(vectors, images.labels, expansion=expansion, feedback_top=feedback_top, augment=augment, progress=progress),
+        "map_definition": "mean over queries of average precision over the full ranking of all other images",
+        "backbone": config.backbone,
+        "weights": config.checkpoint or config.weights,
+        "checkpoint": bool(config.checkpoint),
+        "pooling": config.pooling,
+        "stages": config.stages,
+        "views": config.views,
+        "input_size": config.input_size,
+        "dim": int(vectors.shape[1]),
+        "whiten_power": whiten if dim else None,
+        "query_expansion": {"k": expansion.k, "alpha": expansion.alpha},
+        "augment": augment,
+        "images_per_second": len(images.paths) / seconds,
+        "runtime": model_options.runtime.value,
+    }
+
+
+def _feedback_scores(vectors, database, labels, rows, sims, top_n: int) -> np.ndarray:
+    """Scores after one simulated feedback round on the top ``top_n`` of ``sims`` (rows = queries)."""
+    out = np.empty_like(sims)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :top_n]
+    for q, row in enumerate(rows):
+        marked = top[q]
+        right = labels[marked] == labels[row]
+        direction = feedback_vector(np.vstack([vectors[row][None], vectors[marked[right]]]), vectors[marked[~right]])
+        out[q] = database @ direction
+        out[q, marked[~right]] = -np.inf  # marked wrong: not shown again
+        out[q, row] = -np.inf
+    return out
+
+
 # ---------------------------------------------------------------------- change
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN with one class."""
-    labels = np.asarray(labels, dtype=bool)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def precision_recall_f1(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
-    """Precision, recall and F1 of a boolean prediction (recall NaN when nothing is true)."""
-    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
-    tp = float((predicted & truth).sum())
-    precision = tp / predicted.sum() if predicted.sum() else 0.0
-    recall = tp / truth.sum() if truth.sum() else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return float(precision), float(recall), float(f1)
-
-
 OSCD_CITIES = ("abudhabi", "aguasclaras", "bercy", "bordeaux", "hongkong", "mumbai", "nantes", "paris", "pisa", "rennes")
 
 

@@ -48,6 +48,22 @@ class LabelledImages:
         indices = list(indices)
         return LabelledImages([self.paths[i] for i in indices], self.labels[indices], self.classes)
 
+    def select(self, classes: Sequence[str] | None = None, half: str = "all", seed: int = 0) -> "LabelledImages":
+        """Only these classes (labels renumbered over them), then one stratified half (``first``/``second``) or all."""
+        images = self
+        if classes:
+            unknown = sorted(set(classes) - set(self.classes))
+            if unknown:
+                raise InvalidSceneError(f"no class {', '.join(unknown)}; classes: {', '.join(self.classes)}")
+            chosen = [c for c in self.classes if c in set(classes)]
+            keep = [i for i, label in enumerate(self.labels) if self.classes[label] in chosen]
+            relabel = {self.classes.index(c): i for i, c in enumerate(chosen)}
+            images = LabelledImages([self.paths[i] for i in keep], np.asarray([relabel[self.labels[i]] for i in keep]), chosen)
+        if half == "all":
+            return images
+        first, second = images.halves(seed)
+        return first if half == "first" else second
+
     def halves(self, seed: int = 0) -> tuple["LabelledImages", "LabelledImages"]:
         """A stratified 50/50 split: train on one half, evaluate on the other only."""
         rng = np.random.default_rng(seed)

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import rasterio
 import shapely
 import torch
@@ -29,10 +30,11 @@ from pyproj import Geod, Transformer
 from rasterio.errors import RasterioError
 
 from rscbir.catalog import patch_centres
-from rscbir.errors import QueryError
+from rscbir.errors import FeedbackError, QueryError
 from rscbir.images import load_image
 from rscbir.index import Index
 from rscbir.models.load import model_from_config
+from rscbir.rerank import QueryExpansion, feedback_vector
 from rscbir.scene import Scaling, apply_scaling, normalise_date
 from rscbir.thresholds import Threshold
 
@@ -109,12 +111,99 @@ def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> i
     return int(covering[np.argmin((centres[:, 0] - lon) ** 2 + (centres[:, 1] - lat) ** 2)])
 
 
-def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, exclude_row: int | None = None) -> gpd.GeoDataFrame:
+@dataclass(frozen=True)
+class Feedback:
+    """Patches a user marked right (positives) or wrong (negatives), by id; rounds accumulate with :meth:`add`."""
+
+    positives: tuple[str, ...] = ()
+    negatives: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positives", tuple(dict.fromkeys(self.positives)))
+        object.__setattr__(self, "negatives", tuple(dict.fromkeys(n for n in self.negatives if n not in self.positives)))
+        if self.negatives and not self.positives:
+            raise FeedbackError("feedback with only negatives: mark at least one patch right (--positive) as well")
+
+    def __bool__(self) -> bool:
+        return bool(self.positives or self.negatives)
+
+    def add(self, positives: Sequence[str] = (), negatives: Sequence[str] = ()) -> "Feedback":
+        """This feedback plus another round of marks (a later mark of the same patch wins)."""
+        positives, negatives = tuple(positives), tuple(negatives)
+        keep_pos = tuple(p for p in self.positives if p not in negatives) + positives
+        keep_neg = tuple(n for n in self.negatives if n not in positives) + negatives
+        return Feedback(keep_pos, keep_neg)
+
+    def rows(self, index: Index) -> tuple[np.ndarray, np.ndarray]:
+        """Catalog rows of the marked patches; unknown ids are a :class:`FeedbackError`."""
+        lookup = pd.Series(np.arange(len(index.catalog)), index=index.catalog["patch_id"].to_numpy())
+        unknown = [p for p in (*self.positives, *self.negatives) if p not in lookup.index]
+        if unknown:
+            raise FeedbackError(f"feedback names patches not in {index.path}: {', '.join(unknown[:5])}")
+        return lookup[list(self.positives)].to_numpy(), lookup[list(self.negatives)].to_numpy()
+
+
+def read_feedback(path: str | os.PathLike, index: Index) -> Feedback:
+    """Marks from a file: GeoJSON or CSV rows with a ``label`` of 1 (right) or 0 (wrong) and either a
+    ``patch_id`` or a location (GeoJSON geometry, or ``lon``/``lat`` columns), e.g. a previous
+    query's output with a label column added."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pd.read_csv(path)
+        else:
+            table = gpd.read_file(path)
+    except Exception as exc:  # pandas and pyogrio raise their own types for unreadable files
+        raise FeedbackError(f"{path}: not a readable CSV or GeoJSON file ({exc})") from None
+    if "label" not in table.columns:
+        raise FeedbackError(f"{path}: no `label` column; mark each row 1 (right) or 0 (wrong)")
+    labels = pd.to_numeric(table["label"], errors="coerce")
+    if not labels.isin([0, 1]).all():
+        raise FeedbackError(f"{path}: `label` must be 1 (right) or 0 (wrong) on every row")
+    if "patch_id" in table.columns and table["patch_id"].notna().all():
+        ids = table["patch_id"].astype(str).tolist()
+    elif {"lon", "lat"} <= set(table.columns):
+        ids = [index.catalog["patch_id"].iloc[patch_at(index, lon, lat)] for lon, lat in zip(table["lon"], table["lat"])]
+    elif isinstance(table, gpd.GeoDataFrame) and table.geometry.notna().all():
+        points = table.geometry.to_crs("EPSG:4326").representative_point()
+        ids = [index.catalog["patch_id"].iloc[patch_at(index, p.x, p.y)] for p in points]
+    else:
+        raise FeedbackError(f"{path}: rows need a `patch_id`, `lon`/`lat` columns or a geometry")
+    return Feedback(tuple(i for i, label in zip(ids, labels) if label == 1), tuple(i for i, label in zip(ids, labels) if label == 0))
+
+
+def query_vector(index: Index, vector: np.ndarray, expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None,
+                 exclude_row: int | None = None) -> np.ndarray:  # fmt: skip
+    """The vector the final search ranks by: the query expanded by its neighbours (alpha-QE, one extra
+    FAISS search), or, with feedback, the Rocchio direction of the query and the marked patches."""
+    vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    if feedback:
+        positives, negatives = feedback.rows(index)
+        marked_right = np.asarray(index.vectors[np.sort(positives)], dtype=np.float32)
+        marked_wrong = np.asarray(index.vectors[np.sort(negatives)], dtype=np.float32)
+        return feedback_vector(np.vstack([vector, marked_right]), marked_wrong)[None]
+    if not expansion.enabled or len(index) < 2:
+        return vector
+    scores, ids = index.search(vector, expansion.k + 1)
+    keep = ids[0] >= 0
+    if exclude_row is not None:
+        keep &= ids[0] != exclude_row  # the query patch itself is not its own neighbour
+    ids, scores = ids[0][keep][: expansion.k], scores[0][keep][: expansion.k]
+    neighbours = np.asarray(index.search_vectors[np.sort(ids)], dtype=np.float32)[np.argsort(np.argsort(ids))]
+    return expansion.expand(vector, neighbours[None], scores[None])
+
+
+def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, exclude_row: int | None = None,
+          expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> gpd.GeoDataFrame:  # fmt: skip
     allowed = filters.mask(index, centre)
     if exclude_row is not None and filters.exclude_radius:
         allowed = np.ones(len(index), bool) if allowed is None else allowed
         allowed[exclude_row] = False
-    scores, ids = index.search(vector, k, allowed)
+    if feedback and feedback.negatives:  # patches marked wrong are not shown again
+        allowed = np.ones(len(index), bool) if allowed is None else allowed
+        allowed[feedback.rows(index)[1]] = False
+    search_vector = query_vector(index, vector, expansion, feedback, exclude_row)
+    scores, ids = index.search(search_vector, k, allowed)
     keep = ids[0] >= 0
     rows = index.catalog.iloc[ids[0][keep]]
     hits = gpd.GeoDataFrame(
@@ -133,44 +222,59 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
     return hits
 
 
-def query_point(index: Index, lon: float, lat: float, k: int = 10, query_date: str | None = None, filters: Filters = Filters()) -> QueryResult:
-    """The ``k`` patches most like the patch covering (lon, lat)."""
+def _describe(query: dict, expansion: QueryExpansion, feedback: Feedback | None) -> dict:
+    query["expansion"] = {"k": expansion.k, "alpha": expansion.alpha} if expansion.enabled and not feedback else None
+    if feedback:
+        query["feedback"] = {"positives": list(feedback.positives), "negatives": list(feedback.negatives)}
+    return query
+
+
+def query_point(index: Index, lon: float, lat: float, k: int = 10, query_date: str | None = None, filters: Filters = Filters(),
+                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
+    """The ``k`` patches most like the patch covering (lon, lat).
+
+    ``expansion`` (on by default) adds the query's nearest neighbours to it; ``feedback``
+    re-ranks by the patches marked right and wrong instead.
+    """
     row = patch_at(index, lon, lat, query_date)
     vector = np.asarray(index.vectors[row], dtype=np.float32)[None]
     centre = tuple(patch_centres(index.catalog.iloc[[row]])[0])
-    hits = _rank(index, vector, k, filters, centre, exclude_row=row)
+    hits = _rank(index, vector, k, filters, centre, row, expansion, feedback)
     patch = index.catalog.iloc[[row]]
-    return QueryResult(hits, {"type": "point", "lon": lon, "lat": lat, "patch_id": patch["patch_id"].iloc[0],
-                              "date": patch["date"].iloc[0], "k": k}, patch)  # fmt: skip
+    query = {"type": "point", "lon": lon, "lat": lat, "patch_id": patch["patch_id"].iloc[0], "date": patch["date"].iloc[0], "k": k}
+    return QueryResult(hits, _describe(query, expansion, feedback), patch)
 
 
-def query_xy(index: Index, x: float, y: float, crs: str, k: int = 10, query_date: str | None = None, filters: Filters = Filters()) -> QueryResult:
+def query_xy(index: Index, x: float, y: float, crs: str, k: int = 10, query_date: str | None = None, filters: Filters = Filters(),
+             expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
     """Like :func:`query_point` with coordinates in any CRS."""
     try:
         lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(x, y)
     except Exception as exc:  # pyproj raises CRSError or ProjError
         raise QueryError(f"cannot transform ({x}, {y}) from {crs}: {exc}") from None
-    result = query_point(index, lon, lat, k, query_date, filters)
+    result = query_point(index, lon, lat, k, query_date, filters, expansion, feedback)
     result.query.update({"x": x, "y": y, "crs": crs})
     return result
 
 
-def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Filters()) -> QueryResult:
+def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Filters(),
+                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
     """The ``k`` patches most like an indexed patch, by id (``scene:row:col``)."""
     matches = np.flatnonzero(index.catalog["patch_id"].to_numpy() == patch_id)
     if len(matches) == 0:
         raise QueryError(f"no patch {patch_id!r} in {index.path}")
     row = int(matches[0])
     centre = tuple(patch_centres(index.catalog.iloc[[row]])[0])
-    hits = _rank(index, np.asarray(index.vectors[row], dtype=np.float32)[None], k, filters, centre, exclude_row=row)
-    return QueryResult(hits, {"type": "patch", "patch_id": patch_id, "k": k}, index.catalog.iloc[[row]])
+    hits = _rank(index, np.asarray(index.vectors[row], dtype=np.float32)[None], k, filters, centre, row, expansion, feedback)
+    return QueryResult(hits, _describe({"type": "patch", "patch_id": patch_id, "k": k}, expansion, feedback), index.catalog.iloc[[row]])
 
 
-def query_image(index: Index, path: str | os.PathLike, k: int = 10, filters: Filters = Filters()) -> QueryResult:
+def query_image(index: Index, path: str | os.PathLike, k: int = 10, filters: Filters = Filters(),
+                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
     """The ``k`` patches most like an image chip (PNG/JPEG RGB, or a GeoTIFF with the index's bands)."""
     vector = embed_chip(index, path)
-    hits = _rank(index, vector, k, filters, centre=None)
-    return QueryResult(hits, {"type": "image", "image": str(path), "k": k})
+    hits = _rank(index, vector, k, filters, None, None, expansion, feedback)
+    return QueryResult(hits, _describe({"type": "image", "image": str(path), "k": k}, expansion, feedback))
 
 
 def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:
@@ -263,5 +367,5 @@ def query_change(index: Index, lon: float, lat: float, dates: Sequence[str], k: 
     return QueryResult(hits, query, frame.iloc[[example]])
 
 
-__all__ = ["Filters", "QueryResult", "patch_at", "query_point", "query_xy", "query_patch", "query_image", "embed_chip",
+__all__ = ["Filters", "Feedback", "QueryExpansion", "QueryResult", "read_feedback", "query_vector", "patch_at", "query_point", "query_xy", "query_patch", "query_image", "embed_chip",
            "change_vectors", "query_change"]

@@ -77,7 +77,7 @@ def test_embed_cli_with_preset(tmp_path, naip_like):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "model.json").read_text())
     assert meta["model"]["input_bands"] == ["R", "G", "B"] and meta["model"]["backbone"] == "efficientnet_lite0"
-    assert EmbeddingStore.open(out).vectors.shape == (12, 1280)
+    assert EmbeddingStore.open(out).vectors.shape == (12, 1904)  # 4 stages: 112 + 192 + 320 + 1280; too few for a PCA
 
 
 @pytest.mark.parametrize(
@@ -120,6 +120,23 @@ def test_retrieval_metrics_by_hand():
     assert swapped["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 3 + 1 / 2) / 4) and swapped["P@1"] == 0.0
 
 
+def test_blockwise_ranking_equals_one_block_and_expansion_and_feedback_help():
+    """Queries in blocks of 3 give the figures of one block; on clustered vectors query expansion,
+    database augmentation and a feedback round each keep or raise mAP."""
+    from rscbir.rerank import QueryExpansion
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 16))
+    labels = np.repeat(np.arange(4), 15)
+    vectors = centres[labels] + 1.2 * rng.normal(size=(60, 16))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    whole = retrieval_metrics(vectors, labels, block=512)
+    assert retrieval_metrics(vectors, labels, block=3) == pytest.approx(whole)
+    expanded = retrieval_metrics(vectors, labels, expansion=QueryExpansion(5), augment=3, feedback_top=10, block=7)
+    assert expanded["mAP"] >= whole["mAP"] and expanded["feedback"]["mAP"] > expanded["mAP"]
+    assert expanded["feedback"]["P@10"] >= 0.9
+
+
 def test_pca_whitening_recovers_low_rank_structure():
     rng = np.random.default_rng(0)
     basis = rng.normal(size=(4, 32))
@@ -145,7 +162,7 @@ def test_two_finetune_steps_change_head_and_checkpoint_round_trips(tmp_path):
     images = LabelledImages.scan(_image_folder(tmp_path / "imgs"))
     model = load_feature_model(["R", "G", "B"], input_size=32)
     torch.manual_seed(0)
-    initial = torch.nn.Linear(1280, 16)
+    initial = torch.nn.Linear(model.pooled_dim, 16)
     config = ft.TrainConfig(dim=16, epochs=1, max_steps=2, batch_size=4, val_fraction=0.34)
     torch.manual_seed(0)
     model, history = ft.finetune_on_images(model, images, config)
@@ -199,11 +216,13 @@ def test_finetune_and_eval_cli(tmp_path):
     result = runner.invoke(cli, ["-q", "finetune", str(root), "--half", "first", "--dim", "8", "--epochs", "2",
                                  "--input-size", "32", "-o", str(ckpt)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["eval", "retrieval", str(root), "--half", "second", "--weights", str(ckpt),
+    result = runner.invoke(cli, ["eval", "retrieval", str(root), "--half", "second", "--weights", str(ckpt), "--feedback", "2",
                                  "--json", str(tmp_path / "r.json")])  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["dim"] == 8 and report["queries"] == 6
+    assert report["feedback"]["marked_top"] == 2 and report["feedback"]["mAP"] >= 0.9  # label-free and feedback figures
+    assert "full ranking" in report["map_definition"]
     # two colour classes, three images each: every query finds its two mates first (P@5 at most 2/5)
     assert report["mAP"] >= 0.9 and report["P@5"] == pytest.approx(0.4), report
 

@@ -48,7 +48,10 @@ def test_build_append_and_skip(tmp_path):
     assert "1 already indexed (s1_20200102)" in result.output
     second = Index.open(out)
     assert len(second) == 48 and second.manifest["generation"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["catalog-000002.parquet", "faiss-000002.index", "index.json", "vectors-000002.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["augmented-000002.npy", "catalog-000002.parquet", "faiss-000002.index", "index.json",
+                                                     "vectors-000002.npy"]  # fmt: skip
+    # an append augments only the new patches: the old rows' search vectors are kept as they were
+    np.testing.assert_array_equal(np.asarray(second.augmented[:32]), np.asarray(first.augmented[:32]))
     np.testing.assert_array_equal(np.asarray(second.vectors[:32]), np.asarray(first.vectors[:32]))
     assert list(second.catalog["vector"]) == list(range(48))
 

@@ -117,7 +117,7 @@ def test_all_sentinel2_bands_through_inflated_conv():
     assert spec.rgb == (3, 2, 1) and len(spec.bands) == 13
     model = load_feature_model(names, rgb=["B04", "B03", "B02"], all_bands=True, input_size=32)
     with torch.inference_mode():
-        assert model(torch.rand(2, 13, 32, 32)).shape == (2, 1280)
+        assert model(torch.rand(2, 13, 32, 32)).shape == (2, 112 + 192 + 320 + 1280)  # the last four stages
     assert model.config.input_bands == tuple(names)
 
 

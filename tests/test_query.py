@@ -13,7 +13,7 @@ from rscbir.cli import cli
 from conftest import blob_image, write_raster
 from rscbir.errors import QueryError
 from rscbir.index import Index
-from rscbir.query import Filters, patch_at, query_image, query_patch, query_point
+from rscbir.query import Filters, QueryExpansion, patch_at, query_image, query_patch, query_point
 
 NAIP = "naip_timeseries/m_4709963_se_14_1_{}.tif"
 
@@ -41,10 +41,15 @@ def test_point_query_returns_its_own_patch_first(naip_index):
     assert len(index) == 308 and index.manifest["grid"] is not None
     lon, lat = centre_of(index, "m_4709963_se_14_1_20090818:5:7")
     result = query_point(index, lon, lat, k=5, query_date="2009-08-18")
-    assert result.hits.iloc[0]["patch_id"] == "m_4709963_se_14_1_20090818:5:7"
-    assert result.hits.iloc[0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert list(result.hits["rank"]) == [1, 2, 3, 4, 5]
+    # the expanded query ranks patches that look like the query patch: far closer to it than the index on average
+    own = np.asarray(index.vectors[index.catalog.index[index.catalog["patch_id"] == "m_4709963_se_14_1_20090818:5:7"][0]], np.float32)
+    hits = np.asarray(index.vectors[[index.catalog.index[index.catalog["patch_id"] == p][0] for p in result.hits["patch_id"]]], np.float32)
+    assert (hits @ own).mean() > (np.asarray(index.vectors, np.float32) @ own).mean() + 0.2
     assert (np.diff(result.hits["score"]) <= 1e-6).all()
+    assert result.query["expansion"] == {"k": 10, "alpha": 1.0} and index.manifest["augment"] == 5
+    plain = query_point(index, lon, lat, k=5, query_date="2009-08-18", expansion=QueryExpansion(0))
+    assert plain.hits.iloc[0]["patch_id"] == "m_4709963_se_14_1_20090818:5:7"
 
 
 def test_same_place_other_year_ranks_far_above_chance(naip_index):
@@ -154,7 +159,7 @@ def blob_index(tmp_path_factory):
     b = write_raster(folder / "site_20210101.tif", blob_image(128, 128, (80, 80), 5, seed=2), nodata=0)
     out = folder / "idx"
     result = CliRunner().invoke(cli, ["-q", "index", str(a), str(b), "--align", "--patch-size", "32", "--input-size", "32",
-                                      "--runtime", "torch", "-o", str(out)])  # fmt: skip
+                                      "--runtime", "torch", "--augment", "0", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     return Index.open(out)
 
@@ -171,7 +176,7 @@ def test_patch_at_picks_the_covering_patch_and_date(blob_index):
 
 
 def test_blob_finds_the_other_blob_and_filters_keep_k_hits(blob_index):
-    result = query_patch(blob_index, "site_20200101:1:1", k=3, filters=Filters(dates=("2021-01-01",)))
+    result = query_patch(blob_index, "site_20200101:1:1", k=3, filters=Filters(dates=("2021-01-01",)), expansion=QueryExpansion(0))
     assert result.hits.iloc[0]["patch_id"] == "site_20210101:2:2"  # the other blob, not the same ground
     assert set(result.hits["date"]) == {"2021-01-01"} and len(result.hits) == 3
     blobs = [blob_index.catalog.index[blob_index.catalog["patch_id"] == p][0] for p in ("site_20200101:1:1", "site_20210101:2:2")]
@@ -205,3 +210,58 @@ def test_image_queries_and_contact_sheets_reuse_what_they_opened(blob_index, tmp
     result = query_patch(blob_index, "site_20200101:1:1", k=12)
     export.contact_sheet(blob_index, result, tmp_path / "sheet.png")
     assert sorted(opened) == sorted(set(result.hits["scene_id"]) | {"site_20200101"})
+
+
+def test_feedback_ranks_a_positives_neighbours_above_a_negatives(blob_index, tmp_path):
+    """Querying a background patch: marking the 2021 blob right and a background patch wrong brings the
+    other blob (the positive's neighbour) to the top, where plain ranking leaves it near the bottom."""
+    from rscbir.query import Feedback
+
+    plain = list(query_patch(blob_index, "site_20200101:0:0", k=31).hits["patch_id"])
+    assert plain.index("site_20200101:1:1") > 10
+    marks = Feedback(positives=("site_20210101:2:2",), negatives=("site_20200101:3:3",))
+    refined = query_patch(blob_index, "site_20200101:0:0", k=31, feedback=marks)
+    ranked = list(refined.hits["patch_id"])
+    assert set(ranked[:2]) == {"site_20210101:2:2", "site_20200101:1:1"}
+    assert "site_20200101:3:3" not in ranked  # marked wrong: not shown again
+    assert refined.query["feedback"] == {"positives": ["site_20210101:2:2"], "negatives": ["site_20200101:3:3"]}
+    # a second round accumulates; a later mark of the same patch wins
+    again = marks.add(positives=["site_20200101:3:3"], negatives=["site_20210101:0:0"])
+    assert again.positives == ("site_20210101:2:2", "site_20200101:3:3") and again.negatives == ("site_20210101:0:0",)
+
+
+def test_feedback_from_the_command_line_and_files(blob_index, tmp_path):
+    first = tmp_path / "round1.geojson"
+    result = CliRunner().invoke(cli, ["query", str(blob_index.path), "--patch-id", "site_20200101:0:0", "-k", "5", "-o", str(first)])
+    assert result.exit_code == 0, result.output
+    marked = gpd.read_file(first)
+    marked["label"] = [1] + [0] * (len(marked) - 1)  # the user keeps the first hit, rejects the rest
+    edited = tmp_path / "marked.geojson"
+    marked.to_file(edited, driver="GeoJSON")
+    second = tmp_path / "round2.geojson"
+    result = CliRunner().invoke(cli, ["query", str(blob_index.path), "--patch-id", "site_20200101:0:0", "-k", "5",
+                                      "--feedback", str(edited), "--positive", "site_20210101:2:2", "-o", str(second)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(second.read_text())
+    assert doc["query"]["feedback"]["positives"] == [marked["patch_id"].iloc[0], "site_20210101:2:2"]
+    assert not set(marked["patch_id"].iloc[1:]) & {f["properties"]["patch_id"] for f in doc["features"]}
+    csv = tmp_path / "marks.csv"
+    csv.write_text("patch_id,label\nsite_20210101:2:2,1\n")
+    assert CliRunner().invoke(cli, ["query", str(blob_index.path), "--patch-id", "site_20200101:0:0", "--feedback", str(csv)]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--positive", "nowhere:9:9"], "feedback names patches not in"),
+        (["--negative", "site_20200101:3:3"], "mark at least one patch right"),
+        (["--feedback", "{nolabel}"], "no `label` column"),
+    ],
+)
+def test_bad_feedback_exit_2(blob_index, tmp_path, args, message):
+    nolabel = tmp_path / "nolabel.csv"
+    nolabel.write_text("patch_id\nsite_20210101:2:2\n")
+    args = [a.format(nolabel=nolabel) for a in args]
+    result = CliRunner().invoke(cli, ["query", str(blob_index.path), "--patch-id", "site_20200101:0:0", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

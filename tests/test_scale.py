@@ -38,7 +38,7 @@ def scene_files(tmp_path, n=2, size=192):
 def embed(paths, out, client=None):
     scenes = [Scene.open(p) for p in paths]
     model = load_feature_model(scenes[0].band_names, input_size=32)
-    options = EmbedOptions(batch_size=8, workers=0, runtime="torch", dtype="float32")
+    options = EmbedOptions(batch_size=8, workers=0, runtime="torch", dtype="float32", dim=None)  # raw vectors: compared to 1e-5
     runner = DaskRunner(client, model, options) if client is not None else None
     return embed_scenes(scenes, out, model, TilingConfig(16), options=options, runner=runner)
 

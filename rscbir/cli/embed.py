@@ -20,7 +20,7 @@ Example:
 @options.tiling_options
 @options.model_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
-@click.option("--dim", type=click.IntRange(1), default=None, help="PCA to this many dimensions, fitted on these patches; stored with the model.")
+@options.dim_option
 @click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
 @options.batch_size_option
 @options.workers_option
@@ -41,7 +41,7 @@ def embed(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     opened, preset = scene_opts.open(scenes)
     model, opened = model_opts.for_scenes(opened, preset)
     run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dtype=dtype,
-                       dim=dim, whiten=whiten, resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
+                       dim=dim or None, whiten=whiten, resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
     store = embed_scenes(opened, output, model, tiling, align, run)
     click.echo(
         f"wrote {len(store.vectors)} vectors of {store.meta['dim']} dims ({model.config.backbone}, bands "

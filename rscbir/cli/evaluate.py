@@ -16,57 +16,47 @@ def eval_group():
 
 @eval_group.command(
     epilog="""\b
-Example:
-  rscbir eval retrieval ../shared/data/rsscn7 --json out/rsscn7_retrieval.json""",
+Examples:
+  rscbir eval retrieval ../shared/data/rsscn7 --feedback 20 --json out/rsscn7_retrieval.json
+  rscbir eval retrieval ../shared/data/rsscn7 --half second --weights out/rsscn7_head.pt""",
 )
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="DIR")
 @options.model_options
-@click.option("--dim", type=int, default=None, help="PCA to this many dimensions, fitted on the evaluated images.")
-@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power: 0 centred PCA, 0.5 full whitening.")
+@options.dim_option
+@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
+@click.option("--qe", type=click.IntRange(0), default=10, show_default=True, help="Query expansion with the K nearest images (0: off), as in `rscbir query`.")
+@options.augment_option
+@click.option("--feedback", "feedback_top", type=click.IntRange(0), default=0, metavar="N",
+              help="Also simulate one relevance-feedback round: the top N hits marked right/wrong by their class.")
 @click.option("--half", type=click.Choice(["all", "first", "second"]), default="all", show_default=True,
               help="Evaluate on this stratified half only (the other half trained a head).")  # fmt: skip
+@click.option("--classes", callback=options.split_list, metavar="LIST", help="Evaluate on these classes only (comma-separated).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the half split (as in finetune).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures here.")
-def retrieval(folder, model_opts, dim, whiten, half, seed, json_path):
-    """Every image of DIR (one sub-folder per class) queries the rest: mAP, P@5, P@10, P@50."""
-    import time
-
+@click.pass_context
+def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, half, classes, seed, json_path):
+    """Every image of DIR (one sub-folder per class) queries all the others, ranked the way
+    `rscbir index` + `rscbir query` rank (same model, corpus PCA, query expansion):
+    mAP over the full ranking, P@5, P@10, P@50; with --feedback also after one feedback round."""
     from rscbir.atomic import atomic_path
-    from rscbir.embed import embed_images
-    from rscbir.evaluate import retrieval_metrics
+    from rscbir.evaluate import evaluate_retrieval
     from rscbir.images import LabelledImages
     from rscbir.models.load import configure_threads
-    from rscbir.models.whitening import PCAWhitening
+    from rscbir.rerank import QueryExpansion
 
+    options.check_output(json_path)
     configure_threads()
-    images = LabelledImages.scan(folder)
-    if half != "all":
-        images = images.halves(seed)[0 if half == "first" else 1]
-    model = model_opts.for_rgb_images()
-    config = model.config
-    start = time.perf_counter()
-    vectors = embed_images(model, images.paths, runtime=model_opts.runtime)
-    seconds = time.perf_counter() - start
-    if dim:
-        vectors = PCAWhitening.fit(vectors, dim, whiten).transform(vectors)
-    result = {
-        **retrieval_metrics(vectors, images.labels),
-        "dataset": str(folder),
-        "half": half,
-        "backbone": config.backbone,
-        "weights": config.checkpoint or config.weights,
-        "pooling": config.pooling,
-        "input_size": config.input_size,
-        "dim": int(vectors.shape[1]),
-        "whiten_power": whiten if dim else None,
-        "images_per_second": len(images.paths) / seconds,
-        "runtime": model_opts.runtime.value,
-    }
-    click.echo(
-        f"{config.backbone} ({'checkpoint' if config.checkpoint else 'pretrained'}, {result['dim']}-d, {config.pooling}) on "
-        f"{len(images.paths)} images: mAP {result['mAP']:.3f}  P@5 {result['P@5']:.3f}  P@10 {result['P@10']:.3f}  "
-        f"P@50 {result['P@50']:.3f}"
-    )
+    images = LabelledImages.scan(folder).select(classes=classes, half=half, seed=seed)
+    say = None if ctx.obj["quiet"] else (lambda line: click.echo(line, err=True))
+    result = evaluate_retrieval(images, model_opts, dim or None, whiten, QueryExpansion(qe), feedback_top, augment, progress=say)
+    result.update({"dataset": str(folder), "half": half, "classes": classes or "all"})
+    line = (f"{result['backbone']} ({'checkpoint' if result['checkpoint'] else 'pretrained'}, {result['dim']}-d, "
+            f"{result['stages']} stages, {result['views']} views, augment {augment}, qe {qe}) on {result['queries']} images: mAP {result['mAP']:.3f}  "
+            f"P@5 {result['P@5']:.3f}  P@10 {result['P@10']:.3f}  P@50 {result['P@50']:.3f}")  # fmt: skip
+    if feedback_top:
+        fb = result["feedback"]
+        line += f"\nafter one feedback round on the top {feedback_top}: mAP {fb['mAP']:.3f}  P@10 {fb['P@10']:.3f}  P@50 {fb['P@50']:.3f}"
+    click.echo(line)
     if json_path:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(result, indent=2))

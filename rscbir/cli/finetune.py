@@ -24,14 +24,16 @@ Examples:
 @click.option("--self-supervised", is_flag=True, help="No labels: Tile2Vec-style triplets of neighbouring patches.")
 @click.option("--half", type=click.Choice(["all", "first", "second"]), default="all", show_default=True,
               help="For an image folder: train on this stratified half only (evaluate on the other).")  # fmt: skip
+@click.option("--classes", callback=options.split_list, metavar="LIST",
+              help="For an image folder: train on these classes only (comma-separated), e.g. to test on unseen ones.")
 @click.option("--dim", type=int, default=128, show_default=True, help="Length of the learned embedding.")
 @click.option("--unfreeze", type=int, default=0, show_default=True, help="Also train the last N trunk stages (slow on CPU).")
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
-def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, labels, label_field, self_supervised, half, dim,
-             unfreeze, epochs, lr, seed):  # fmt: skip
+def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, labels, label_field, self_supervised, half, classes,
+             dim, unfreeze, epochs, lr, seed):  # fmt: skip
     """Fine-tune a head on SOURCE: a class-per-folder image set, scenes with
     --labels polygons, or scenes with --self-supervised.
 
@@ -48,9 +50,7 @@ def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, l
     config = ft.TrainConfig(dim=dim, epochs=epochs, lr=lr, unfreeze=unfreeze, seed=seed)
     classes = []
     if len(sources) == 1 and not labels and not self_supervised and is_image_folder(sources[0]):
-        images = LabelledImages.scan(sources[0])
-        if half != "all":
-            images = images.halves(seed)[0 if half == "first" else 1]
+        images = LabelledImages.scan(sources[0]).select(classes=classes, half=half, seed=seed)
         model, history = ft.finetune_on_images(model_opts.for_rgb_images(), images, config, say)
         mode, classes = "supervised-images", images.classes
     else:

@@ -18,10 +18,19 @@ from rscbir.modes import Device, Pooling, Runtime, choices
 EDGE_CHOICES = ["drop", "pad"]  # rscbir.tiling.EdgePolicy, spelled here so --help needs no rasterio
 
 
-def _split(ctx, param, value):
+def split_list(ctx, param, value):
+    """Click callback: ``a,b,c`` -> ("a", "b", "c"); empty -> None."""
     if not value:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def check_output(path) -> None:
+    """Refuse an output whose folder does not exist before any work starts."""
+    from pathlib import Path
+
+    if path not in (None, "-") and not Path(path).resolve().parent.is_dir():
+        raise click.BadParameter(f"{path}: folder {Path(path).parent} does not exist; create it first", param_hint="output")
 
 
 def length(value: str | None) -> int | str | None:
@@ -71,9 +80,9 @@ def scene_options(func):
         click.option("--preset", default=None, metavar="NAME",
                      help="Band preset shipped with rscbir (naip, sentinel2, landsat, rgb) or a YAML path: band names, "
                           "RGB bands, scaling."),
-        click.option("--bands", callback=_split, metavar="LIST",
+        click.option("--bands", callback=split_list, metavar="LIST",
                      help="Bands to use, by name or 1-based index, comma-separated (e.g. B04,B03,B02 or 1,2,3)."),
-        click.option("--band-names", callback=_split, metavar="LIST", help="Names for the bands of multi-band files (e.g. R,G,B,NIR)."),
+        click.option("--band-names", callback=split_list, metavar="LIST", help="Names for the bands of multi-band files (e.g. R,G,B,NIR)."),
         click.option("--scale", default=None, metavar="RULE", help="Scaling to float: auto (default), none, divide:10000 or percentile:2,98."),
         click.option("--date", "dates", multiple=True, metavar="YYYYMMDD",
                      help="Acquisition date, once per scene in order. Default: a date in the file name or TIFF tags."),
@@ -103,15 +112,16 @@ def tiling_options(func, default_patch: str = "64"):
 
 
 # ------------------------------------------------------------------------ model
-def _model_options(backbone, weights, all_bands, pooling, input_size, runtime, device):
+def _model_options(backbone, weights, all_bands, pooling, input_size, runtime, device, stages, views):
     from rscbir.models.load import ModelOptions
 
-    return ModelOptions(backbone, weights, all_bands, Pooling(pooling), input_size or None, Runtime(runtime), Device(device))
+    return ModelOptions(backbone, weights, all_bands, Pooling(pooling), input_size or None, Runtime(runtime), Device(device),
+                        stages, int(views))  # fmt: skip
 
 
 def model_options(func):
-    """--model --weights --all-bands --pooling --input-size --runtime --device, passed as ``model_opts``."""
-    names = ["backbone", "weights", "all_bands", "pooling", "input_size", "runtime", "device"]
+    """--model --weights --all-bands --pooling --input-size --runtime --device --stages --views, passed as ``model_opts``."""
+    names = ["backbone", "weights", "all_bands", "pooling", "input_size", "runtime", "device", "stages", "views"]
     return _apply(_bundle(names, "model_opts", _model_options)(func), [
         click.option("--model", "backbone", default=None, metavar="NAME",
                      help="Backbone: efficientnet_lite0 (default, offline), efficientnet_lite1/2, resnet18, resnet50, "
@@ -127,7 +137,16 @@ def model_options(func):
                      help="Forward pass on PyTorch or ONNX Runtime (auto: ONNX Runtime when installed; same vectors)."),
         click.option("--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
                      help="Where the CNN runs; auto: CUDA when a GPU is visible, else CPU."),
+        click.option("--stages", type=click.IntRange(1), default=4, show_default=True,
+                     help="Pool and concatenate the last N stage outputs (mid-level texture + semantics; 1: last layer only)."),
+        click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default="1", show_default=True,
+                     help="Average over this many flips/90-degree rotations of each patch (each view costs one more CNN pass)."),
     ])  # fmt: skip
+
+
+def dim_option(func):
+    return click.option("--dim", type=click.IntRange(0), default=128, show_default=True,
+                        help="Centred PCA to this many dimensions, fitted on the corpus (the first scenes indexed); 0: off.")(func)  # fmt: skip
 
 
 def batch_size_option(func):
@@ -145,3 +164,8 @@ def progress_enabled(ctx) -> bool:
     import sys
 
     return not ctx.obj["quiet"] and sys.stderr.isatty()
+
+
+def augment_option(func):
+    return click.option("--augment", type=click.IntRange(0), default=5, show_default=True, metavar="K",
+                        help="Database-side augmentation: search vectors blend each patch with its K nearest (0: off).")(func)  # fmt: skip

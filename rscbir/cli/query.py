@@ -10,6 +10,8 @@ import click
 Examples:
   rscbir query out/naip_index --lonlat -99.0630 47.0220 -k 10 --exclude-radius 500 -o out/hits.geojson
   rscbir query out/naip_index --image chip.png --date 20200831 --format csv
+  rscbir query out/naip_index --lonlat -99.0630 47.0220 --positive m_4709963_se_14_1_20200831:3:9 \\
+               --negative m_4709963_se_14_1_20090818:0:4 -o out/hits_round2.geojson
   rscbir query out/naip_index --xy 487500 5207500 --crs EPSG:26914 --preview out/hits.png --html out/hits.html""",
 )
 @click.argument("index_dir", type=click.Path(file_okay=False), metavar="INDEX_DIR")
@@ -24,14 +26,23 @@ Examples:
 @click.option("--date", "dates", multiple=True, metavar="YYYYMMDD", help="Only results of this date (repeatable).")
 @click.option("--scene", "scenes", multiple=True, help="Only results of this scene id (repeatable).")
 @click.option("--exclude-radius", type=float, default=None, metavar="METRES", help="Drop results within this distance of the query patch.")
+@click.option("--qe", "qe", type=click.IntRange(0), default=10, show_default=True,
+              help="Query expansion: add the K nearest patches to the query before ranking (0: off).")
+@click.option("--positive", "positives", multiple=True, metavar="PATCH_ID", help="Relevance feedback: a patch marked right (repeatable).")
+@click.option("--negative", "negatives", multiple=True, metavar="PATCH_ID", help="Relevance feedback: a patch marked wrong (repeatable).")
+@click.option("--feedback", "feedback_file", type=click.Path(dir_okay=False),
+              help="Marks from a GeoJSON/CSV (e.g. an earlier result) with a `label` of 1 (right) or 0 (wrong) per row.")
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
 @click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True)
 @click.option("--preview", type=click.Path(dir_okay=False), help="PNG contact sheet of the query and the hits.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the hits (folium).")
-def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, dates, scenes, exclude_radius, output, fmt, preview, html):
+def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, dates, scenes, exclude_radius, qe, positives, negatives,
+          feedback_file, output, fmt, preview, html):  # fmt: skip
     """Find the patches of INDEX_DIR most like an example: an image chip, the
     patch under a point, or an indexed patch. Results are ranked by cosine
-    similarity, as GeoJSON in EPSG:4326 (or CSV)."""
+    similarity to the query expanded by its nearest patches (--qe), as GeoJSON in
+    EPSG:4326 (or CSV). Mark results right or wrong (--positive/--negative, or
+    --feedback with an edited earlier result) and ask again to re-rank by them."""
     import json
 
     from rscbir import export
@@ -47,15 +58,18 @@ def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, date
     configure_threads()
     opened = Index.open(index_dir)
     filters = q.Filters(bbox=tuple(bbox) if bbox else None, dates=tuple(dates), scenes=tuple(scenes), exclude_radius=exclude_radius)
+    feedback = q.read_feedback(feedback_file, opened) if feedback_file else q.Feedback()
+    feedback = feedback.add(positives, negatives)
+    ranking = {"expansion": q.QueryExpansion(qe), "feedback": feedback}
     when = query_date or (dates[0] if len(dates) == 1 else None)
     if image:
-        result = q.query_image(opened, image, k, filters)
+        result = q.query_image(opened, image, k, filters, **ranking)
     elif lonlat:
-        result = q.query_point(opened, lonlat[0], lonlat[1], k, when, filters)
+        result = q.query_point(opened, lonlat[0], lonlat[1], k, when, filters, **ranking)
     elif xy:
-        result = q.query_xy(opened, xy[0], xy[1], crs, k, when, filters)
+        result = q.query_xy(opened, xy[0], xy[1], crs, k, when, filters, **ranking)
     else:
-        result = q.query_patch(opened, patch_id, k, filters)
+        result = q.query_patch(opened, patch_id, k, filters, **ranking)
     text = json.dumps(export.to_geojson(result)) if fmt == "geojson" else export.to_csv(result)
     export.write_text(text, output)
     if preview:

@@ -42,6 +42,8 @@ def save_checkpoint(model: FeatureModel, path: str | os.PathLike, mode: str, cla
         "head_dim": int(model.head.out_features),
         "input_spec": {"bands": list(model.input_spec.bands), "rgb": list(model.input_spec.rgb), "size": model.input_spec.size},
         "pooling": model.pooling.value,
+        "stages": model.stages,
+        "views": model.views,
         "mean": [float(v) for v in model.mean.flatten()],
         "std": [float(v) for v in model.std.flatten()],
         "classes": list(classes),

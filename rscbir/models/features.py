@@ -126,10 +126,13 @@ class ModelConfig:
     dim: int
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
+    stages: int = 1  # the last N stage outputs pooled and concatenated (1: the last feature map only)
+    views: int = 1  # flips/rotations averaged at embedding time (1, 2, 4 or 8)
 
     def fingerprint(self) -> dict:
         """The fields that must match for two vectors to be comparable."""
-        keys = ("backbone", "weights_sha256", "pooling", "input_bands", "rgb", "input_size", "dim", "checkpoint_sha256")
+        keys = ("backbone", "weights_sha256", "pooling", "input_bands", "rgb", "input_size", "dim", "checkpoint_sha256",
+                "stages", "views")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}
 
     def to_dict(self) -> dict:
@@ -145,6 +148,11 @@ class ModelConfig:
 class FeatureModel(nn.Module):
     """Scaled bands (N, bands, H, W) in [0, 1] -> L2-normalised vectors (N, dim).
 
+    ``stages`` > 1 pools the last ``stages`` stage outputs (mid-level texture as
+    well as the last layer's semantics), L2-normalises each and concatenates
+    them; ``views`` > 1 averages the pooled features of that many flips and
+    90-degree rotations (each costs one more forward pass).
+
     ``config`` (set by :func:`rscbir.models.load.load_feature_model`) records how
     the model was built, so a model and its provenance never travel apart.
     ``trained_stages`` counts the last trunk stages that fine-tuning changed.
@@ -156,13 +164,18 @@ class FeatureModel(nn.Module):
         input_spec: InputSpec,
         pooling: Pooling | str = Pooling.AVG,
         head: nn.Module | None = None,
+        stages: int = 1,
+        views: int = 1,
     ) -> None:
         super().__init__()
+        if stages < 1 or views not in (1, 2, 4, 8):
+            raise ModelError(f"stages must be >= 1 (got {stages}) and views one of 1, 2, 4, 8 (got {views})")
         self.backbone = backbone
         self.input_spec = input_spec
         self.pooling = Pooling(pooling)
         self.pool = GeM() if self.pooling is Pooling.GEM else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.head = head
+        self.stages, self.views = int(stages), int(views)
         self.config: ModelConfig | None = None
         self.trained_stages = 0
         n_bands = len(input_spec.bands)
@@ -177,11 +190,21 @@ class FeatureModel(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
 
+        self.pooled_dim = self.backbone.channels
+        if self.stages > 1:
+            training, _ = backbone.training, backbone.eval()
+            with torch.no_grad():
+                probe = self._stage_outputs(self.prepare(torch.zeros(1, n_bands, 64, 64)))
+            backbone.train(training)
+            if len(probe) < self.stages:
+                raise ModelError(f"{backbone.name} has {len(probe)} stages; --stages {self.stages} asks for more")
+            self.pooled_dim = sum(int(m.shape[1]) for m in probe[-self.stages :])
+
     @property
     def dim(self) -> int:
         if self.head is not None:
             return int(self.head.out_features)
-        return self.backbone.channels
+        return self.pooled_dim
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """Check the band count and resize to the model's input size."""
@@ -200,8 +223,27 @@ class FeatureModel(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features before any head, not normalised (N, channels)."""
-        return self.pool(self.backbone(self.prepare(x)))
+        """Backbone features before any head, not normalised overall (N, pooled_dim)."""
+        x = self.prepare(x)
+        if self.views == 1:
+            return self._pool_stages(x)
+        return torch.stack([self._pool_stages(dihedral(x, k)) for k in range(self.views)]).mean(dim=0)
+
+    def _pool_stages(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stages == 1:
+            return self.pool(self.backbone(x))
+        maps = self._stage_outputs(x)[-self.stages :]
+        return torch.cat([F.normalize(self.pool(m), dim=1) for m in maps], dim=1)
+
+    def _stage_outputs(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after every trunk stage for prepared input ``h``."""
+        maps = []
+        for stage in trunk_stages(self):
+            h = stage(h)
+            if h.ndim == 4 and not isinstance(stage, nn.BatchNorm2d):
+                maps.append(h)
+        maps[-1] = h  # in timm the last conv is followed by BatchNorm+activation (bn2): use that output
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.pooled(x)
@@ -221,12 +263,22 @@ def trunk_stages(model: FeatureModel) -> list[nn.Module]:
 
 def stage_maps(model: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
     """Feature maps (N, C_i, h_i, w_i) after every trunk stage, for scaled bands ``x``."""
-    h = model.prepare(x)
-    maps = []
-    for stage in trunk_stages(model):
-        h = stage(h)
-        if h.ndim == 4 and not isinstance(stage, nn.BatchNorm2d):
-            maps.append(h)
-    # in timm the last conv is followed by BatchNorm+activation (bn2): use that output
-    maps[-1] = h
-    return maps
+    return model._stage_outputs(model.prepare(x))
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 flips/90-degree rotations of a (..., H, W) tensor (k in 0..7).
+
+    Equal to ``torch.rot90(x, k % 4)`` after a horizontal flip for k >= 4, written
+    with transpose and flip because ONNX has no rot90 operator.
+    """
+    if k >= 4:
+        x = x.flip(-1)
+    k %= 4
+    if k == 1:
+        return x.transpose(-2, -1).flip(-2)
+    if k == 2:
+        return x.flip(-2).flip(-1)
+    if k == 3:
+        return x.transpose(-2, -1).flip(-1)
+    return x

@@ -29,7 +29,8 @@ from torch import nn
 
 from rscbir.errors import ModelError
 from rscbir.images import LabelledImages, load_image
-from rscbir.models.features import FeatureModel, trunk_stages
+from rscbir.metrics import mean_average_precision
+from rscbir.models.features import FeatureModel, dihedral, trunk_stages
 from rscbir.tiling import iter_patches
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,6 @@ class CosineClassifier(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.scale * F.normalize(embedding, dim=1) @ F.normalize(self.weight, dim=1).T
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of a (..., H, W) tensor (k in 0..7)."""
-    if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
 @dataclass(frozen=True)
@@ -144,7 +138,7 @@ def train_supervised(
         val_idx.extend(members[:n_val])
         train_idx.extend(members[n_val:])
 
-    head = nn.Linear(model.backbone.channels, config.dim)
+    head = nn.Linear(model.pooled_dim, config.dim)
     classifier = CosineClassifier(config.dim, len(classes))
     params = [*head.parameters(), *classifier.parameters()]
     stages = trunk_stages(model)
@@ -189,13 +183,17 @@ def train_supervised(
         return (order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size))
 
     def validate() -> dict:
+        """Early stopping watches 1 - mAP of the validation embeddings: retrieval is what the head is for,
+        and it keeps improving for epochs after the cross-entropy has bottomed out."""
         head.eval(), classifier.eval(), model.backbone.eval()
-        if not len(val_idx):
-            return {"val_loss": float("nan"), "val_acc": float("nan")}
+        if len(val_idx) < 2:
+            return {"val_loss": float("nan"), "val_map": float("nan")}
         with torch.no_grad():
-            logits = classifier(head(features(np.arange(len(val_idx)), False)))
+            embedded = head(features(np.arange(len(val_idx)), False))
             truth = y[np.asarray(val_idx)]
-            return {"val_loss": float(F.cross_entropy(logits, truth)), "val_acc": float((logits.argmax(1) == truth).float().mean())}
+            ce = float(F.cross_entropy(classifier(embedded), truth))
+            val_map = mean_average_precision(F.normalize(embedded, dim=1).numpy(), truth.numpy())
+        return {"val_loss": 1.0 - val_map, "val_map": val_map, "val_ce": ce}
 
     def snapshot():
         trunk = None if frozen else {k: v.clone() for k, v in model.backbone.state_dict().items()}

@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_tiling.py
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_feedback.py
 	$(BIN)/python benchmarks/bench_query.py
 	$(BIN)/python benchmarks/bench_change.py
 

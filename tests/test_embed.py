@@ -269,3 +269,16 @@ def test_supervised_finetune_from_labelled_polygons(tmp_path):
     bad = CliRunner().invoke(cli, ["finetune", str(scene_path), "--preset", "rgb", "--labels", str(labels),
                                    "--label-field", "nope", "-o", str(tmp_path / "x.pt")])  # fmt: skip
     assert bad.exit_code == 2 and "no field 'nope'" in bad.output
+
+
+def test_pca_with_fewer_vectors_than_dimensions_matches_the_covariance_route():
+    """The SVD route (n < d, e.g. 7616-d grid features) gives the same projection as the covariance route."""
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(40, 60)) @ np.diag(np.linspace(3, 0.1, 60))
+    fitted = PCAWhitening.fit(vectors, 6, 0.5)
+    centred = vectors - vectors.mean(axis=0)
+    values, vecs = np.linalg.eigh(centred.T @ centred / 39)
+    order = np.argsort(values)[::-1][:6]
+    expected = centred @ (vecs[:, order] / (values[order] + 1e-6) ** 0.5)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.abs(fitted.transform(vectors)), np.abs(expected), atol=1e-4)

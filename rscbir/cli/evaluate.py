@@ -69,7 +69,7 @@ Example:
   rscbir eval change ../shared/data/oscd --json out/oscd_change.json""",
 )
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="OSCD_DIR")
-@click.option("--city", "cities", multiple=True, help="Evaluate these cities only (default: all ten).")
+@click.option("--city", "cities", multiple=True, help="Evaluate these cities only (default: every city folder with labels).")
 @click.option("--patch-size", type=int, default=32, show_default=True, help="Patch side in 10 m pixels.")
 @click.option("--threshold", default="otsu", show_default=True, help="Label-free threshold rule applied per city.")
 @click.option("--all-bands", is_flag=True, help="CNN reads all 13 bands through an inflated first convolution (default: B04 B03 B02).")
@@ -81,12 +81,12 @@ def change(folder, cities, patch_size, threshold, all_bands, dense, json_path, q
     precision, recall, F1 and ROC AUC per city and pooled, for every method and the CVA
     baseline, with a patch counted as changed above 0 %, 5 % and 25 % changed pixels."""
     from rscbir.atomic import atomic_path
-    from rscbir.evaluate import OSCD_CITIES, evaluate_change_oscd
+    from rscbir.evaluate import evaluate_change_oscd
     from rscbir.models.load import configure_threads
 
     configure_threads()
     say = None if quiet else (lambda line: click.echo(line, err=True))
-    result = evaluate_change_oscd(folder, cities or OSCD_CITIES, patch_size, threshold=threshold, all_bands=all_bands,
+    result = evaluate_change_oscd(folder, cities or None, patch_size, threshold=threshold, all_bands=all_bands,
                                   progress=say, dense=dense)  # fmt: skip
     click.echo(f"pooled over {len(result['cities'])} cities ({patch_size} px patches, {threshold} threshold per city):")
     for cut in result["cuts"]:
@@ -103,3 +103,40 @@ def change(folder, cities, patch_size, threshold, all_bands, dense, json_path, q
     if json_path:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(result, indent=1))
+
+
+@eval_group.command(
+    name="dates",
+    epilog="""\b
+Examples:
+  rscbir eval dates ../shared/data/oscd --json out/oscd_same_place.json
+  rscbir eval dates ../shared/data/oscd --pooling grid --whiten 0.5 --centre-scenes""",
+)
+@click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="OSCD_DIR")
+@click.option("--city", "cities", multiple=True, help="These cities only (default: every city folder with labels).")
+@options.model_options
+@options.dim_option
+@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
+@click.option("--centre-scenes", is_flag=True, help="Subtract each scene's mean vector, as `rscbir index --centre-scenes`.")
+@click.option("--patch-size", type=click.IntRange(1), default=32, show_default=True, help="Patch side in 10 m pixels.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every figure here.")
+@click.pass_context
+def dates(ctx, folder, cities, model_opts, dim, whiten, centre_scenes, patch_size, json_path):
+    """Ground, not acquisition: index both dates of every OSCD city on one grid and report how often an
+    unchanged place's patch ranks first among all patches of the other date."""
+    from rscbir.atomic import atomic_path
+    from rscbir.embed import EmbedOptions
+    from rscbir.evaluate import evaluate_same_place
+    from rscbir.models.load import configure_threads
+    from rscbir.tiling import TilingConfig
+
+    options.check_output(json_path)
+    configure_threads()
+    say = None if ctx.obj["quiet"] else (lambda line: click.echo(line, err=True))
+    run = EmbedOptions(dim=dim or None, whiten=whiten, runtime=model_opts.runtime, device=model_opts.device)
+    result = evaluate_same_place(folder, cities or None, model_opts, TilingConfig(patch_size), run, centre_scenes, say)
+    click.echo(f"same place ranked first across dates for {result['first']:.3f} of {result['places']} unchanged places "
+               f"(mean of cities {result['mean_of_cities']:.3f}, median rank {result['median_rank']:g})")  # fmt: skip
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))

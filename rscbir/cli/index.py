@@ -23,16 +23,19 @@ Example:
 @options.model_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
 @options.dim_option
+@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
 @click.option("--index-type", default="auto", show_default=True, metavar="FACTORY",
               help="FAISS factory string (Flat, HNSW32, IVF1024,PQ32 ...); auto: Flat up to 100k vectors, HNSW32 beyond.")  # fmt: skip
 @options.augment_option
+@click.option("--centre-scenes", is_flag=True,
+              help="Subtract each scene's mean vector: what a whole date shares (light, season) no longer hides the same ground.")
 @options.batch_size_option
 @options.workers_option
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
               help="Embed on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 uses a running one.")  # fmt: skip
 @click.pass_context
-def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, index_type, augment, batch_size, workers,
-          scheduler):  # fmt: skip
+def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type, augment, centre_scenes, batch_size,
+          workers, scheduler):  # fmt: skip
     """Index SCENE... for retrieval: patch catalog, embeddings and a FAISS index in one folder.
 
     Appending to an existing folder skips scenes already present (same id and
@@ -50,7 +53,7 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     configure_threads()
     opened, preset, failed = scene_opts.open_each(scenes)
     model, opened = model_opts.for_scenes(opened, preset)
-    run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dim=dim or None,
+    run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dim=dim or None, whiten=whiten,
                        resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
     with contextlib.ExitStack() as stack:
         runner = None
@@ -58,7 +61,7 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
             from rscbir.scale import dask_runner
 
             runner = stack.enter_context(dask_runner(scheduler, model, run))
-        built, summary = build_index(output, opened, model, tiling, align, run, index_type, runner, augment)
+        built, summary = build_index(output, opened, model, tiling, align, run, index_type, runner, augment, centre_scenes)
     summary["failed"] = failed + summary["failed"]
     parts = [f"{len(summary['added'])} scene(s) added"]
     if summary["skipped"]:

@@ -145,6 +145,21 @@ class ModelConfig:
         return cls(**doc)
 
 
+class GridPool(nn.Module):
+    """Average over each quarter of a feature map (2 x 2 cells, as adaptive pooling splits odd sizes), flattened.
+
+    Written as an average pool with kernel ceil(n / 2) and stride floor(n / 2) (the same cells) because ONNX
+    cannot export adaptive pooling to a size that does not divide the input.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if h < 2 or w < 2:  # a one-pixel map: every cell is that pixel
+            x = F.interpolate(x, size=(max(h, 2), max(w, 2)), mode="nearest")
+            h, w = max(h, 2), max(w, 2)
+        return F.avg_pool2d(x, kernel_size=(-(-h // 2), -(-w // 2)), stride=(h // 2, w // 2)).flatten(1)
+
+
 class FeatureModel(nn.Module):
     """Scaled bands (N, bands, H, W) in [0, 1] -> L2-normalised vectors (N, dim).
 
@@ -173,7 +188,8 @@ class FeatureModel(nn.Module):
         self.backbone = backbone
         self.input_spec = input_spec
         self.pooling = Pooling(pooling)
-        self.pool = GeM() if self.pooling is Pooling.GEM else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        pools = {Pooling.GEM: GeM, Pooling.GRID: GridPool}
+        self.pool = pools[self.pooling]() if self.pooling in pools else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.head = head
         self.stages, self.views = int(stages), int(views)
         self.config: ModelConfig | None = None
@@ -190,7 +206,7 @@ class FeatureModel(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
 
-        self.pooled_dim = self.backbone.channels
+        self.pooled_dim = self.backbone.channels * (4 if self.pooling is Pooling.GRID else 1)
         if self.stages > 1:
             training, _ = backbone.training, backbone.eval()
             with torch.no_grad():
@@ -198,7 +214,7 @@ class FeatureModel(nn.Module):
             backbone.train(training)
             if len(probe) < self.stages:
                 raise ModelError(f"{backbone.name} has {len(probe)} stages; --stages {self.stages} asks for more")
-            self.pooled_dim = sum(int(m.shape[1]) for m in probe[-self.stages :])
+            self.pooled_dim = sum(int(m.shape[1]) for m in probe[-self.stages :]) * (4 if self.pooling is Pooling.GRID else 1)
 
     @property
     def dim(self) -> int:

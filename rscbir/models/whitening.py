@@ -42,8 +42,11 @@ class PCAWhitening:
             raise ModelError(f"--dim {dim} needs 1 <= dim <= min(vectors - 1, {d}) = {min(n - 1, d)}")
         mean = vectors.mean(axis=0)
         centred = vectors - mean
-        cov = centred.T @ centred / max(n - 1, 1)
-        eigenvalues, eigenvectors = np.linalg.eigh(cov)
+        if n < d:  # fewer vectors than dimensions (7616-d grid features): the SVD of the data is far cheaper
+            _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+            eigenvalues, eigenvectors = singular**2 / max(n - 1, 1), vt.T
+        else:
+            eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / max(n - 1, 1))
         order = np.argsort(eigenvalues)[::-1][:dim]
         projection = eigenvectors[:, order] / (np.maximum(eigenvalues[order], 0) + eps) ** power
         return cls(mean.astype(np.float32), projection.astype(np.float32))

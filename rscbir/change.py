@@ -39,10 +39,13 @@ from typing import Iterator, Sequence
 import geopandas as gpd
 import numpy as np
 import shapely
+import shapely.geometry
 import torch
 import torch.nn.functional as F
 from pyproj import Geod
+from rasterio import features
 from rasterio.enums import Resampling
+from scipy import ndimage
 
 from rscbir.catalog import records_to_frame
 from rscbir.errors import BandError, EmptyGridError
@@ -94,21 +97,52 @@ def _batch(pairs) -> PairBatch:
     return PairBatch([p.record for p, _ in pairs], np.stack([p.data for p, _ in pairs]), np.stack([q.data for _, q in pairs]))
 
 
-def band_moments(scene: Scene, tiling: TilingConfig, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std of the scene's valid pixels on ``grid`` (streamed)."""
-    total = total_sq = None
-    count = 0
+def band_moments(scene: Scene, tiling: TilingConfig, grid: Grid, sample: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band robust centre and spread (median, 1.4826 MAD) of the scene's valid pixels on ``grid``.
+
+    Streamed patch by patch on every ``sample``-th row and column. Robust, so the changes themselves (a new
+    district is a few percent of the pixels) do not move the normalisation that is meant to remove what the
+    whole scene shares.
+    """
+    parts = []
     for patch in iter_patches(scene, tiling, grid):
-        data = patch.data.reshape(patch.data.shape[0], -1).astype(np.float64)
-        if total is None:
-            total, total_sq = np.zeros(len(data)), np.zeros(len(data))
-        total += data.sum(axis=1)
-        total_sq += (data**2).sum(axis=1)
-        count += data.shape[1]
-    if not count:
+        parts.append(patch.data[:, ::sample, ::sample].reshape(patch.data.shape[0], -1).astype(np.float32))
+    if not parts:
         raise EmptyGridError(f"{scene.scene_id}: no valid patch on the common grid; check nodata and the dates' overlap")
-    mean = total / count
-    return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    values = np.concatenate(parts, axis=1)
+    centre = np.median(values, axis=1)
+    spread = 1.4826 * np.median(np.abs(values - centre[:, None]), axis=1)
+    flat = spread < 1e-6
+    spread[flat] = np.maximum(values[flat].std(axis=1), 1e-6)  # a band that is mostly one value: fall back to std
+    return centre.astype(np.float64), spread.astype(np.float64)
+
+
+def invariant_regression(before: Scene, after: Scene, tiling: TilingConfig, grid: Grid, sample: int = 4,
+                         rounds: int = 2, keep: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Relative radiometric normalisation by regression on invariant pixels: per band, after = gain * before
+    + offset fitted on co-located pixels, refitted ``rounds`` times on the ``keep`` share with the smallest
+    change; returns (gain, offset, robust spread of the residual). Light, haze and season that act on the whole
+    scene fall into gain and offset; what is left is change (the idea of IR-MAD, with one band at a time)."""
+    pairs = [(p.before[:, :, ::sample, ::sample], p.after[:, :, ::sample, ::sample]) for p in paired_patches(before, after, tiling, grid, batch=256)]
+    if not pairs:
+        raise EmptyGridError(f"{before.scene_id} and {after.scene_id}: no valid patch pair on the common grid")
+    x = np.concatenate([b.transpose(1, 0, 2, 3).reshape(b.shape[1], -1) for b, _ in pairs], axis=1).astype(np.float64)
+    y = np.concatenate([a.transpose(1, 0, 2, 3).reshape(a.shape[1], -1) for _, a in pairs], axis=1).astype(np.float64)
+    invariant = np.ones(x.shape[1], bool)
+    for round_ in range(rounds + 1):
+        gain, offset = np.ones(len(x)), np.zeros(len(x))
+        for band in range(len(x)):
+            xs, ys = x[band, invariant], y[band, invariant]
+            var = xs.var()
+            gain[band] = ((xs - xs.mean()) * (ys - ys.mean())).mean() / var if var > 1e-12 else 1.0
+            offset[band] = ys.mean() - gain[band] * xs.mean()
+        residual = y - gain[:, None] * x - offset[:, None]
+        centre = np.median(residual[:, invariant], axis=1)
+        spread = np.maximum(1.4826 * np.median(np.abs(residual[:, invariant] - centre[:, None]), axis=1), 1e-6)
+        if round_ < rounds:
+            magnitude = np.sqrt((((residual - centre[:, None]) / spread[:, None]) ** 2).sum(axis=0))
+            invariant = magnitude <= np.quantile(magnitude, keep)
+    return gain, offset + centre, spread
 
 
 # ---------------------------------------------------------------- CNN stages
@@ -175,14 +209,12 @@ def score_change(
         )
     grid = grid or aligned_grid([before, after])
     spectral_before, spectral_after = spectral or (before, after)
-    mb, sb = band_moments(spectral_before, tiling, grid)
-    ma, sa = band_moments(spectral_after, tiling, grid)
+    gain, offset, spread = invariant_regression(spectral_before, spectral_after, tiling, grid)
     cva_scores = {}
     maps = {name: PixelMosaic(grid) for name in ("cva", "dense")} if pixel_maps else {}
     for pairs in paired_patches(spectral_before, spectral_after, tiling, grid, batch=256):
-        zb = (pairs.before - mb[None, :, None, None]) / sb[None, :, None, None]
-        za = (pairs.after - ma[None, :, None, None]) / sa[None, :, None, None]
-        per_pixel = np.sqrt(((za - zb) ** 2).sum(axis=1))
+        residual = (pairs.after - gain[None, :, None, None] * pairs.before - offset[None, :, None, None]) / spread[None, :, None, None]
+        per_pixel = np.sqrt((residual**2).sum(axis=1))
         magnitude = per_pixel.mean(axis=(1, 2))
         cva_scores.update({(r.row, r.col): float(m) for r, m in zip(pairs.records, magnitude)})
         if pixel_maps:
@@ -191,8 +223,9 @@ def score_change(
     records, cnn = [], {"cosine": [], "multilayer": [], "dense": []}
     if model is not None:
         model.eval()
+        scale_after = _radiometric_match(before, after, tiling, grid)
         for pairs in paired_patches(before, after, tiling, grid, batch=batch):
-            distances = cnn_distances(model, pairs.before, pairs.after, before.scale, after.scale, pixel_maps)
+            distances = cnn_distances(model, pairs.before, pairs.after, before.scale, scale_after, pixel_maps)
             records += pairs.records
             if pixel_maps:
                 maps["dense"].add(pairs.records, distances.pop("dense_map"))
@@ -215,6 +248,21 @@ def score_change(
     if model is None:
         pixels.pop("dense", None)
     return ChangeScores(frame, grid, tiling, before, after, pixels)
+
+
+def _radiometric_match(before: Scene, after: Scene, tiling: TilingConfig, grid: Grid):
+    """Relative radiometric normalisation before the CNN: the after date's bands are mapped linearly onto the
+    before date's mean and spread, then scaled as the before date is. A change of light or season over the
+    whole scene then reaches the CNN as no change (CVA gets the same invariance from per-scene z-scores)."""
+    mb, sb = band_moments(before, tiling, grid)
+    ma, sa = band_moments(after, tiling, grid)
+    gain, offset = (sb / sa)[:, None, None], (mb - ma * sb / sa)[:, None, None]
+
+    def scale(data: np.ndarray) -> np.ndarray:
+        matched = data.astype(np.float32) * gain.astype(np.float32) + offset.astype(np.float32)
+        return before.scale(matched)
+
+    return scale
 
 
 class PixelMosaic:
@@ -288,11 +336,95 @@ def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: f
 
 
 # ------------------------------------------------------------- index-backed change
-def flag_changes(scores: ChangeScores, method: ChangeMethod | str, threshold: Threshold | str | float,
-                    all_patches: bool = False) -> tuple[gpd.GeoDataFrame, dict]:  # fmt: skip
-    """The changed areas (or every patch with ``all_patches``) and a summary of the cut."""
+@dataclass(frozen=True)
+class PixelRegularisation:
+    """How a per-pixel score map becomes changed areas: smoothing before the cut, and a minimum mapping unit.
+
+    Chosen on the design cities of OSCD (abudhabi, aguasclaras, bercy, bordeaux, hongkong): a Gaussian of
+    1 px and areas of at least 10 px (0.1 ha at 10 m) lift pixel F1 of fusion from 0.259 to 0.295 there.
+    """
+
+    smooth: float = 1.0  # Gaussian sigma in pixels, applied to the score map before the threshold
+    min_pixels: int = 10  # connected changed areas smaller than this are dropped
+
+
+def pixel_change_mask(scores: ChangeScores, method: ChangeMethod | str, threshold: Threshold | str | float,
+                      rule: PixelRegularisation = PixelRegularisation()) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
+    """(changed mask, smoothed score map, cut) on the grid from a per-pixel score map; NaN pixels never change."""
     method = ChangeMethod(method).value
-    threshold = Threshold.parse(threshold)
+    if not scores.pixels or method not in scores.pixels:
+        raise BandError(f"no per-pixel {method} scores: score with pixel maps (rscbir change without --level patch)")
+    raw = scores.pixels[method]
+    valid = np.isfinite(raw)
+    if not valid.any():
+        return np.zeros(raw.shape, bool), raw, float("inf")
+    smoothed = raw
+    if rule.smooth > 0:
+        filled = np.where(valid, raw, np.nanmedian(raw[valid]))
+        smoothed = np.where(valid, ndimage.gaussian_filter(filled, rule.smooth), np.nan).astype(np.float32)
+    cut = Threshold.parse(threshold).value(smoothed[valid])
+    mask = valid & (np.nan_to_num(smoothed, nan=-np.inf) > cut)
+    if rule.min_pixels > 1 and mask.any():
+        labels, count = ndimage.label(mask)
+        sizes = ndimage.sum(mask, labels, np.arange(1, count + 1))
+        mask = np.isin(labels, np.flatnonzero(sizes >= rule.min_pixels) + 1)
+    return mask, smoothed, cut
+
+
+def changed_regions(scores: ChangeScores, mask: np.ndarray, smoothed: np.ndarray) -> gpd.GeoDataFrame:
+    """Changed areas traced from a pixel mask as polygons (EPSG:4326), each with max/mean score, area in m²,
+    pixel count and both dates."""
+    columns = ["max_score", "mean_score", "area_m2", "pixels", "date_before", "date_after"]
+    if not mask.any():
+        return gpd.GeoDataFrame({c: [] for c in columns}, geometry=[], crs="EPSG:4326")
+    labels, count = ndimage.label(mask)
+    index = np.arange(1, count + 1)
+    maxima = ndimage.maximum(smoothed, labels, index)
+    means = ndimage.mean(smoothed, labels, index)
+    sizes = ndimage.sum(mask, labels, index)
+    pieces: dict[int, list] = {}
+    for geometry, value in features.shapes(labels.astype(np.int32), mask=mask, transform=scores.grid.transform):
+        pieces.setdefault(int(value), []).append(shapely.geometry.shape(geometry))
+    local = gpd.GeoSeries([shapely.union_all(pieces[int(k)]) for k in index], crs=scores.grid.crs)
+    geographic = local.to_crs("EPSG:4326")
+    frame = gpd.GeoDataFrame(
+        {
+            "max_score": np.asarray(maxima, float),
+            "mean_score": np.asarray(means, float),
+            "area_m2": [abs(_GEOD.geometry_area_perimeter(g)[0]) for g in geographic],
+            "pixels": np.asarray(sizes, int),
+            "date_before": scores.patches["date_before"].iloc[0] if len(scores.patches) else None,
+            "date_after": scores.patches["date_after"].iloc[0] if len(scores.patches) else None,
+        },
+        geometry=geographic.values,
+        crs="EPSG:4326",
+    )
+    return frame.sort_values("max_score", ascending=False, ignore_index=True)
+
+
+# Label-free cuts: pixel scores are heavy-tailed and change is rare (0.3-4 % of OSCD pixels), so an outlier rule
+# (median + 3 robust SD) replaces Otsu there (design cities: pixel F1 0.191 -> 0.295 with the regularisation).
+PIXEL_THRESHOLD = "robust:3"
+PATCH_THRESHOLD = "otsu"
+
+
+def flag_changes(scores: ChangeScores, method: ChangeMethod | str, threshold: Threshold | str | float | None = None,
+                 all_patches: bool = False, rule: PixelRegularisation | None = None) -> tuple[gpd.GeoDataFrame, dict]:  # fmt: skip
+    """The changed areas and a summary of the cut.
+
+    With per-pixel scores (and not ``all_patches``) areas are traced from the pixel mask after
+    ``rule``; otherwise changed patches are dissolved (or, with ``all_patches``, every patch is listed).
+    """
+    method = ChangeMethod(method).value
+    pixel_level = bool(scores.pixels) and method in scores.pixels and not all_patches
+    threshold = Threshold.parse(threshold if threshold is not None else (PIXEL_THRESHOLD if pixel_level else PATCH_THRESHOLD))
+    if pixel_level:
+        rule = rule or PixelRegularisation()
+        mask, smoothed, cut = pixel_change_mask(scores, method, threshold, rule)
+        summary = {"method": method, "level": "pixel", "threshold_rule": str(threshold), "threshold": cut,
+                   "pixels": int(np.isfinite(smoothed).sum()), "changed_pixels": int(mask.sum()),
+                   "smooth_px": rule.smooth, "min_pixels": rule.min_pixels}  # fmt: skip
+        return changed_regions(scores, mask, smoothed), summary
     values = scores.score(method)
     cut = threshold.value(values)
     if all_patches:
@@ -301,7 +433,7 @@ def flag_changes(scores: ChangeScores, method: ChangeMethod | str, threshold: Th
         frame["changed"] = frame["score"] > cut
     else:
         frame = changed_areas(scores, method, cut)
-    summary = {"method": method, "threshold_rule": str(threshold), "threshold": cut, "patches": int(len(values)),
+    summary = {"method": method, "level": "patch", "threshold_rule": str(threshold), "threshold": cut, "patches": int(len(values)),
                "changed_patches": int((values > cut).sum())}  # fmt: skip
     return frame, summary
 

@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from rscbir.change import ChangeMethod, score_change
+from rscbir.change import PIXEL_THRESHOLD, ChangeMethod, PixelRegularisation, pixel_change_mask, score_change
 from rscbir.embed import DEFAULT_DIM, EmbedOptions, embed_images
 from rscbir.errors import InvalidSceneError, LabelError
 from rscbir.models.features import FeatureModel
@@ -179,6 +179,8 @@ def evaluate_change_oscd(
     input_size: int = 224,
     progress: Callable[[str], None] | None = None,
     dense: bool = False,
+    pixel_threshold: Threshold | str = PIXEL_THRESHOLD,
+    rule: PixelRegularisation = PixelRegularisation(),
 ) -> dict:
     """Patch-level change detection against the OSCD labels, every method and CVA in one run.
 
@@ -186,7 +188,8 @@ def evaluate_change_oscd(
     (0 = any pixel). Each city is thresholded on its own scores by ``threshold``
     (no labels involved). Returns per-city and pooled precision, recall, F1 and
     ROC AUC per method and cut. With ``dense`` also pixel-level figures for the
-    per-pixel maps (``dense``, ``cva``, ``fusion``), the threshold applied to each city's pixel scores.
+    per-pixel maps (``dense``, ``cva``, ``fusion``), made the way ``rscbir change`` makes its pixel
+    mask (smoothing, ``pixel_threshold`` per city, minimum mapping unit), pooled and as the mean of cities.
     """
     root, threshold = Path(root), Threshold.parse(threshold)
     cities = list(cities or find_change_sets(root))
@@ -213,17 +216,21 @@ def evaluate_change_oscd(
             truth = oscd_labels_on(city_dir, grid)
             pixels = {}
             for method, values in scores.pixels.items():
+                mask, smoothed, _ = pixel_change_mask(scores, method, pixel_threshold, rule)
                 valid = np.isfinite(values)
-                v, t = values[valid], truth[valid]
-                pixels[method] = (v, t, v > threshold.value(v))
-                result[f"pixel:{method}"] = _figures(v, pixels[method][2], t)
+                v, t = smoothed[valid], truth[valid]
+                pixels[method] = (v, t, mask[valid])
+                result[f"pixel:{method}"] = _figures(v, mask[valid], t)
             pixel_parts.append(pixels)
         per_city[city] = result
         if progress:
             progress(f"{city}: " + ", ".join(f"{m} AUC {result[f'{m}@0.05']['auc']:.3f}" for m in methods))
     pooled = _pooled_figures(patch_parts, pixel_parts, methods, cuts)
-    return {"cities": per_city, "pooled": pooled, "patch_size": patch_size, "threshold": str(threshold), "dense": dense,
-            "all_bands": all_bands, "methods": methods, "cuts": list(cuts)}  # fmt: skip
+    city_mean = {key: {m: float(np.nanmean([per_city[c][key][m] for c in per_city])) for m in ("precision", "recall", "f1", "auc")}
+                 for key in next(iter(per_city.values())) if isinstance(next(iter(per_city.values()))[key], dict)}  # fmt: skip
+    return {"cities": per_city, "pooled": pooled, "mean_of_cities": city_mean, "patch_size": patch_size, "threshold": str(threshold),
+            "pixel_threshold": str(Threshold.parse(pixel_threshold)), "smooth_px": rule.smooth, "min_pixels": rule.min_pixels,
+            "dense": dense, "all_bands": all_bands, "methods": methods, "cuts": list(cuts)}  # fmt: skip
 
 
 def _oscd_scene(city_dir: Path, date: int) -> Scene:

@@ -18,6 +18,7 @@ import rasterio
 from affine import Affine
 from PIL import Image, ImageDraw
 from rasterio.windows import Window
+from scipy import ndimage
 
 from rscbir.atomic import atomic_path
 from rscbir.catalog import patch_grid
@@ -182,12 +183,15 @@ def score_raster(scores: ChangeScores, method: ChangeMethod | str, path: str | o
 
 
 def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: float, path: str | os.PathLike,
-                   max_side: int = 800) -> Path:  # fmt: skip
-    """PNG: before | after | score heat map, changed patches outlined."""
+                   max_side: int = 800, mask: np.ndarray | None = None) -> Path:  # fmt: skip
+    """PNG: before | after | score heat map; changed areas outlined in yellow (the pixel ``mask``'s edges
+    when given, else the changed patches' boxes)."""
     method = ChangeMethod(method).value
     grid = scores.grid
     factor = max(1.0, max(grid.width, grid.height) / max_side)
     view = Grid(grid.crs, grid.transform * Affine.scale(factor), int(grid.width / factor), int(grid.height / factor))
+    rows = np.minimum((np.arange(view.height) * factor).astype(int), grid.height - 1)
+    cols = np.minimum((np.arange(view.width) * factor).astype(int), grid.width - 1)
 
     def rgb(scene: Scene) -> np.ndarray:
         names = scene.band_names
@@ -198,24 +202,34 @@ def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: 
         return (np.clip(np.moveaxis(data, 0, -1), 0, 1) * 255).astype(np.uint8)
 
     size, stride = scores.tiling.pixels(grid)
-    heat = np.zeros((view.height, view.width), np.float32)
-    values = scores.patches[method].to_numpy()
-    low, high = np.nanpercentile(values, [2, 98]) if len(values) else (0, 1)
+    values = scores.patches[method].to_numpy() if method in scores.patches else np.zeros(0)
     boxes = []
-    for r, c, v in zip(scores.patches["row_off"], scores.patches["col_off"], values):
-        y0, x0 = int(r / factor), int(c / factor)
-        y1, x1 = int((r + size) / factor), int((c + size) / factor)
-        heat[y0:y1, x0:x1] = np.clip((v - low) / max(high - low, 1e-9), 0, 1)
-        if v > threshold:
-            boxes.append((x0, y0, x1, y1))
+    if mask is not None and scores.pixels and method in scores.pixels:
+        pixel_scores = scores.pixels[method][np.ix_(rows, cols)]
+        low, high = np.nanpercentile(pixel_scores, [2, 98]) if np.isfinite(pixel_scores).any() else (0, 1)
+        heat = np.nan_to_num(np.clip((pixel_scores - low) / max(high - low, 1e-9), 0, 1), nan=0.0).astype(np.float32)
+    else:
+        heat = np.zeros((view.height, view.width), np.float32)
+        low, high = np.nanpercentile(values, [2, 98]) if len(values) else (0, 1)
+        for r, c, v in zip(scores.patches["row_off"], scores.patches["col_off"], values):
+            y0, x0 = int(r / factor), int(c / factor)
+            y1, x1 = int((r + size) / factor), int((c + size) / factor)
+            heat[y0:y1, x0:x1] = np.clip((v - low) / max(high - low, 1e-9), 0, 1)
+            if v > threshold:
+                boxes.append((x0, y0, x1, y1))
     colour = np.stack([heat * 255, heat * 120, (1 - heat) * 60], axis=-1).astype(np.uint8)
-    panels = [Image.fromarray(rgb(scores.before)), Image.fromarray(rgb(scores.after)), Image.fromarray(colour)]
+    arrays = [rgb(scores.before), rgb(scores.after), colour]
+    if mask is not None:
+        small = mask[np.ix_(rows, cols)]
+        edges = small & ~ndimage.binary_erosion(small)
+        for array in arrays:
+            array[edges] = (255, 255, 0)
     sheet = Image.new("RGB", (3 * view.width + 20, view.height + 20), "white")
     draw = ImageDraw.Draw(sheet)
     captions = [str(scores.patches["date_before"].iloc[0]), str(scores.patches["date_after"].iloc[0]), f"{method} score"]
-    for i, (panel, caption) in enumerate(zip(panels, captions)):
+    for i, (array, caption) in enumerate(zip(arrays, captions)):
         x = 5 + i * (view.width + 5)
-        sheet.paste(panel, (x, 15))
+        sheet.paste(Image.fromarray(array), (x, 15))
         draw.text((x, 2), caption, fill=(0, 0, 0))
         for x0, y0, x1, y1 in boxes:
             draw.rectangle([x + x0, 15 + y0, x + x1 - 1, 15 + y1 - 1], outline=(255, 255, 0), width=1)

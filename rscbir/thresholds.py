@@ -20,6 +20,7 @@ class ThresholdRule(str, enum.Enum):
     """How the cut is chosen from the scores of one pair of dates."""
 
     OTSU = "otsu"  # maximise the between-class variance
+    ROBUST = "robust"  # median + k robust standard deviations (1.4826 MAD): an outlier rule for rare change
     PERCENTILE = "percentile"  # flag the top (100 - p) %
     SIGMA = "sigma"  # mean + k standard deviations
     FIXED = "fixed"  # a number
@@ -34,7 +35,7 @@ class Threshold:
 
     @classmethod
     def parse(cls, text: "str | float | Threshold") -> "Threshold":
-        """Read ``otsu``, ``percentile[:95]``, ``sigma[:3]`` or a number."""
+        """Read ``otsu``, ``robust[:3]``, ``percentile[:95]``, ``sigma[:3]`` or a number."""
         if isinstance(text, Threshold):
             return text
         if isinstance(text, (int, float)):
@@ -50,9 +51,11 @@ class Threshold:
                 return cls(ThresholdRule.PERCENTILE, value)
             if name == ThresholdRule.SIGMA.value:
                 return cls(ThresholdRule.SIGMA, float(arg or 3))
+            if name == ThresholdRule.ROBUST.value:
+                return cls(ThresholdRule.ROBUST, float(arg or 3))
             return cls(ThresholdRule.FIXED, float(text))
         except ValueError:
-            raise ThresholdError(f"unknown threshold {text!r}; use otsu, percentile:95, sigma:3 or a number") from None
+            raise ThresholdError(f"unknown threshold {text!r}; use otsu, robust:3, percentile:95, sigma:3 or a number") from None
 
     def value(self, scores: np.ndarray) -> float:
         """The cut for ``scores`` (NaNs ignored): values above it are changed."""
@@ -66,6 +69,12 @@ class Threshold:
             return otsu(scores)
         if self.rule is ThresholdRule.PERCENTILE:
             return float(np.percentile(scores, self.arg))
+        if self.rule is ThresholdRule.ROBUST:
+            median = float(np.median(scores))
+            spread = 1.4826 * float(np.median(np.abs(scores - median)))
+            if spread < 1e-6:  # no spread (identical dates): nothing is above the cut
+                return float(scores.max())
+            return median + self.arg * spread  # type: ignore[operator]
         return float(scores.mean() + self.arg * scores.std())  # type: ignore[operator]
 
     def __str__(self) -> str:

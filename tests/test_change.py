@@ -53,6 +53,10 @@ def test_otsu_and_threshold_rules():
     rule = Threshold.parse("percentile")  # parsed once, applied to any scores
     assert rule == Threshold(ThresholdRule.PERCENTILE, 95.0) and str(rule) == "percentile:95"
     assert Threshold.parse(str(rule)) == rule and Threshold.parse(Threshold.parse(0.3)).arg == 0.3
+    # robust: median + k * 1.4826 MAD, an outlier rule the rare changes do not move
+    heavy = np.concatenate([np.random.default_rng(2).normal(0, 1, 9700), np.full(300, 40.0)])
+    assert threshold_value(heavy, "robust:3") == pytest.approx(3 * 1.4826 * np.median(np.abs(heavy - np.median(heavy))) + np.median(heavy))
+    assert 2.5 < threshold_value(heavy, "robust") < 3.5 and threshold_value(np.ones(50), "robust:3") == 1.0
     # median 2.5, MAD 1 (deviations 1.5, .5, .5, 97.5): the outlier does not widen the scale
     np.testing.assert_allclose(robust_z([1, 2, 3, 100])[:3], np.array([-1.5, -0.5, 0.5]) / 1.4826, atol=1e-6)
 
@@ -65,7 +69,7 @@ def test_roc_auc():
 
 def test_new_building_is_flagged_where_it_is(pair, tmp_path):
     out = tmp_path / "change.geojson"
-    result = run("change", *pair, "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "-o", out,
+    result = run("change", *pair, "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "--level", "patch", "-o", out,
                  "--scores", tmp_path / "scores.tif", "--preview", tmp_path / "change.png")  # fmt: skip
     assert result.exit_code == 0, result.output
     areas = gpd.read_file(out)
@@ -176,7 +180,7 @@ def test_change_from_index_and_query_change(real_data, tmp_path):
 
 
 def test_dense_pixel_scores_raster_has_grid_pixels(pair, tmp_path):
-    result = run("change", *pair, "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "--dense",
+    result = run("change", *pair, "--preset", "rgb", "--patch-size", "32", "--input-size", "64",
                  "--scores", tmp_path / "pixels.tif", "-o", tmp_path / "c.geojson")  # fmt: skip
     assert result.exit_code == 0, result.output
     with rasterio.open(tmp_path / "pixels.tif") as scores, rasterio.open(pair[0]) as source:
@@ -184,3 +188,34 @@ def test_dense_pixel_scores_raster_has_grid_pixels(pair, tmp_path):
         grid = scores.read(1)
     row, col = np.unravel_index(np.nanargmax(grid), grid.shape)
     assert 30 <= row < 66 and 62 <= col < 98  # the strongest pixel lies on or next to the new building
+
+
+def test_pixel_level_flags_new_buildings_not_a_global_brightness_shift(tmp_path):
+    """Date 2 is date 1 made 25 % brighter everywhere (new light, new season) with a block of bright new
+    'buildings' painted in: the pixel map outlines the block, not the scene."""
+    before = 0.5 * blob_image(192, 192, centre=(150, 40), sigma=14, seed=4).astype(np.float32)
+    texture = np.random.default_rng(5).normal(0, 6, before.shape[1:])
+    before = np.clip(before + texture, 1, 255)
+    noise = np.random.default_rng(6).normal(0, 3, before.shape)  # two acquisitions never share their sensor noise
+    after = np.clip(before * 1.2 + 20 + noise, 1, 255)  # brighter everywhere, nothing saturates
+    after[:, 60:84, 110:140] = [[[250]], [[245]], [[235]]]
+    a = write_raster(tmp_path / "before_20190101.tif", before.astype(np.uint8), nodata=0)
+    b = write_raster(tmp_path / "after_20200101.tif", after.astype(np.uint8), nodata=0)
+    out = tmp_path / "pixels.geojson"
+    result = run("change", a, b, "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "-o", out, "--preview", tmp_path / "p.png")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["change"]["level"] == "pixel" and doc["change"]["threshold_rule"] == "robust:3"
+    areas = gpd.read_file(out)
+    assert areas.crs.to_epsg() == 4326 and len(areas) >= 1 and areas.geometry.is_valid.all()
+    with rasterio.open(a) as ds:
+        block = shapely.box(*rasterio.windows.bounds(rasterio.windows.Window(110, 60, 30, 24), ds.transform))
+    block = gpd.GeoSeries([block], crs="EPSG:32618").to_crs(4326).iloc[0]
+    assert areas.geometry.iloc[0].intersects(block)  # the strongest area is the new block
+    flagged = areas.geometry.union_all()
+    assert flagged.intersection(block).area / block.area > 0.5  # most of the block is outlined
+    assert doc["change"]["changed_pixels"] < 0.2 * doc["change"]["pixels"]  # the brightness shift is not a change
+    blob = gpd.GeoSeries([shapely.box(*rasterio.windows.bounds(rasterio.windows.Window(20, 130, 40, 40), ds.transform))],
+                         crs="EPSG:32618").to_crs(4326).iloc[0]  # fmt: skip
+    assert not flagged.intersects(blob)  # the bright field that only got brighter is not flagged
+    assert (areas["pixels"] >= 10).all() and {"max_score", "mean_score", "area_m2", "date_before", "date_after"} <= set(areas.columns)

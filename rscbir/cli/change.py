@@ -25,14 +25,19 @@ Examples:
 @options.tiling_options
 @options.model_options
 @click.option("--method", type=click.Choice(choices(ChangeMethod)), default="fusion", show_default=True, help="Change score (see rscbir.change).")
-@click.option("--threshold", default="otsu", show_default=True, help="otsu, percentile:95, sigma:3 or a number.")
-@click.option("--all-patches", is_flag=True, help="Write every patch with its score instead of dissolved changed areas.")
-@click.option("--scores", "scores_path", type=click.Path(dir_okay=False), help="Float32 GeoTIFF of the score map on the common grid.")
-@click.option("--dense", is_flag=True, help="Also score every pixel from the CNN feature maps (DCVA) and CVA; --scores then has the grid's pixels.")
+@click.option("--threshold", default=None,
+              help="robust:3 (median + 3 robust SD; default at pixel level), otsu (default at patch level), percentile:95, sigma:3 or a number.")
+@click.option("--level", type=click.Choice(["pixel", "patch"]), default="pixel", show_default=True,
+              help="pixel: score every pixel (CNN feature maps and CVA) and trace changed areas from the pixel mask; "
+                   "patch: one score per patch, changed patches dissolved (the only level with --index).")
+@click.option("--min-pixels", type=click.IntRange(1), default=10, show_default=True, help="Pixel level: drop changed areas smaller than this.")
+@click.option("--smooth", type=click.FloatRange(0), default=1.0, show_default=True, help="Pixel level: Gaussian sigma (px) on the scores before the cut.")
+@click.option("--all-patches", is_flag=True, help="Write every patch with its score instead of changed areas (patch level).")
+@click.option("--scores", "scores_path", type=click.Path(dir_okay=False), help="Float32 GeoTIFF of the score map on the common grid (pixels or patches).")
 @click.option("--preview", type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
-def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, all_patches,
-           scores_path, dense, preview, html):  # fmt: skip
+def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, level, min_pixels,
+           smooth, all_patches, scores_path, preview, html):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders), or two dates of an aligned
     index (--index DIR --dates D1 D2), patch by patch on one grid, and write the changed
     areas as GeoJSON, each with max and mean score, area in m², patch count and both dates."""
@@ -41,7 +46,7 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     from rscbir.models.load import configure_threads
     from rscbir.thresholds import Threshold
 
-    rule = Threshold.parse(threshold)
+    rule = Threshold.parse(threshold) if threshold is not None else None
     configure_threads()
     if index_dir:
         if scenes or not index_dates:
@@ -54,17 +59,20 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
             raise click.UsageError("give BEFORE and AFTER scenes, or --index with --dates")
         (before, after), preset = scene_opts.open(scenes)
         named = bool(scene_opts.preset or scene_opts.bands)
-        scores = ch.score_scenes(before, after, tiling, method, model_opts, preset, named, pixel_maps=dense)
-    frame, summary = ch.flag_changes(scores, method, rule, all_patches)
+        scores = ch.score_scenes(before, after, tiling, method, model_opts, preset, named, pixel_maps=level == "pixel")
+    frame, summary = ch.flag_changes(scores, method, rule, all_patches, ch.PixelRegularisation(smooth, min_pixels))
     export.write_text(json.dumps(export.change_geojson(frame, summary)), output)
     if scores_path:
         export.score_raster(scores, method, scores_path)
     if preview:
-        export.change_preview(scores, method, summary["threshold"], preview)
+        mask = ch.pixel_change_mask(scores, method, summary["threshold"], ch.PixelRegularisation(smooth, min_pixels))[0] \
+            if summary["level"] == "pixel" else None
+        export.change_preview(scores, method, summary["threshold"], preview, mask=mask)
     if html:
         export.change_map(frame, html)
     if output != "-":
-        click.echo(f"{summary['changed_patches']} of {summary['patches']} patches changed ({method} > {summary['threshold']:.4g}); "
+        unit = "pixels" if summary["level"] == "pixel" else "patches"
+        click.echo(f"{summary['changed_' + unit]} of {summary[unit]} {unit} changed ({method} > {summary['threshold']:.4g}); "
                    f"{len(frame)} {'patches' if all_patches else 'areas'} written to {output}", err=True)  # fmt: skip
 
 

@@ -71,12 +71,13 @@ Example:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="OSCD_DIR")
 @click.option("--city", "cities", multiple=True, help="Evaluate these cities only (default: every city folder with labels).")
 @click.option("--patch-size", type=int, default=32, show_default=True, help="Patch side in 10 m pixels.")
-@click.option("--threshold", default="otsu", show_default=True, help="Label-free threshold rule applied per city.")
+@click.option("--threshold", default="otsu", show_default=True, help="Label-free threshold rule applied per city to patch scores.")
+@click.option("--pixel-threshold", default="robust:3", show_default=True, help="Label-free rule for pixel scores (--dense), as `rscbir change`.")
 @click.option("--all-bands", is_flag=True, help="CNN reads all 13 bands through an inflated first convolution (default: B04 B03 B02).")
 @click.option("--dense", is_flag=True, help="Also score pixel by pixel (DCVA feature maps, CVA) and report pixel-level figures.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every figure here.")
 @click.option("-q", "--quiet", is_flag=True)
-def change(folder, cities, patch_size, threshold, all_bands, dense, json_path, quiet):
+def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, dense, json_path, quiet):
     """Patch-level change detection on the OSCD cities against their labels (2 = change):
     precision, recall, F1 and ROC AUC per city and pooled, for every method and the CVA
     baseline, with a patch counted as changed above 0 %, 5 % and 25 % changed pixels."""
@@ -87,7 +88,7 @@ def change(folder, cities, patch_size, threshold, all_bands, dense, json_path, q
     configure_threads()
     say = None if quiet else (lambda line: click.echo(line, err=True))
     result = evaluate_change_oscd(folder, cities or None, patch_size, threshold=threshold, all_bands=all_bands,
-                                  progress=say, dense=dense)  # fmt: skip
+                                  progress=say, dense=dense, pixel_threshold=pixel_threshold)  # fmt: skip
     click.echo(f"pooled over {len(result['cities'])} cities ({patch_size} px patches, {threshold} threshold per city):")
     for cut in result["cuts"]:
         click.echo(f"  patch changed at > {cut:g} changed pixels:")
@@ -96,10 +97,11 @@ def change(folder, cities, patch_size, threshold, all_bands, dense, json_path, q
             click.echo(f"    {method:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}")
     pixel = [k for k in result["pooled"] if k.startswith("pixel:")]
     if pixel:
-        click.echo("  pixel level:")
+        click.echo(f"  pixel level ({result['pixel_threshold']} per city, smoothing {result['smooth_px']} px, areas >= {result['min_pixels']} px):")
         for key in pixel:
-            m = result["pooled"][key]
-            click.echo(f"    {key[6:]:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}")
+            m, c = result["pooled"][key], result["mean_of_cities"][key]
+            click.echo(f"    {key[6:]:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
+                       f"(mean of cities: F1 {c['f1']:.3f}  AUC {c['auc']:.3f})")
     if json_path:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(result, indent=1))

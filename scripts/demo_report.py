@@ -47,7 +47,7 @@ def geojson_report(path: Path) -> str:
 
     doc = json.loads(path.read_text())
     extra = doc.get("change") or doc.get("query") or {}
-    summary = ", ".join(f"{k}={v}" for k, v in extra.items() if k in ("method", "threshold", "changed_patches", "patches", "patch_id"))
+    summary = ", ".join(f"{k}={v}" for k, v in extra.items() if k in ("method", "level", "threshold", "changed_patches", "patches", "changed_pixels", "pixels", "patch_id"))
     if extra.get("feedback"):
         summary += f", feedback: {len(extra['feedback']['positives'])} right, {len(extra['feedback']['negatives'])} wrong"
     return f"{path.name}: {len(doc['features'])} features ({summary})"

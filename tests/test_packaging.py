@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -219,3 +219,27 @@ def test_pixel_level_flags_new_buildings_not_a_global_brightness_shift(tmp_path)
                          crs="EPSG:32618").to_crs(4326).iloc[0]  # fmt: skip
     assert not flagged.intersects(blob)  # the bright field that only got brighter is not flagged
     assert (areas["pixels"] >= 10).all() and {"max_score", "mean_score", "area_m2", "date_before", "date_after"} <= set(areas.columns)
+
+
+def test_eval_change_reads_image_pair_folders(tmp_path):
+    """The A/ B/ label/ layout of LEVIR-CD and DSIFN: plain PNG pairs are evaluated at pixel level."""
+    for side in ("A", "B", "label"):
+        (tmp_path / "pairs" / side).mkdir(parents=True)
+    for i in range(2):
+        before = np.clip(np.moveaxis(blob_image(128, 128, (100, 30), 10, seed=i), 0, -1) * 0.5
+                         + np.random.default_rng(i).normal(0, 5, (128, 128, 3)), 1, 255).astype(np.uint8)  # fmt: skip
+        after = np.clip(before + np.random.default_rng(10 + i).normal(0, 3, before.shape), 1, 255).astype(np.uint8)
+        after[30:60, 60:100] = (240, 235, 230)
+        label = np.zeros((128, 128), np.uint8)
+        label[30:60, 60:100] = 255
+        Image.fromarray(before).save(tmp_path / "pairs" / "A" / f"{i}.png")
+        Image.fromarray(after).save(tmp_path / "pairs" / "B" / f"{i}.png")
+        Image.fromarray(label).save(tmp_path / "pairs" / "label" / f"{i}.png")
+    result = run("eval", "change", tmp_path / "pairs", "--json", tmp_path / "pairs.json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "pairs.json").read_text())
+    assert set(report["images"]) == {"0.png", "1.png"}
+    assert report["pooled"]["fusion"]["f1"] > 0.5 and report["pooled"]["fusion"]["auc"] > 0.9
+    (tmp_path / "pairs" / "label" / "1.png").unlink()
+    broken = run("eval", "change", tmp_path / "pairs")
+    assert broken.exit_code == 2 and "same file names in A/, B/ and label/" in broken.output

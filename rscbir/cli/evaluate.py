@@ -68,9 +68,9 @@ def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, h
 Example:
   rscbir eval change ../shared/data/oscd --json out/oscd_change.json""",
 )
-@click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="OSCD_DIR")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="DIR")
 @click.option("--city", "cities", multiple=True, help="Evaluate these cities only (default: every city folder with labels).")
-@click.option("--patch-size", type=int, default=32, show_default=True, help="Patch side in 10 m pixels.")
+@click.option("--patch-size", type=int, default=32, show_default=True, help="Patch side in pixels (64 is used for A/ B/ label/ image pairs).")
 @click.option("--threshold", default="otsu", show_default=True, help="Label-free threshold rule applied per city to patch scores.")
 @click.option("--pixel-threshold", default="robust:3", show_default=True, help="Label-free rule for pixel scores (--dense), as `rscbir change`.")
 @click.option("--all-bands", is_flag=True, help="CNN reads all 13 bands through an inflated first convolution (default: B04 B03 B02).")
@@ -78,15 +78,26 @@ Example:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every figure here.")
 @click.option("-q", "--quiet", is_flag=True)
 def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, dense, json_path, quiet):
-    """Patch-level change detection on the OSCD cities against their labels (2 = change):
-    precision, recall, F1 and ROC AUC per city and pooled, for every method and the CVA
-    baseline, with a patch counted as changed above 0 %, 5 % and 25 % changed pixels."""
+    """Change detection against labels. DIR holds OSCD-style city folders (imgs_1/, imgs_2/, cm/ with
+    2 = change): precision, recall, F1 and ROC AUC per city and pooled, for every method and the CVA
+    baseline, a patch counted as changed above 0 %, 5 % and 25 % changed pixels (--dense: pixel level too).
+    Or DIR holds image pairs A/, B/, label/ (LEVIR-CD, DSIFN): pixel-level figures of fusion and CVA."""
     from rscbir.atomic import atomic_path
-    from rscbir.evaluate import evaluate_change_oscd
+    from rscbir.evaluate import evaluate_change_oscd, evaluate_change_pairs, is_pair_layout
     from rscbir.models.load import configure_threads
 
     configure_threads()
     say = None if quiet else (lambda line: click.echo(line, err=True))
+    if is_pair_layout(folder):
+        result = evaluate_change_pairs(folder, pixel_threshold=pixel_threshold, progress=say)
+        click.echo(f"pixel level over {len(result['images'])} image pairs ({result['pixel_threshold']}, 64 px patches):")
+        for method, m in result["pooled"].items():
+            click.echo(f"  {method:<8} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
+                       f"(mean of images F1 {m['mean_of_images_f1']:.3f})")  # fmt: skip
+        if json_path:
+            with atomic_path(json_path) as tmp:
+                tmp.write_text(json.dumps(result, indent=1))
+        return
     result = evaluate_change_oscd(folder, cities or None, patch_size, threshold=threshold, all_bands=all_bands,
                                   progress=say, dense=dense, pixel_threshold=pixel_threshold)  # fmt: skip
     click.echo(f"pooled over {len(result['cities'])} cities ({patch_size} px patches, {threshold} threshold per city):")

@@ -5,6 +5,7 @@ one module per step, each importing only the ones listed before it:
 
 * :mod:`rscbir.errors` - the exception types users see
 * :mod:`rscbir.atomic` - atomic file and folder writes
+* :mod:`rscbir.manifest` - the index manifest, read and described without loading the index
 * :mod:`rscbir.modes` - enums users choose by name (runtime, device, dtype, pooling, change method)
 * :mod:`rscbir.thresholds` - label-free change thresholds
 * :mod:`rscbir.metrics` - average precision, P@k, ROC AUC, F1

@@ -36,6 +36,7 @@ from rscbir.catalog import read_catalog
 from rscbir.embed import EmbeddingStore, EmbedOptions, Runner, embed_scenes
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, QueryError
 from rscbir.grid import Grid, common_grid
+from rscbir.manifest import FORMAT, MANIFEST
 from rscbir.models.features import FeatureModel, ModelConfig
 from rscbir.models.whitening import PCAWhitening
 from rscbir.rerank import augment_database, normalise
@@ -44,8 +45,6 @@ from rscbir.tiling import TilingConfig, aligned_grid
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "index.json"
-FORMAT = "rscbir-index"
 VERSION = 1
 EXACT_LIMIT = 100_000  # up to this many vectors "auto" keeps exact search
 # Database-side augmentation with each patch's 5 nearest (chosen among 3, 5, 10 on the design half of RSSCN7):

@@ -239,6 +239,24 @@ class Scene:
 
         return replace(base, sources=sources, scaling=scaling.resolve(base.dtype), _stats=stats)
 
+    def describe(self) -> dict:
+        """What rscbir sees in this scene (id, date, bands, dtype, nodata, grid, scaling, files), JSON-ready."""
+        grid = self.grid
+        return {
+            "scene_id": self.scene_id,
+            "date": self.date.isoformat() if self.date else None,
+            "bands": self.band_names,
+            "dtype": str(self.dtype),
+            "nodata": self.nodata,
+            "crs": grid.crs.to_string(),
+            "width": grid.width,
+            "height": grid.height,
+            "res": list(grid.res),
+            "bounds": list(grid.bounds),
+            "scaling": self.scaling.mode.value,
+            "files": self.paths,
+        }
+
     def select(self, bands: Sequence[str | int]) -> "Scene":
         """A copy of this scene restricted to ``bands`` (names or 1-based indexes), in that order."""
         from dataclasses import replace

@@ -1,4 +1,4 @@
-"""``rscbir info``: what rscbir sees in a scene (bands, date, grid)."""
+"""``rscbir info``: what rscbir sees in a scene (bands, date, grid), or what an index holds."""
 
 from __future__ import annotations
 
@@ -9,29 +9,18 @@ import click
 from rscbir.cli import options
 
 
-@click.command(epilog="\b\nExample:\n  rscbir info ../shared/data/oscd/paris/imgs_1")
-@click.argument("scene", metavar="SCENE")
+@click.command(epilog="\b\nExamples:\n  rscbir info ../shared/data/oscd/paris/imgs_1\n  rscbir info out/naip_index --json")
+@click.argument("target", metavar="SCENE|INDEX_DIR")
 @options.scene_options
-def info(scene, scene_opts):
-    """Print SCENE's id, date, bands, CRS and grid as JSON."""
-    (opened,), _ = scene_opts.open([scene])
-    grid = opened.grid
-    click.echo(
-        json.dumps(
-            {
-                "scene_id": opened.scene_id,
-                "date": opened.date.isoformat() if opened.date else None,
-                "bands": opened.band_names,
-                "dtype": str(opened.dtype),
-                "nodata": opened.nodata,
-                "crs": grid.crs.to_string(),
-                "width": grid.width,
-                "height": grid.height,
-                "res": list(grid.res),
-                "bounds": list(grid.bounds),
-                "scaling": opened.scaling.mode.value,
-                "files": opened.paths,
-            },
-            indent=2,
-        )
-    )
+@click.option("--json", "as_json", is_flag=True, help="For an index: print JSON instead of text (a scene is always JSON).")
+def info(target, scene_opts, as_json):
+    """Print SCENE's id, date, bands, CRS and grid as JSON, or describe the index in INDEX_DIR: scenes,
+    dates, patches, model, vectors, tiling, FAISS type, grid and size on disk (read from its manifest only)."""
+    from rscbir.manifest import describe_index, describe_text, is_index
+
+    if is_index(target):
+        doc = describe_index(target)
+        click.echo(json.dumps(doc, indent=2) if as_json else describe_text(doc))
+        return
+    (opened,), _ = scene_opts.open([target])
+    click.echo(json.dumps(opened.describe(), indent=2))

@@ -352,7 +352,8 @@ def evaluate_change_pairs(
     per_image = {}
     with tempfile.TemporaryDirectory(prefix="rscbir-pairs-") as tmp:
         for name in names:
-            before, after = (_nominal_scene(root / side / name, Path(tmp) / f"{side}_{Path(name).stem}.tif") for side in ("A", "B"))
+            before, after = (_nominal_scene(root / side / name, Path(tmp) / f"{side}_{Path(name).stem}.tif", date)
+                             for side, date in (("A", "20000101"), ("B", "20010101")))  # fmt: skip
             truth = np.asarray(Image.open(root / "label" / name).convert("L")) > 0
             scores = score_scenes(before, after, TilingConfig(patch_size, edge="pad"), method, model_options, pixel_maps=True)
             per_image[name] = {}
@@ -373,11 +374,12 @@ def evaluate_change_pairs(
             "smooth_px": rule.smooth, "min_pixels": rule.min_pixels}  # fmt: skip
 
 
-def _nominal_scene(png: Path, target: Path) -> Scene:
-    """An RGB image file as a GeoTIFF on a nominal 1 m grid (EPSG:3857 at the origin), opened as a scene."""
+def _nominal_scene(png: Path, target: Path, date: str) -> Scene:
+    """An RGB image file as a GeoTIFF on a nominal 1 m grid (EPSG:3857 at the origin), opened as a scene of ``date``
+    (nominal too: pairs carry no dates, and change needs two)."""
     pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)
     with rasterio.open(target, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1], count=3, dtype="uint8",
                        crs="EPSG:3857", transform=Affine(1, 0, 0, 0, -1, pixels.shape[1])) as dst:  # fmt: skip
         dst.write(pixels)
         dst.descriptions = ("R", "G", "B")
-    return Scene.open(target, band_names=["R", "G", "B"], scaling="divide:255", date="20000101" if "A_" in target.name else "20010101")
+    return Scene.open(target, band_names=["R", "G", "B"], scaling="divide:255", date=date)

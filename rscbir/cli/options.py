@@ -96,10 +96,10 @@ def _tiling(patch_size, stride, edge, max_nodata):
     return TilingConfig(length(patch_size), length(stride), edge, max_nodata)
 
 
-def tiling_options(func, default_patch: str = "64"):
+def tiling_options(func):
     """--patch-size --stride --edge --max-nodata (as ``tiling``) and --resampling."""
     return _apply(_bundle(["patch_size", "stride", "edge", "max_nodata"], "tiling", _tiling)(func), [
-        click.option("--patch-size", default=default_patch, show_default=True, metavar="LEN",
+        click.option("--patch-size", default="64", show_default=True, metavar="LEN",
                      help="Patch side in whole pixels (64) or ground units (640m, 1.28km)."),
         click.option("--stride", default=None, metavar="LEN", help="Step between patches, pixels or ground units. Default: patch size."),
         click.option("--edge", type=click.Choice(EDGE_CHOICES), default="drop", show_default=True,

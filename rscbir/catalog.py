@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import shapely
 from affine import Affine
+from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
@@ -28,6 +29,7 @@ from rscbir.scene import Scene
 from rscbir.tiling import PatchRecord, TilingConfig, aligned_grid, iter_patches
 
 OUTPUT_CRS = "EPSG:4326"
+_GEOD = Geod(ellps="WGS84")
 COLUMNS = [
     "patch_id", "scene_id", "date", "row", "col",
     "col_off", "row_off", "width", "height",
@@ -99,6 +101,17 @@ def affine_of(row: pd.Series) -> Affine:
 def patch_grid(row: pd.Series) -> Grid:
     """The grid of one patch (its own pixels) from a catalog row."""
     return Grid(CRS.from_string(row["crs"]), affine_of(row), int(row["width"]), int(row["height"]))
+
+
+def metres_from(frame: gpd.GeoDataFrame, lon: float, lat: float) -> np.ndarray:
+    """Geodesic distance in metres from (lon, lat) to each patch centre of a catalog (WGS84 ellipsoid)."""
+    centres = patch_centres(frame)
+    return _GEOD.inv(np.full(len(frame), lon), np.full(len(frame), lat), centres[:, 0], centres[:, 1])[2]
+
+
+def geodesic_areas(geometries: gpd.GeoSeries) -> list[float]:
+    """Area in m² of each polygon (any CRS) on the WGS84 ellipsoid."""
+    return [abs(_GEOD.geometry_area_perimeter(g)[0]) for g in geometries.to_crs(OUTPUT_CRS)]
 
 
 def patch_centres(frame: gpd.GeoDataFrame) -> np.ndarray:

@@ -42,12 +42,11 @@ import shapely
 import shapely.geometry
 import torch
 import torch.nn.functional as F
-from pyproj import Geod
 from rasterio import features
 from rasterio.enums import Resampling
 from scipy import ndimage
 
-from rscbir.catalog import records_to_frame
+from rscbir.catalog import geodesic_areas, records_to_frame
 from rscbir.errors import BandError, EmptyGridError
 from rscbir.grid import Grid
 from rscbir.index import Index
@@ -56,7 +55,7 @@ from rscbir.models.load import ModelOptions, model_from_config
 from rscbir.modes import ChangeMethod
 from rscbir.presets import Preset, same_bands
 from rscbir.scene import Scene
-from rscbir.thresholds import Threshold
+from rscbir.thresholds import Threshold, robust_spread
 from rscbir.tiling import PatchRecord, TilingConfig, aligned_grid, iter_patches
 
 log = logging.getLogger(__name__)
@@ -110,8 +109,7 @@ def band_moments(scene: Scene, tiling: TilingConfig, grid: Grid, sample: int = 4
     if not parts:
         raise EmptyGridError(f"{scene.scene_id}: no valid patch on the common grid; check nodata and the dates' overlap")
     values = np.concatenate(parts, axis=1)
-    centre = np.median(values, axis=1)
-    spread = 1.4826 * np.median(np.abs(values - centre[:, None]), axis=1)
+    centre, spread = robust_spread(values, axis=1)
     flat = spread < 1e-6
     spread[flat] = np.maximum(values[flat].std(axis=1), 1e-6)  # a band that is mostly one value: fall back to std
     return centre.astype(np.float64), spread.astype(np.float64)
@@ -137,8 +135,8 @@ def invariant_regression(before: Scene, after: Scene, tiling: TilingConfig, grid
             gain[band] = ((xs - xs.mean()) * (ys - ys.mean())).mean() / var if var > 1e-12 else 1.0
             offset[band] = ys.mean() - gain[band] * xs.mean()
         residual = y - gain[:, None] * x - offset[:, None]
-        centre = np.median(residual[:, invariant], axis=1)
-        spread = np.maximum(1.4826 * np.median(np.abs(residual[:, invariant] - centre[:, None]), axis=1), 1e-6)
+        centre, spread = robust_spread(residual[:, invariant], axis=1)
+        spread = np.maximum(spread, 1e-6)
         if round_ < rounds:
             magnitude = np.sqrt((((residual - centre[:, None]) / spread[:, None]) ** 2).sum(axis=0))
             invariant = magnitude <= np.quantile(magnitude, keep)
@@ -288,14 +286,12 @@ class PixelMosaic:
 def robust_z(values) -> np.ndarray:
     """(x - median) / (1.4826 MAD): a z-score that outliers (the changes) do not inflate."""
     values = np.asarray(values, dtype=np.float64)
-    median = np.nanmedian(values)
-    mad = 1.4826 * np.nanmedian(np.abs(values - median))
+    median, mad = robust_spread(values)
     # below 1e-6 the spread is float noise, not evidence: keep the original units rather than blow it up
     return (values - median) / (mad if mad > 1e-6 else 1.0)
 
 
 # ------------------------------------------------------------------- outputs
-_GEOD = Geod(ellps="WGS84")
 
 
 def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: float) -> gpd.GeoDataFrame:
@@ -319,7 +315,7 @@ def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: f
         rows.append((float(values.max()), float(values.mean()), part, len(members)))
     local = gpd.GeoSeries([r[2] for r in rows], crs=scores.grid.crs)
     geographic = local.to_crs("EPSG:4326")
-    areas = [abs(_GEOD.geometry_area_perimeter(g)[0]) for g in geographic]
+    areas = geodesic_areas(geographic)
     frame = gpd.GeoDataFrame(
         {
             "max_score": [r[0] for r in rows],
@@ -391,7 +387,7 @@ def changed_regions(scores: ChangeScores, mask: np.ndarray, smoothed: np.ndarray
         {
             "max_score": np.asarray(maxima, float),
             "mean_score": np.asarray(means, float),
-            "area_m2": [abs(_GEOD.geometry_area_perimeter(g)[0]) for g in geographic],
+            "area_m2": geodesic_areas(geographic),
             "pixels": np.asarray(sizes, int),
             "date_before": scores.patches["date_before"].iloc[0] if len(scores.patches) else None,
             "date_after": scores.patches["date_after"].iloc[0] if len(scores.patches) else None,

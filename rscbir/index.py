@@ -36,7 +36,7 @@ from rscbir.catalog import read_catalog
 from rscbir.embed import EmbeddingStore, EmbedOptions, Runner, embed_scenes
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, QueryError
 from rscbir.grid import Grid, common_grid
-from rscbir.manifest import FORMAT, MANIFEST
+from rscbir.manifest import FORMAT, MANIFEST, read_manifest
 from rscbir.models.features import FeatureModel, ModelConfig
 from rscbir.models.whitening import PCAWhitening
 from rscbir.rerank import augment_database, normalise
@@ -132,13 +132,8 @@ class Index:
     def open(cls, path: str | os.PathLike) -> "Index":
         """Open ``path``; raises :class:`IndexFileError` when it is not a complete index."""
         path = Path(path)
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise IndexFileError(f"{path}: no index here ({MANIFEST} missing); build one with `rscbir index SCENE -o {path}`")
+        manifest = read_manifest(path)
         try:
-            manifest = json.loads(manifest_path.read_text())
-            if manifest.get("format") != FORMAT:
-                raise ValueError("not an rscbir index manifest")
             files = manifest["files"]
             catalog = read_catalog(path / files["catalog"])
             vectors = np.load(path / files["vectors"], mmap_mode="r")

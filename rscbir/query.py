@@ -26,10 +26,10 @@ import pandas as pd
 import rasterio
 import shapely
 import torch
-from pyproj import Geod, Transformer
+from pyproj import Transformer
 from rasterio.errors import RasterioError
 
-from rscbir.catalog import patch_centres
+from rscbir.catalog import metres_from, patch_centres
 from rscbir.errors import FeedbackError, QueryError
 from rscbir.images import load_image
 from rscbir.index import Index
@@ -38,7 +38,6 @@ from rscbir.rerank import QueryExpansion, feedback_vector
 from rscbir.scene import Scaling, apply_scaling, normalise_date
 from rscbir.thresholds import Threshold
 
-_GEOD = Geod(ellps="WGS84")
 
 
 @dataclass(frozen=True)
@@ -67,9 +66,7 @@ class Filters:
                 raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(set(catalog['scene_id'])))}")
             keep &= catalog["scene_id"].isin(self.scenes).to_numpy()
         if self.exclude_radius and centre is not None:
-            centres = patch_centres(catalog)
-            _, _, metres = _GEOD.inv(np.full(len(catalog), centre[0]), np.full(len(catalog), centre[1]), centres[:, 0], centres[:, 1])
-            keep &= metres > self.exclude_radius
+            keep &= metres_from(catalog, *centre) > self.exclude_radius
         return None if keep.all() else keep
 
 
@@ -342,9 +339,7 @@ def query_change(index: Index, lon: float, lat: float, dates: Sequence[str], k: 
     candidates = np.ones(len(frame), bool) if all_pairs else magnitude > Threshold.parse(threshold).value(magnitude)
     candidates[example] = False
     if exclude_radius:
-        centres = patch_centres(frame)
-        _, _, metres = _GEOD.inv(np.full(len(frame), lon), np.full(len(frame), lat), centres[:, 0], centres[:, 1])
-        candidates &= metres > exclude_radius
+        candidates &= metres_from(frame, lon, lat) > exclude_radius
     similarity = directions @ directions[example]
     order = [i for i in np.argsort(-similarity) if candidates[i]][:k]
     iso = [normalise_date(d) for d in dates]

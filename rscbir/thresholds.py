@@ -70,8 +70,7 @@ class Threshold:
         if self.rule is ThresholdRule.PERCENTILE:
             return float(np.percentile(scores, self.arg))
         if self.rule is ThresholdRule.ROBUST:
-            median = float(np.median(scores))
-            spread = 1.4826 * float(np.median(np.abs(scores - median)))
+            median, spread = (float(v) for v in robust_spread(scores))
             if spread < 1e-6:  # no spread (identical dates): nothing is above the cut
                 return float(scores.max())
             return median + self.arg * spread  # type: ignore[operator]
@@ -83,6 +82,14 @@ class Threshold:
         if self.rule is ThresholdRule.FIXED:
             return f"{self.arg:g}"
         return f"{self.rule.value}:{self.arg:g}"
+
+
+def robust_spread(values: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(median, 1.4826 x median absolute deviation) along ``axis``, NaNs ignored: a centre and standard
+    deviation that the rare outliers (the changes) do not move."""
+    centre = np.nanmedian(values, axis=axis, keepdims=True)
+    spread = 1.4826 * np.nanmedian(np.abs(values - centre), axis=axis)
+    return np.squeeze(centre, axis=axis) if axis is not None else centre.reshape(()), spread
 
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:

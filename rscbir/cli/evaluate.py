@@ -38,7 +38,7 @@ def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, h
     """Every image of DIR (one sub-folder per class) queries all the others, ranked the way
     `rscbir index` + `rscbir query` rank (same model, corpus PCA, query expansion):
     mAP over the full ranking, P@5, P@10, P@50; with --feedback also after one feedback round."""
-    from rscbir.atomic import atomic_path
+    from rscbir.export import write_text
     from rscbir.evaluate import evaluate_retrieval
     from rscbir.images import LabelledImages
     from rscbir.models.load import configure_threads
@@ -58,8 +58,7 @@ def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, h
         line += f"\nafter one feedback round on the top {feedback_top}: mAP {fb['mAP']:.3f}  P@10 {fb['P@10']:.3f}  P@50 {fb['P@50']:.3f}"
     click.echo(line)
     if json_path:
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
+        write_text(json.dumps(result, indent=2), json_path)
 
 
 @eval_group.command(
@@ -82,7 +81,7 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
     2 = change): precision, recall, F1 and ROC AUC per city and pooled, for every method and the CVA
     baseline, a patch counted as changed above 0 %, 5 % and 25 % changed pixels (--dense: pixel level too).
     Or DIR holds image pairs A/, B/, label/ (LEVIR-CD, DSIFN): pixel-level figures of fusion and CVA."""
-    from rscbir.atomic import atomic_path
+    from rscbir.export import write_text
     from rscbir.evaluate import evaluate_change_oscd, evaluate_change_pairs, is_pair_layout
     from rscbir.models.load import configure_threads
 
@@ -95,8 +94,7 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
             click.echo(f"  {method:<8} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
                        f"(mean of images F1 {m['mean_of_images_f1']:.3f})")  # fmt: skip
         if json_path:
-            with atomic_path(json_path) as tmp:
-                tmp.write_text(json.dumps(result, indent=1))
+            write_text(json.dumps(result, indent=1), json_path)
         return
     result = evaluate_change_oscd(folder, cities or None, patch_size, threshold=threshold, all_bands=all_bands,
                                   progress=say, dense=dense, pixel_threshold=pixel_threshold)  # fmt: skip
@@ -114,8 +112,7 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
             click.echo(f"    {key[6:]:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
                        f"(mean of cities: F1 {c['f1']:.3f}  AUC {c['auc']:.3f})")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
+        write_text(json.dumps(result, indent=1), json_path)
 
 
 @eval_group.command(
@@ -137,7 +134,7 @@ Examples:
 def dates(ctx, folder, cities, model_opts, dim, whiten, centre_scenes, patch_size, json_path):
     """Ground, not acquisition: index both dates of every OSCD city on one grid and report how often an
     unchanged place's patch ranks first among all patches of the other date."""
-    from rscbir.atomic import atomic_path
+    from rscbir.export import write_text
     from rscbir.embed import EmbedOptions
     from rscbir.evaluate import evaluate_same_place
     from rscbir.models.load import configure_threads
@@ -151,5 +148,4 @@ def dates(ctx, folder, cities, model_opts, dim, whiten, centre_scenes, patch_siz
     click.echo(f"same place ranked first across dates for {result['first']:.3f} of {result['places']} unchanged places "
                f"(mean of cities {result['mean_of_cities']:.3f}, median rank {result['median_rank']:g})")  # fmt: skip
     if json_path:
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
+        write_text(json.dumps(result, indent=2), json_path)

@@ -349,12 +349,17 @@ def evaluate_change_pairs(
     if not names or missing:
         raise LabelError(f"{root}: needs the same file names in A/, B/ and label/ (missing: {', '.join(missing[:3]) or 'all'})")
     parts: dict[str, list] = {}
-    per_image = {}
+    per_image, notes = {}, {}
     with tempfile.TemporaryDirectory(prefix="rscbir-pairs-") as tmp:
         for name in names:
             before, after = (_nominal_scene(root / side / name, Path(tmp) / f"{side}_{Path(name).stem}.tif", date)
                              for side, date in (("A", "20000101"), ("B", "20010101")))  # fmt: skip
             truth = np.asarray(Image.open(root / "label" / name).convert("L")) > 0
+            if truth.shape != before.grid.shape:
+                raise LabelError(f"{root / 'label' / name}: label is {truth.shape[1]} x {truth.shape[0]} px, the images are "
+                                 f"{before.grid.shape[1]} x {before.grid.shape[0]}; labels must cover the image pixel for pixel")  # fmt: skip
+            if not truth.any():
+                notes[name] = "no change pixels in the label: recall and AUC are undefined (NaN); precision counts false alarms"
             scores = score_scenes(before, after, TilingConfig(patch_size, edge="pad"), method, model_options, pixel_maps=True)
             per_image[name] = {}
             for name_method in (ChangeMethod(method).value, ChangeMethod.CVA.value):
@@ -369,9 +374,15 @@ def evaluate_change_pairs(
     for name_method, chunks in parts.items():
         values, truth, predicted = (np.concatenate([c[i] for c in chunks]) for i in range(3))
         pooled[name_method] = {**_figures(values, predicted, truth),
-                               "mean_of_images_f1": float(np.nanmean([f[name_method]["f1"] for f in per_image.values()]))}  # fmt: skip
+                               "mean_of_images_f1": _nan_mean([f[name_method]["f1"] for f in per_image.values()])}  # fmt: skip
     return {"images": per_image, "pooled": pooled, "patch_size": patch_size, "pixel_threshold": str(Threshold.parse(pixel_threshold)),
-            "smooth_px": rule.smooth, "min_pixels": rule.min_pixels}  # fmt: skip
+            "smooth_px": rule.smooth, "min_pixels": rule.min_pixels, "notes": notes}  # fmt: skip
+
+
+def _nan_mean(values) -> float:
+    """Mean of the defined values; NaN (without a warning) when none is."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
 
 
 def _nominal_scene(png: Path, target: Path, date: str) -> Scene:

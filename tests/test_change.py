@@ -243,3 +243,22 @@ def test_eval_change_reads_image_pair_folders(tmp_path):
     (tmp_path / "pairs" / "label" / "1.png").unlink()
     broken = run("eval", "change", tmp_path / "pairs")
     assert broken.exit_code == 2 and "same file names in A/, B/ and label/" in broken.output
+
+
+def test_eval_change_labels_of_wrong_size_or_without_change(tmp_path):
+    """A label that does not cover its image is a clear error; a label with no change gives NaN with a reason."""
+    for side in ("A", "B", "label"):
+        (tmp_path / side).mkdir()
+    image = np.clip(np.random.default_rng(0).normal(120, 20, (96, 96, 3)), 1, 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "A" / "0.png")
+    Image.fromarray(image).save(tmp_path / "B" / "0.png")
+    Image.fromarray(np.zeros((64, 96), np.uint8)).save(tmp_path / "label" / "0.png")
+    wrong = run("eval", "change", tmp_path, "-q")
+    assert wrong.exit_code == 2 and "label is 96 x 64 px, the images are 96 x 96" in wrong.output
+    assert "Traceback" not in wrong.output
+    Image.fromarray(np.zeros((96, 96), np.uint8)).save(tmp_path / "label" / "0.png")
+    empty = run("eval", "change", tmp_path, "-q", "--json", tmp_path / "r.json")
+    assert empty.exit_code == 0, empty.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "no change pixels" in report["notes"]["0.png"]
+    assert report["pooled"]["fusion"]["auc"] is None or np.isnan(report["pooled"]["fusion"]["auc"])

@@ -4,11 +4,18 @@ Every output is written under a temporary name in its target's folder (same
 filesystem, so ``os.replace`` is an atomic rename), flushed to disk, and only
 then renamed into place. On any failure the temporary is removed and the
 target is left exactly as it was.
+
+A command with several outputs (a GeoJSON, a score GeoTIFF and a preview)
+wraps its writes in :func:`all_or_nothing`: each file is still written to its
+temporary, but the renames wait until every output has succeeded, so a failed
+write (a full disk, a read-only folder) leaves none of them, not some.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import os
 import shutil
 import tempfile
@@ -16,6 +23,10 @@ from pathlib import Path
 from typing import Iterator
 
 from rscbir.errors import OutputError
+
+
+# (temporary, target) pairs whose rename waits for the end of the enclosing all_or_nothing(); None outside one
+_pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("pending_renames", default=None)
 
 
 def _umask() -> int:
@@ -40,6 +51,17 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def settle_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries after a rename has committed, best effort: the outputs are already in place, so a
+    failure here is not a failed write (and is not reported as one)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def fsync_tree(folder: str | os.PathLike) -> None:
     """Flush every file below ``folder``, then the folders themselves."""
     folder = Path(folder)
@@ -61,11 +83,58 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     try:
         yield tmp
         fsync_path(tmp)
-        os.replace(tmp, target)
+        pending = _pending.get()
+        if pending is None:
+            os.replace(tmp, target)
+        else:
+            pending.append((tmp, target))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def check_writable(target: str | os.PathLike, folder: bool = False) -> Path:
+    """Refuse early, before any work, an output that cannot be written.
+
+    One rule for every command: the parent folder must exist (it is never created) and be writable; a file
+    output must not be a folder, a ``folder`` output must not be a file. A missing parent is a user mistake
+    (:class:`OutputError`); a read-only place is the machine's refusal (:class:`PermissionError`).
+    """
+    target = Path(target)
+    parent = _checked_folder(target)
+    if folder and target.exists() and not target.is_dir():
+        raise OutputError(f"{target}: exists and is not a folder")
+    if not folder and target.is_dir():
+        raise OutputError(f"{target}: is a folder; give a file name")
+    writable_place = target if (folder and target.is_dir()) else parent
+    if not os.access(writable_place, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "folder is not writable", str(writable_place))
+    if not folder and target.exists() and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, "file is read-only", str(target))
+    return target
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Defer the renames of every :func:`atomic_path` inside the block to its end: all outputs appear, or none."""
+    if _pending.get() is not None:  # nested: the outer block decides
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _pending.reset(token)
+    for tmp, target in pending:
+        os.replace(tmp, target)
+    for folder in {target.parent for _, target in pending}:
+        settle_folder(folder)
 
 
 @contextlib.contextmanager
@@ -90,7 +159,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(work, target)
-        fsync_path(folder)
+        settle_folder(folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -43,7 +43,8 @@ def connect(scheduler: str):
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING)  # fmt: skip
         return Client(cluster)
     try:
         return Client(scheduler, timeout="20s")

@@ -45,14 +45,19 @@ def examples(help_text: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help_examples_parse_as_real_command_lines(command, monkeypatch):
+def test_help_examples_parse_as_real_command_lines(command, monkeypatch, tmp_path):
     """Every example in --help parses with that command's own options: names, choices and value types
     are checked by click (the command body is not run here; `make demo` runs them)."""
     result = run(*command, "--help")
     assert result.exit_code == 0
     found = examples(result.output)
     assert found, result.output
-    monkeypatch.chdir(ROOT)  # examples name ../shared/data relative to the checkout
+    # a scratch checkout: output options check their folder while parsing (as `make demo` creates out/),
+    # and the examples name ../shared/data relative to the checkout
+    checkout = tmp_path / "checkout"
+    (checkout / "out").mkdir(parents=True)
+    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    monkeypatch.chdir(checkout)
     for argv in found:
         assert argv[1 : 1 + len(command)] == command, argv
         target = cli

@@ -10,7 +10,22 @@ from rscbir.cli import options
 from rscbir.modes import ChangeMethod, choices
 
 
+class TwoModeCommand(click.Command):
+    """A command whose usage line names each of its modes."""
+
+    def __init__(self, *args, usages: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.usages = usages
+
+    def format_usage(self, ctx, formatter):
+        prog = ctx.command_path
+        for i, usage in enumerate(self.usages):
+            formatter.write_usage(prog, usage, "Usage: " if i == 0 else "   or: ")
+
+
 @click.command(
+    cls=TwoModeCommand,
+    usages=("[OPTIONS] BEFORE AFTER -o OUTPUT", "[OPTIONS] --index INDEX_DIR --dates D1 D2 -o OUTPUT"),
     epilog="""\b
 Examples:
   rscbir change ../shared/data/oscd/rennes/imgs_1 ../shared/data/oscd/rennes/imgs_2 --preset sentinel2 \\
@@ -18,7 +33,7 @@ Examples:
   rscbir change --index out/naip_index --dates 20090818 20200831 -o out/naip_change.geojson""",
 )
 @click.argument("scenes", nargs=-1, metavar="[BEFORE AFTER]")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="GeoJSON of changed areas (EPSG:4326).")
+@click.option("-o", "--output", required=True, callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="GeoJSON of changed areas (EPSG:4326).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), help="Take both dates from an aligned index instead of scenes.")
 @click.option("--dates", "index_dates", nargs=2, metavar="D1 D2", help="With --index: the two dates to compare.")
 @options.scene_options
@@ -33,9 +48,9 @@ Examples:
 @click.option("--min-pixels", type=click.IntRange(1), default=10, show_default=True, help="Pixel level: drop changed areas smaller than this.")
 @click.option("--smooth", type=click.FloatRange(0), default=1.0, show_default=True, help="Pixel level: Gaussian sigma (px) on the scores before the cut.")
 @click.option("--all-patches", is_flag=True, help="Write every patch with its score instead of changed areas (patch level).")
-@click.option("--scores", "scores_path", type=click.Path(dir_okay=False), help="Float32 GeoTIFF of the score map on the common grid (pixels or patches).")
-@click.option("--preview", type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
-@click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
+@click.option("--scores", "scores_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Float32 GeoTIFF of the score map on the common grid (pixels or patches).")
+@click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
+@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
 def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, level, min_pixels,
            smooth, all_patches, scores_path, preview, html):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders), or two dates of an aligned
@@ -43,6 +58,7 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     areas as GeoJSON, each with max and mean score, area in m², patch count and both dates."""
     from rscbir import change as ch
     from rscbir import export
+    from rscbir.atomic import all_or_nothing
     from rscbir.models.load import configure_threads
     from rscbir.thresholds import Threshold
 
@@ -61,15 +77,16 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
         named = bool(scene_opts.preset or scene_opts.bands)
         scores = ch.score_scenes(before, after, tiling, method, model_opts, preset, named, pixel_maps=level == "pixel")
     frame, summary = ch.flag_changes(scores, method, rule, all_patches, ch.PixelRegularisation(smooth, min_pixels))
-    export.write_text(json.dumps(export.change_geojson(frame, summary)), output)
-    if scores_path:
-        export.score_raster(scores, method, scores_path)
-    if preview:
-        mask = ch.pixel_change_mask(scores, method, summary["threshold"], ch.PixelRegularisation(smooth, min_pixels))[0] \
-            if summary["level"] == "pixel" else None
-        export.change_preview(scores, method, summary["threshold"], preview, mask=mask)
-    if html:
-        export.change_map(frame, html)
+    with all_or_nothing():  # GeoJSON, score raster, preview and map appear together or not at all
+        export.write_text(json.dumps(export.change_geojson(frame, summary)), output)
+        if scores_path:
+            export.score_raster(scores, method, scores_path)
+        if preview:
+            mask = ch.pixel_change_mask(scores, method, summary["threshold"], ch.PixelRegularisation(smooth, min_pixels))[0] \
+                if summary["level"] == "pixel" else None
+            export.change_preview(scores, method, summary["threshold"], preview, mask=mask)
+        if html:
+            export.change_map(frame, html)
     if output != "-":
         unit = "pixels" if summary["level"] == "pixel" else "patches"
         click.echo(f"{summary['changed_' + unit]} of {summary[unit]} {unit} changed ({method} > {summary['threshold']:.4g}); "
@@ -89,19 +106,21 @@ Example:
 @click.option("--all-pairs", is_flag=True, help="Rank every co-located pair, not only those whose change passes --threshold.")
 @click.option("--threshold", default="otsu", show_default=True, help="Change magnitude a candidate must exceed.")
 @click.option("--exclude-radius", type=float, default=None, metavar="METRES", help="Drop results within this distance of the example.")
-@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
+@click.option("-o", "--output", default="-", callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
 @click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True, help="Results format.")
-@click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the hits.")
+@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the hits.")
 def query_change(index_dir, lonlat, dates, k, all_pairs, threshold, exclude_radius, output, fmt, html):
     """Places of INDEX_DIR whose change between D1 and D2 is most like the change at LON LAT
     (cosine similarity of normalised embedding differences)."""
     from rscbir import export
+    from rscbir.atomic import all_or_nothing
     from rscbir.index import Index
     from rscbir.query import query_change as run
     from rscbir.thresholds import Threshold
 
     result = run(Index.open(index_dir), lonlat[0], lonlat[1], dates, k, all_pairs, Threshold.parse(threshold), exclude_radius)
     text = json.dumps(export.to_geojson(result)) if fmt == "geojson" else export.to_csv(result)
-    export.write_text(text, output)
-    if html:
-        export.leaflet_map(result, html)
+    with all_or_nothing():
+        export.write_text(text, output)
+        if html:
+            export.leaflet_map(result, html)

@@ -15,7 +15,7 @@ Example:
                --preset naip --patch-size 320m -o out/naip_2009_emb""",
 )
 @click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Embedding store folder (created or replaced).")
+@click.option("-o", "--output", required=True, callback=options.output_folder, type=click.Path(file_okay=False), help="Embedding store folder (created or replaced).")
 @options.scene_options
 @options.tiling_options
 @options.model_options
@@ -45,5 +45,6 @@ def embed(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     store = embed_scenes(opened, output, model, tiling, align, run)
     click.echo(
         f"wrote {len(store.vectors)} vectors of {store.meta['dim']} dims ({model.config.backbone}, bands "
-        f"{','.join(model.config.input_bands)}) to {output}"
+        f"{','.join(model.config.input_bands)}) to {output}",
+        err=True,
     )

@@ -32,7 +32,7 @@ Examples:
               help="Evaluate on this stratified half only (the other half trained a head).")  # fmt: skip
 @click.option("--classes", callback=options.split_list, metavar="LIST", help="Evaluate on these classes only (comma-separated).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the half split (as in finetune).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures here.")
+@click.option("--json", "json_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Also write the figures here.")
 @click.pass_context
 def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, half, classes, seed, json_path):
     """Every image of DIR (one sub-folder per class) queries all the others, ranked the way
@@ -44,7 +44,6 @@ def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, h
     from rscbir.models.load import configure_threads
     from rscbir.rerank import QueryExpansion
 
-    options.check_output(json_path)
     configure_threads()
     images = LabelledImages.scan(folder).select(classes=classes, half=half, seed=seed)
     say = None if ctx.obj["quiet"] else (lambda line: click.echo(line, err=True))
@@ -74,8 +73,8 @@ Example:
 @click.option("--pixel-threshold", default="robust:3", show_default=True, help="Label-free rule for pixel scores (--dense), as `rscbir change`.")
 @click.option("--all-bands", is_flag=True, help="CNN reads all 13 bands through an inflated first convolution (default: B04 B03 B02).")
 @click.option("--dense", is_flag=True, help="Also score pixel by pixel (DCVA feature maps, CVA) and report pixel-level figures.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every figure here.")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("--json", "json_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Also write every figure here.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-city progress lines on stderr.")
 def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, dense, json_path, quiet):
     """Change detection against labels. DIR holds OSCD-style city folders (imgs_1/, imgs_2/, cm/ with
     2 = change): precision, recall, F1 and ROC AUC per city and pooled, for every method and the CVA
@@ -93,6 +92,8 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
         for method, m in result["pooled"].items():
             click.echo(f"  {method:<8} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
                        f"(mean of images F1 {m['mean_of_images_f1']:.3f})")  # fmt: skip
+        for name, note in result["notes"].items():
+            click.echo(f"  note: {name}: {note}", err=True)
         if json_path:
             write_text(json.dumps(result, indent=1), json_path)
         return
@@ -129,7 +130,7 @@ Examples:
 @click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
 @click.option("--centre-scenes", is_flag=True, help="Subtract each scene's mean vector, as `rscbir index --centre-scenes`.")
 @click.option("--patch-size", type=click.IntRange(1), default=32, show_default=True, help="Patch side in 10 m pixels.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every figure here.")
+@click.option("--json", "json_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Also write every figure here.")
 @click.pass_context
 def dates(ctx, folder, cities, model_opts, dim, whiten, centre_scenes, patch_size, json_path):
     """Ground, not acquisition: index both dates of every OSCD city on one grid and report how often an
@@ -140,7 +141,6 @@ def dates(ctx, folder, cities, model_opts, dim, whiten, centre_scenes, patch_siz
     from rscbir.models.load import configure_threads
     from rscbir.tiling import TilingConfig
 
-    options.check_output(json_path)
     configure_threads()
     say = None if ctx.obj["quiet"] else (lambda line: click.echo(line, err=True))
     run = EmbedOptions(dim=dim or None, whiten=whiten, runtime=model_opts.runtime, device=model_opts.device)

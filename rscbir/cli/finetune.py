@@ -15,7 +15,7 @@ Examples:
                   --preset naip --self-supervised --patch-size 64 -o out/naip_ssl.pt""",
 )
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option("-o", "--output", required=True, callback=options.output_file, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
 @options.scene_options
 @options.tiling_options
 @options.model_options
@@ -28,9 +28,9 @@ Examples:
               help="For an image folder: train on these classes only (comma-separated), e.g. to test on unseen ones.")
 @click.option("--dim", type=int, default=128, show_default=True, help="Length of the learned embedding.")
 @click.option("--unfreeze", type=int, default=0, show_default=True, help="Also train the last N trunk stages (slow on CPU).")
-@click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True, help="Most passes over the training patches (training stops early when validation stops improving).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the split and the training order.")
 @click.pass_context
 def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, labels, label_field, self_supervised, half, classes,
              dim, unfreeze, epochs, lr, seed):  # fmt: skip
@@ -68,4 +68,4 @@ def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, l
             mode = "supervised-polygons"
     save_checkpoint(model, output, mode, classes, history)
     best = min((h["val_loss"] for h in history), default=float("nan"))
-    click.echo(f"wrote {output}: {mode}, {model.dim}-d head on {model.backbone.name}, {len(history)} epochs, best val loss {best:.3f}")
+    click.echo(f"wrote {output}: {mode}, {model.dim}-d head on {model.backbone.name}, {len(history)} epochs, best val loss {best:.3f}", err=True)

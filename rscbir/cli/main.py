@@ -16,14 +16,31 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class EnvironmentFault(click.ClickException):
+    """The machine refused (a read-only folder, a full disk, a vanished file): one line, exit code 1."""
+
+    exit_code = 1
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the path and the cause of an :class:`OSError`."""
+    text = str(exc).strip()
+    cause = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
+    text = f"{exc.filename}: {cause}" if exc.filename is not None else cause
+    return f"{text} (nothing was written: outputs appear whole or not at all)"
+
+
 class RscbirGroup(click.Group):
-    """Turns :class:`rscbir.errors.RscbirError` into :class:`UserError`."""
+    """One error policy for every command: user mistakes (:class:`rscbir.errors.RscbirError`) exit 2,
+    faults of the machine (any other :class:`OSError`: EACCES, ENOSPC, EROFS) exit 1, each as one line."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except RscbirError as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:
+            raise EnvironmentFault(describe_os_error(exc)) from None
 
 
 @click.group(cls=RscbirGroup)
@@ -35,4 +52,6 @@ def cli(ctx, verbose: int, quiet: bool) -> None:
     """Content-based image retrieval and change retrieval for satellite rasters."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("distributed", "bokeh", "tornado", "numexpr"):  # third-party loggers speak only with -v
+        logging.getLogger(chatty).setLevel(level if verbose else max(level, logging.WARNING))
     ctx.obj = {"quiet": quiet}

@@ -25,12 +25,24 @@ def split_list(ctx, param, value):
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def check_output(path) -> None:
-    """Refuse an output whose folder does not exist before any work starts."""
-    from pathlib import Path
+def check_output(path, folder: bool = False) -> None:
+    """Refuse, before any work starts, an output that cannot be written (see :func:`rscbir.atomic.check_writable`)."""
+    from rscbir.atomic import check_writable
 
-    if path not in (None, "-") and not Path(path).resolve().parent.is_dir():
-        raise click.BadParameter(f"{path}: folder {Path(path).parent} does not exist; create it first", param_hint="output")
+    if path not in (None, "-"):
+        check_writable(path, folder=folder)
+
+
+def output_file(ctx, param, value):
+    """Click callback for a file output: checked when the command line is read, before any work."""
+    check_output(value)
+    return value
+
+
+def output_folder(ctx, param, value):
+    """Click callback for a folder output (an index, an embedding store)."""
+    check_output(value, folder=True)
+    return value
 
 
 def length(value: str | None) -> int | str | None:

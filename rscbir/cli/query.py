@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rscbir.cli import options
+
 
 @click.command(
     epilog="""\b
@@ -32,10 +34,10 @@ Examples:
 @click.option("--negative", "negatives", multiple=True, metavar="PATCH_ID", help="Relevance feedback: a patch marked wrong (repeatable).")
 @click.option("--feedback", "feedback_file", type=click.Path(dir_okay=False),
               help="Marks from a GeoJSON/CSV (e.g. an earlier result) with a `label` of 1 (right) or 0 (wrong) per row.")
-@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
-@click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True)
-@click.option("--preview", type=click.Path(dir_okay=False), help="PNG contact sheet of the query and the hits.")
-@click.option("--html", type=click.Path(dir_okay=False), help="Leaflet map of the hits (folium).")
+@click.option("-o", "--output", default="-", callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
+@click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True, help="Results format.")
+@click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG contact sheet of the query and the hits.")
+@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the hits (folium).")
 def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, dates, scenes, exclude_radius, qe, positives, negatives,
           feedback_file, output, fmt, preview, html):  # fmt: skip
     """Find the patches of INDEX_DIR most like an example: an image chip, the
@@ -47,6 +49,7 @@ def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, date
 
     from rscbir import export
     from rscbir import query as q
+    from rscbir.atomic import all_or_nothing
     from rscbir.index import Index
     from rscbir.models.load import configure_threads
 
@@ -71,11 +74,12 @@ def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, date
     else:
         result = q.query_patch(opened, patch_id, k, filters, **ranking)
     text = json.dumps(export.to_geojson(result)) if fmt == "geojson" else export.to_csv(result)
-    export.write_text(text, output)
-    if preview:
-        export.contact_sheet(opened, result, preview, query_image=image)
-    if html:
-        export.leaflet_map(result, html)
+    with all_or_nothing():  # the results, the contact sheet and the map appear together or not at all
+        export.write_text(text, output)
+        if preview:
+            export.contact_sheet(opened, result, preview, query_image=image)
+        if html:
+            export.leaflet_map(result, html)
     if output not in (None, "-"):
         best = f", best score {result.hits['score'].iloc[0]:.3f}" if len(result.hits) else ""
         click.echo(f"wrote {len(result.hits)} results to {output}{best}", err=True)

@@ -15,7 +15,7 @@ Example:
               --align --patch-size 320m -o out/naip_tiles.parquet""",
 )
 @click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Catalog file: .parquet (GeoParquet) or .geojson.")
+@click.option("-o", "--output", required=True, callback=options.output_file, type=click.Path(dir_okay=False), help="Catalog file: .parquet (GeoParquet) or .geojson.")
 @options.scene_options
 @options.tiling_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
@@ -36,4 +36,4 @@ def tile(ctx, scenes, output, scene_opts, tiling, resampling, align):
     write_catalog(catalog, output)
     counts = catalog.groupby("scene_id").size().to_dict()
     summary = ", ".join(f"{scene.scene_id}: {counts.get(scene.scene_id, 0)}" for scene in opened)
-    click.echo(f"wrote {len(catalog)} patches to {output} ({summary})")
+    click.echo(f"wrote {len(catalog)} patches to {output} ({summary})", err=True)

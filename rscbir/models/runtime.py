@@ -73,7 +73,9 @@ class OnnxRuntimeModel:
         return torch.from_numpy(self._sessions[shape].run(None, {"x": array})[0])
 
     def close(self) -> None:
-        shutil.rmtree(self._folder, ignore_errors=True)
+        folder = getattr(self, "_folder", None)  # absent when __init__ failed (no temporary folder could be made)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def __del__(self) -> None:
         self.close()

@@ -17,6 +17,7 @@ every scene already embedded into ``.staging/`` and completes the index.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -31,12 +32,12 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from rscbir.atomic import atomic_path, fsync_path
+from rscbir.atomic import atomic_path, fsync_path, settle_folder
 from rscbir.catalog import read_catalog
 from rscbir.embed import EmbeddingStore, EmbedOptions, Runner, embed_scenes
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, QueryError
 from rscbir.grid import Grid, common_grid
-from rscbir.manifest import FORMAT, MANIFEST, read_manifest
+from rscbir.manifest import FORMAT, MANIFEST, check_sizes, file_records, read_manifest
 from rscbir.models.features import FeatureModel, ModelConfig
 from rscbir.models.whitening import PCAWhitening
 from rscbir.rerank import augment_database, normalise
@@ -50,6 +51,7 @@ EXACT_LIMIT = 100_000  # up to this many vectors "auto" keeps exact search
 # Database-side augmentation with each patch's 5 nearest (chosen among 3, 5, 10 on the design half of RSSCN7):
 # with query expansion, mAP 0.569 -> 0.610 on all of RSSCN7 (benchmarks/results.md).
 DEFAULT_AUGMENT = 5
+STAGING = ".staging"
 
 
 def auto_index_type(count: int) -> str:
@@ -133,6 +135,7 @@ class Index:
         """Open ``path``; raises :class:`IndexFileError` when it is not a complete index."""
         path = Path(path)
         manifest = read_manifest(path)
+        check_sizes(path, manifest)
         try:
             files = manifest["files"]
             catalog = read_catalog(path / files["catalog"])
@@ -270,22 +273,49 @@ def build_index(
     existing = _open_for_append(path)
     if existing is not None:
         _check_compatible(path, existing, model.config, tiling, options, augment, centre_scenes)
-    path.mkdir(parents=True, exist_ok=True)
-    grid = _index_grid(existing, scenes) if align else None
+    created = not path.exists()
+    path.mkdir(exist_ok=True)  # the parent must exist, as for every other output
+    staging = path / STAGING
+    _remove_stale_temporaries(staging)
     summary = {"added": [], "skipped": [], "reused": [], "failed": []}
-    new_stores = _stage_scenes(path, existing, scenes, model, tiling, options, grid, runner, summary)
-    if not new_stores:
-        if existing is not None:
+    new_stores: list = []
+    try:
+        grid = _index_grid(existing, scenes) if align else None
+        new_stores = _stage_scenes(path, existing, scenes, model, tiling, options, grid, runner, summary)
+        if not new_stores:
+            if existing is None:
+                reasons = "; ".join(f["error"] for f in summary["failed"]) or "no scene given"
+                raise IndexFileError(f"no scene could be indexed, nothing was written: {reasons}")
+            shutil.rmtree(staging, ignore_errors=True)
             return existing, summary
-        if summary["failed"]:
-            raise IndexFileError("no scene could be indexed: " + "; ".join(f["error"] for f in summary["failed"]))
-    index = _write_generation(path, existing, new_stores, model.config, tiling, options, index_type, grid, augment, centre_scenes)
-    staging = path / ".staging"
-    for _, _, stage in new_stores:
-        shutil.rmtree(stage, ignore_errors=True)
-    if staging.exists() and not any(staging.iterdir()):
-        staging.rmdir()
+        index = _write_generation(path, existing, new_stores, model.config, tiling, options, index_type, grid, augment, centre_scenes)
+    except Exception:
+        # An error (not an interruption: Ctrl-C and kill keep .staging so the next run resumes) leaves nothing
+        # behind: a folder this run created is removed, else the stages this run wrote.
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            for name in summary["added"]:
+                for stage in staging.glob(f"{name}-*"):
+                    shutil.rmtree(stage, ignore_errors=True)
+            _remove_if_empty(staging)
+        raise
+    # every stage is now in the index; whatever else .staging holds is left from killed runs of other scenes
+    shutil.rmtree(staging, ignore_errors=True)
     return index, summary
+
+
+def _remove_stale_temporaries(staging: Path) -> None:
+    """Half-written stage folders (``.name.xxxx``, from a killed run) can never be resumed: remove them."""
+    if staging.is_dir():
+        for entry in staging.iterdir():
+            if entry.name.startswith("."):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _open_for_append(path: Path) -> Index | None:
@@ -294,7 +324,7 @@ def _open_for_append(path: Path) -> Index | None:
         raise IndexFileError(f"{path}: exists and is not a folder")
     if (path / MANIFEST).exists():
         return Index.open(path)
-    if path.exists() and any(p for p in path.iterdir() if p.name != ".staging"):
+    if path.exists() and any(p for p in path.iterdir() if p.name != STAGING):
         raise IndexFileError(f"{path}: folder exists and holds no rscbir index; choose an empty or new folder")
     return None
 
@@ -329,7 +359,7 @@ def _index_grid(existing: Index | None, scenes: Sequence[Scene]) -> Grid:
 
 def _stage_scenes(path, existing, scenes, model, tiling, options, grid, runner, summary) -> list[tuple[dict, EmbeddingStore, Path]]:
     """Embed each new scene into ``.staging/`` (reusing what a killed run staged); fills ``summary``."""
-    staging = path / ".staging"
+    staging = path / STAGING
     staging.mkdir(exist_ok=True)
     known = {s["scene_id"]: s for s in (existing.manifest["scenes"] if existing else [])}
     key = _fingerprint_key(model.config, tiling, options)
@@ -483,14 +513,12 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
         requested = existing.manifest["index_type_requested"] if (existing is not None and index_type == "auto") else index_type
         factory = auto_index_type(total) if requested == "auto" else requested
         searched = _write_augmented(path, names["augmented"], existing, vectors, old_count, augment) if augment else vectors
-        faiss.write_index(_faiss_for(existing, searched, old_count, factory), str(path / names["faiss"]))
+        _write_faiss(_faiss_for(existing, searched, old_count, factory), path / names["faiss"])
         pca_name = old_files.get("pca")
         if pca is not None and pca_name is None:
             pca_name = f"pca-{generation:06d}.npz"
             written.append(path / pca_name)
             pca.save(path / pca_name)
-        for file in written:
-            fsync_path(file)
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -511,17 +539,94 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
             "scenes": (existing.manifest["scenes"] if existing else []) + [r for r, _, _ in new_stores],
             "files": {**names, **({"pca": pca_name} if pca_name else {})},
         }
-        with atomic_path(path / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2))
-        fsync_path(path)
+        _commit_generation(path, manifest, written)
     except BaseException:
         for file in written:
             file.unlink(missing_ok=True)
         raise
-    for key, name in old_files.items():  # the old generation is garbage only now
-        if name != manifest["files"].get(key):
-            (path / name).unlink(missing_ok=True)
+    _drop_files(path, old_files, manifest["files"])
     return Index.open(path)
 
 
-__all__ = ["Index", "build_index", "build_faiss", "auto_index_type", "scene_content_hash"]
+def _commit_generation(path: Path, manifest: dict, written: Sequence[Path]) -> None:
+    """Flush the generation's files, record their sizes and checksums, then swap the manifest (the commit)."""
+    for file in written:
+        fsync_path(file)
+    manifest["checksums"] = file_records(path, manifest["files"].values())
+    with atomic_path(path / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    settle_folder(path)
+
+
+def _drop_files(path: Path, old_files: dict, new_files: dict) -> None:
+    """Remove the previous generation's files, garbage only once the new manifest is in place."""
+    for key, name in old_files.items():
+        if name != new_files.get(key):
+            (path / name).unlink(missing_ok=True)
+
+
+def remove_from_index(path: str | os.PathLike, scene_ids: Sequence[str] = (), dates: Sequence[str] = ()) -> tuple[Index, list[str]]:
+    """Remove every patch of the scenes ``scene_ids`` and of the ``dates`` from the index; returns the index and the
+    scene ids removed.
+
+    Written as a new generation and committed by the manifest swap, like an append: a failure or a kill leaves the
+    index as it was. The kept rows keep their vectors (and augmented vectors) as stored; the FAISS index is rebuilt
+    over them. Removing every scene is refused (delete the folder instead).
+    """
+    path = Path(path)
+    existing = Index.open(path)
+    known = {s["scene_id"]: s for s in existing.manifest["scenes"]}
+    wanted_dates = {normalise_date(d) for d in dates}
+    unknown = [s for s in scene_ids if s not in known]
+    if unknown:
+        raise QueryError(f"{path}: no scene {', '.join(map(repr, unknown))} in the index (scenes: {', '.join(known)})")
+    missing_dates = wanted_dates - {s.get("date") for s in known.values()}
+    if missing_dates:
+        raise QueryError(f"{path}: no scene dated {', '.join(sorted(missing_dates))} in the index")
+    removed = [sid for sid, s in known.items() if sid in scene_ids or s.get("date") in wanted_dates]
+    if len(removed) == len(known):
+        raise IndexFileError(f"{path}: that would remove every scene; delete the folder to remove the whole index")
+    keep = ~existing.catalog["scene_id"].isin(removed).to_numpy()
+    rows = np.flatnonzero(keep)
+    generation = existing.manifest["generation"] + 1
+    old_files = dict(existing.manifest["files"])
+    names = {"catalog": f"catalog-{generation:06d}.parquet", "vectors": f"vectors-{generation:06d}.npy",
+             "faiss": f"faiss-{generation:06d}.index"}  # fmt: skip
+    if existing.augmented is not None:
+        names["augmented"] = f"augmented-{generation:06d}.npy"
+    written = [path / name for name in names.values()]
+    try:
+        copies = {"vectors": existing.vectors, **({"augmented": existing.augmented} if existing.augmented is not None else {})}
+        for key, source in copies.items():
+            target = np.lib.format.open_memmap(path / names[key], mode="w+", dtype=source.dtype, shape=(len(rows), source.shape[1]))
+            for start in range(0, len(rows), 65536):
+                target[start : start + 65536] = source[rows[start : start + 65536]]
+            target.flush()
+            copies[key] = target
+        catalog = existing.catalog.iloc[rows].reset_index(drop=True)
+        catalog["vector"] = np.arange(len(catalog), dtype=np.int64)
+        catalog.to_parquet(path / names["catalog"], index=False)
+        searched = copies.get("augmented", copies["vectors"])
+        _write_faiss(build_faiss(searched, existing.manifest["index_type"]), path / names["faiss"])
+        manifest = {**existing.manifest, "generation": generation, "count": len(rows),
+                    "scenes": [s for s in existing.manifest["scenes"] if s["scene_id"] not in removed],
+                    "files": {**names, **({"pca": old_files["pca"]} if old_files.get("pca") else {})}}  # fmt: skip
+        _commit_generation(path, manifest, written)
+    except BaseException:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise
+    _drop_files(path, old_files, manifest["files"])
+    return Index.open(path), removed
+
+
+def _write_faiss(index: faiss.Index, target: Path) -> None:
+    """``faiss.write_index`` with its failures (a full disk, a read-only folder) as the OSError they are."""
+    try:
+        faiss.write_index(index, str(target))
+    except RuntimeError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise OSError(errno.EIO, f"FAISS could not write the index ({lines[-1].strip() if lines else 'write failed'})", str(target)) from None
+
+
+__all__ = ["Index", "build_index", "remove_from_index", "build_faiss", "auto_index_type", "scene_content_hash"]

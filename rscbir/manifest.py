@@ -6,6 +6,7 @@ standard library: it answers in a fraction of a second whatever the index's size
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,59 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexFileError(f"{path}: {MANIFEST} is not an rscbir index manifest")
     return manifest
+
+
+def file_checksum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """``blake2b:<hex>`` of a file, streamed in 1 MiB reads (about 1 GB/s: a second per million 128-d vectors)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return "blake2b:" + digest.hexdigest()
+
+
+def file_records(path: str | os.PathLike, names) -> dict:
+    """``{name: {"bytes": size, "checksum": ...}}`` for the data files of a generation, for the manifest."""
+    path = Path(path)
+    return {name: {"bytes": (path / name).stat().st_size, "checksum": file_checksum(path / name)} for name in names}
+
+
+def check_sizes(path: str | os.PathLike, manifest: dict) -> None:
+    """The cheap check made at every open: each data file exists with the size the manifest recorded."""
+    path = Path(path)
+    for name, record in manifest.get("checksums", {}).items():
+        try:
+            size = (path / name).stat().st_size
+        except FileNotFoundError:
+            raise IndexFileError(f"{path / name}: missing; the index is damaged (rebuild it with `rscbir index`)") from None
+        if size != record["bytes"]:
+            raise IndexFileError(f"{path / name}: {size} bytes, the manifest recorded {record['bytes']}; the file is damaged "
+                                 "(truncated or overwritten): rebuild the index with `rscbir index`")  # fmt: skip
+
+
+def verify_index(path: str | os.PathLike) -> dict:
+    """Re-hash every data file of the index against its manifest (``rscbir check``, like ``git fsck``).
+
+    Returns ``{"files": n, "bytes": total, "damaged": [{"file", "problem"}], "unchecked": [names]}``;
+    an index written before checksums were recorded has every file ``unchecked``.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    records = manifest.get("checksums", {})
+    damaged, total = [], 0
+    for name, record in records.items():
+        file = path / name
+        if not file.is_file():
+            damaged.append({"file": str(file), "problem": "missing"})
+            continue
+        size = file.stat().st_size
+        total += size
+        if size != record["bytes"]:
+            damaged.append({"file": str(file), "problem": f"{size} bytes, recorded {record['bytes']}"})
+        elif file_checksum(file) != record["checksum"]:
+            damaged.append({"file": str(file), "problem": "content differs from its checksum (bytes overwritten)"})
+    unchecked = sorted(set(manifest["files"].values()) - set(records))
+    return {"path": str(path), "files": len(records), "bytes": total, "damaged": damaged, "unchecked": unchecked}
 
 
 def describe_index(path: str | os.PathLike) -> dict:

@@ -127,7 +127,7 @@ def test_kill_minus_9_leaves_readable_index_and_rerun_resumes(tmp_path):
     rerun = subprocess.run(command[:3] + ["index", str(b), str(big), "-o", str(out), "--patch-size", "32", "--input-size", "32"],
                            env=env, capture_output=True, text=True)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
-    assert "1 resumed from staged embeddings" in rerun.stdout
+    assert "1 resumed from staged embeddings" in rerun.stderr  # messages go to stderr
     final = Index.open(out)
     assert len(final) == 64 + 64 + 4096 and final.catalog["patch_id"].is_unique
     assert not (out / ".staging").exists()

@@ -1,6 +1,7 @@
 """The ``rscbir`` command line: a thin click layer over the library API."""
 
 from rscbir.cli.change import change, query_change
+from rscbir.cli.check import check
 from rscbir.cli.embed import embed
 from rscbir.cli.evaluate import eval_group
 from rscbir.cli.finetune import finetune
@@ -11,6 +12,7 @@ from rscbir.cli.main import cli
 from rscbir.cli.tile import tile
 
 cli.add_command(change)
+cli.add_command(check)
 cli.add_command(embed)
 cli.add_command(eval_group)
 cli.add_command(finetune)

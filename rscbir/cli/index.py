@@ -16,8 +16,8 @@ Example:
                ../shared/data/naip_timeseries/m_4709963_se_14_1_20200831.tif \\
                --align --preset naip --patch-size 320m -o out/naip_index""",
 )
-@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Index folder (created, or appended to).")
+@click.argument("scenes", nargs=-1, metavar="SCENE...")
+@click.option("-o", "--output", required=True, callback=options.output_folder, type=click.Path(file_okay=False), help="Index folder (created, or appended to).")
 @options.scene_options
 @options.tiling_options
 @options.model_options
@@ -33,9 +33,13 @@ Example:
 @options.workers_option
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
               help="Embed on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 uses a running one.")  # fmt: skip
+@click.option("--remove", "remove_scenes", multiple=True, metavar="SCENE_ID",
+              help="Remove this scene's patches from the index in OUTPUT (repeatable; no SCENE arguments).")  # fmt: skip
+@click.option("--remove-date", "remove_dates", multiple=True, metavar="DATE",
+              help="Remove every scene of this date (YYYY-MM-DD or YYYYMMDD) from the index (repeatable).")  # fmt: skip
 @click.pass_context
 def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type, augment, centre_scenes, batch_size,
-          workers, scheduler):  # fmt: skip
+          workers, scheduler, remove_scenes, remove_dates):  # fmt: skip
     """Index SCENE... for retrieval: patch catalog, embeddings and a FAISS index in one folder.
 
     Appending to an existing folder skips scenes already present (same id and
@@ -43,7 +47,19 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     atomic: an interrupted run leaves the previous index readable, and the next
     run reuses the scenes it had already embedded. An unreadable scene among
     several is reported and skipped: exit code 3 says the run was partial.
+    With --remove / --remove-date (and no SCENE) patches leave the index the
+    same atomic way.
     """
+    if remove_scenes or remove_dates:
+        if scenes:
+            raise click.UsageError("--remove/--remove-date edit an existing index: give no SCENE arguments")
+        from rscbir.index import remove_from_index
+
+        kept, removed = remove_from_index(output, remove_scenes, remove_dates)
+        click.echo(f"{output}: removed {', '.join(removed)}; {len(kept)} patches from {len(kept.manifest['scenes'])} scene(s) remain", err=True)
+        return
+    if not scenes:
+        raise click.UsageError("give SCENE... to index (or --remove/--remove-date to take scenes out)")
     from rasterio.enums import Resampling
 
     from rscbir.embed import EmbedOptions
@@ -63,6 +79,10 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
             runner = stack.enter_context(dask_runner(scheduler, model, run))
         built, summary = build_index(output, opened, model, tiling, align, run, index_type, runner, augment, centre_scenes)
     summary["failed"] = failed + summary["failed"]
+    if summary["failed"] and not (summary["added"] or summary["skipped"]):  # nothing of this run succeeded: not "partial"
+        from rscbir.errors import IndexFileError
+
+        raise IndexFileError("no scene could be indexed, the index is unchanged: " + "; ".join(f"{f['scene']}: {f['error']}" for f in summary["failed"]))
     parts = [f"{len(summary['added'])} scene(s) added"]
     if summary["skipped"]:
         parts.append(f"{len(summary['skipped'])} already indexed ({', '.join(summary['skipped'])})")
@@ -70,7 +90,7 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
         parts.append(f"{len(summary['reused'])} resumed from staged embeddings")
     if summary["failed"]:
         parts.append(f"{len(summary['failed'])} FAILED and skipped")
-    click.echo(f"{output}: {len(built)} patches, {built.manifest['dim']}-d, FAISS {built.manifest['index_type']}; " + "; ".join(parts))
+    click.echo(f"{output}: {len(built)} patches, {built.manifest['dim']}-d, FAISS {built.manifest['index_type']}; " + "; ".join(parts), err=True)
     if summary["failed"]:
         for failure in summary["failed"]:
             click.echo(f"skipped {failure['scene']}: {failure['error']}", err=True)

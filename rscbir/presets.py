@@ -18,7 +18,7 @@ from typing import Sequence
 import yaml
 
 from rscbir.errors import BandError, PresetError, RscbirError
-from rscbir.scene import Scene
+from rscbir.scene import Scene, scene_locations
 
 
 def _bundled() -> dict[str, Path]:
@@ -106,6 +106,7 @@ class SceneOptions:
 
     def open(self, locations: Sequence[str | os.PathLike]) -> tuple[list[Scene], Preset | None]:
         """Open every location; any unreadable one is an error."""
+        locations = scene_locations(locations)
         if self.dates and len(self.dates) != len(locations):
             raise BandError(f"give --date once per scene ({len(locations)}), or not at all")
         return open_scenes(locations, self.preset, self.bands, self.band_names, self.scale, self.dates or None)
@@ -113,6 +114,7 @@ class SceneOptions:
     def open_each(self, locations: Sequence[str | os.PathLike]) -> tuple[list[Scene], Preset | None, list[dict]]:
         """Open the locations one by one: unreadable ones are returned as failures, not raised
         (indexing many scenes goes on past one bad file). A single location still raises."""
+        locations = scene_locations(locations)
         if len(locations) == 1:
             scenes, preset = self.open(locations)
             return scenes, preset, []

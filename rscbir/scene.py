@@ -367,6 +367,36 @@ class SceneReader:
 
 
 # ---------------------------------------------------------------------- helpers
+def scene_locations(locations: Sequence[str | os.PathLike]) -> list[str]:
+    """One location per scene: a glob that matches several multi-band rasters means one scene per file.
+
+    A folder or glob of single-band files is one scene (its bands); a quoted glob such as
+    ``'naip/*.tif'`` over ten four-band files is ten scenes, never one 40-band stack. A glob that mixes
+    single- and multi-band files is refused.
+    """
+    out: list[str] = []
+    for location in map(os.fspath, locations):
+        if Path(location).exists() or not any(ch in location for ch in "*?["):
+            out.append(location)
+            continue
+        files = _expand(location)
+        counts = []
+        for path in files:
+            with _open_raster(path) as ds:
+                counts.append(ds.count)
+        if len(files) > 1 and all(c > 1 for c in counts):
+            out.extend(files)
+        elif len(files) > 1 and any(c > 1 for c in counts):
+            multi = [Path(f).name for f, c in zip(files, counts) if c > 1]
+            raise BandError(
+                f"{location}: matches single-band files and multi-band files ({', '.join(multi[:3])}); a pattern is either "
+                "the band files of one scene or one scene per multi-band file"
+            )
+        else:
+            out.append(location)
+    return out
+
+
 def _expand(location: str) -> list[str]:
     path = Path(location)
     if path.is_dir():

@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_feedback.py
 	$(BIN)/python benchmarks/bench_query.py
 	$(BIN)/python benchmarks/bench_change.py
+	$(BIN)/python benchmarks/bench_startup.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -57,6 +57,10 @@ class QueryError(RscbirError, ValueError):
     """A query cannot be answered: point outside every scene, unknown date or scene."""
 
 
+class OutsideCoverageError(QueryError):
+    """A query point lies outside every indexed patch (of the asked date)."""
+
+
 class DateError(RscbirError, ValueError):
     """A date cannot be read (``--date``, a file name, a TIFF tag, a query filter)."""
 

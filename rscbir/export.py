@@ -151,28 +151,32 @@ def change_geojson(frame: gpd.GeoDataFrame, summary: dict) -> dict:
     return doc
 
 
-def score_raster(scores: ChangeScores, method: ChangeMethod | str, path: str | os.PathLike) -> Path:
-    """Write the scores as a float32 GeoTIFF on the common grid.
+def score_grid(scores: ChangeScores, method: ChangeMethod | str) -> tuple[np.ndarray, Affine]:
+    """The scores as a float32 array on the common grid's CRS, and its transform.
 
-    With per-pixel maps (``--dense``) the raster has the grid's own pixels;
-    otherwise one cell per patch stride. NaN (the nodata value) marks pixels or
-    cells with no patch.
+    With per-pixel maps (``--dense``) the array has the grid's own pixels;
+    otherwise one cell per patch stride. NaN marks pixels or cells with no patch.
     """
     method = ChangeMethod(method).value
     patches = scores.patches
     if scores.pixels and method in scores.pixels:
-        data = scores.pixels[method]
-        height, width = data.shape
-        transform = scores.grid.transform
-    else:
-        size, stride = scores.tiling.pixels(scores.grid)
-        height = int(patches["row"].max()) + 1 if len(patches) else 1
-        width = int(patches["col"].max()) + 1 if len(patches) else 1
-        data = np.full((height, width), np.nan, dtype=np.float32)
-        data[patches["row"].to_numpy(), patches["col"].to_numpy()] = patches[method].to_numpy()
-        # a cell is the stride step; shifted so cell centres sit on patch centres
-        offset = (size - stride) / 2
-        transform = scores.grid.transform * Affine.translation(offset, offset) * Affine.scale(stride)
+        return scores.pixels[method], scores.grid.transform
+    size, stride = scores.tiling.pixels(scores.grid)
+    height = int(patches["row"].max()) + 1 if len(patches) else 1
+    width = int(patches["col"].max()) + 1 if len(patches) else 1
+    data = np.full((height, width), np.nan, dtype=np.float32)
+    data[patches["row"].to_numpy(), patches["col"].to_numpy()] = patches[method].to_numpy()
+    # a cell is the stride step; shifted so cell centres sit on patch centres
+    offset = (size - stride) / 2
+    return data, scores.grid.transform * Affine.translation(offset, offset) * Affine.scale(stride)
+
+
+def score_raster(scores: ChangeScores, method: ChangeMethod | str, path: str | os.PathLike) -> Path:
+    """Write the scores as a float32 GeoTIFF on the common grid (see :func:`score_grid`); NaN is nodata."""
+    method = ChangeMethod(method).value
+    patches = scores.patches
+    data, transform = score_grid(scores, method)
+    height, width = data.shape
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
                            crs=scores.grid.crs, transform=transform, nodata=float("nan"), compress="deflate") as dst:  # fmt: skip

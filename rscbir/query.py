@@ -30,7 +30,7 @@ from pyproj import Transformer
 from rasterio.errors import RasterioError
 
 from rscbir.catalog import metres_from, patch_centres
-from rscbir.errors import FeedbackError, QueryError
+from rscbir.errors import FeedbackError, OutsideCoverageError, QueryError
 from rscbir.images import load_image
 from rscbir.index import Index
 from rscbir.models.load import model_from_config
@@ -89,7 +89,7 @@ def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> i
     covering = np.flatnonzero(catalog.geometry.covers(point).to_numpy())
     if len(covering) == 0:
         west, south, east, north = catalog.total_bounds if len(catalog) else (np.nan,) * 4
-        raise QueryError(
+        raise OutsideCoverageError(
             f"point ({lon:.6f}, {lat:.6f}) lies outside every indexed patch; the index covers "
             f"lon {west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}"
         )
@@ -98,7 +98,7 @@ def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> i
         wanted = normalise_date(date)
         covering = covering[dates == wanted]
         if len(covering) == 0:
-            raise QueryError(f"no patch of date {wanted} covers ({lon:.6f}, {lat:.6f}); dates there: {', '.join(sorted(set(dates.astype(str))))}")
+            raise OutsideCoverageError(f"no patch of date {wanted} covers ({lon:.6f}, {lat:.6f}); dates there: {', '.join(sorted(set(dates.astype(str))))}")
     else:
         valid = np.array([d is not None for d in dates])
         if valid.any():
@@ -334,7 +334,7 @@ def query_change(index: Index, lon: float, lat: float, dates: Sequence[str], k: 
     point = shapely.Point(lon, lat)
     covering = np.flatnonzero(frame.geometry.covers(point).to_numpy())
     if len(covering) == 0:
-        raise QueryError(f"point ({lon:.6f}, {lat:.6f}) is not covered by a patch indexed at both dates {', '.join(dates)}")
+        raise OutsideCoverageError(f"point ({lon:.6f}, {lat:.6f}) is not covered by a patch indexed at both dates {', '.join(dates)}")
     example = int(covering[0])
     candidates = np.ones(len(frame), bool) if all_pairs else magnitude > Threshold.parse(threshold).value(magnitude)
     candidates[example] = False

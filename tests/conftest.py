@@ -55,3 +55,23 @@ def real_data():
     if not DATA.is_dir():
         pytest.skip(f"real data folder {DATA} is absent (the project's shared/data sets)")
     return DATA
+
+
+NAIP = "naip_timeseries/m_4709963_se_14_1_{}.tif"
+
+
+@pytest.fixture(scope="session")
+def naip_index(tmp_path_factory):
+    """A small real index built once per run: NAIP 2009 and 2020 aligned, 320 m patches (154 per date).
+    Tests that change an index copy it first."""
+    from click.testing import CliRunner
+
+    from rscbir.cli import cli
+
+    if not DATA.is_dir():
+        pytest.skip(f"real data folder {DATA} is absent")
+    out = tmp_path_factory.mktemp("naip") / "naip_index"
+    result = CliRunner().invoke(cli, ["-q", "index", str(DATA / NAIP.format("20090818")), str(DATA / NAIP.format("20200831")),
+                                      "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out

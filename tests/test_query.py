@@ -15,20 +15,6 @@ from rscbir.errors import QueryError
 from rscbir.index import Index
 from rscbir.query import Filters, QueryExpansion, patch_at, query_image, query_patch, query_point
 
-NAIP = "naip_timeseries/m_4709963_se_14_1_{}.tif"
-
-
-@pytest.fixture(scope="module")
-def naip_index(tmp_path_factory):
-    from conftest import DATA
-
-    if not DATA.is_dir():
-        pytest.skip(f"real data folder {DATA} is absent")
-    out = tmp_path_factory.mktemp("q") / "naip_index"
-    result = CliRunner().invoke(cli, ["-q", "index", str(DATA / NAIP.format("20090818")), str(DATA / NAIP.format("20200831")),
-                                      "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def centre_of(index, patch_id):

@@ -6,7 +6,7 @@ DATA ?= ../shared/data
 OUT ?= out
 NAIP := $(DATA)/naip_timeseries/m_4709963_se_14_1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser screenshots
 
 install: $(VENV)/.installed
 
@@ -38,9 +38,21 @@ demo: install
 		-o $(OUT)/rennes_change.geojson --scores $(OUT)/rennes_scores.tif --preview $(OUT)/rennes_change.png
 	$(BIN)/rscbir change --index $(OUT)/naip_index --dates 20090818 20200831 --method cosine -o $(OUT)/naip_change.geojson
 	$(BIN)/python scripts/demo_report.py $(OUT)
+	@echo "explore the index on a map (click to search, mark results, see the change): $(BIN)/rscbir serve $(OUT)/naip_index"
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# the browser test of `rscbir serve` drives Debian's chromium (Playwright without its own browser download)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found and not root: the browser test will skip (sudo apt-get install chromium)"; fi; }
+
+# refresh the README's pictures of `rscbir serve` (made by the browser test)
+screenshots: install browser
+	RSCBIR_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_serve.py -k browser
 
 bench: install
 	$(BIN)/python benchmarks/bench_tiling.py
@@ -49,6 +61,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_feedback.py
 	$(BIN)/python benchmarks/bench_query.py
 	$(BIN)/python benchmarks/bench_change.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_startup.py
 
 clean:

@@ -8,6 +8,7 @@ from rscbir.cli.finetune import finetune
 from rscbir.cli.index import index
 from rscbir.cli.info import info
 from rscbir.cli.query import query
+from rscbir.cli.serve import serve
 from rscbir.cli.main import cli
 from rscbir.cli.tile import tile
 
@@ -20,6 +21,7 @@ cli.add_command(index)
 cli.add_command(info)
 cli.add_command(query)
 cli.add_command(query_change)
+cli.add_command(serve)
 cli.add_command(tile)
 
 __all__ = ["cli"]

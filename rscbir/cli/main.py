@@ -52,6 +52,6 @@ def cli(ctx, verbose: int, quiet: bool) -> None:
     """Content-based image retrieval and change retrieval for satellite rasters."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("distributed", "bokeh", "tornado", "numexpr"):  # third-party loggers speak only with -v
+    for chatty in ("distributed", "bokeh", "tornado", "numexpr", "werkzeug", "waitress"):  # third-party loggers speak only with -v
         logging.getLogger(chatty).setLevel(level if verbose else max(level, logging.WARNING))
     ctx.obj = {"quiet": quiet}

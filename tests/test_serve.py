@@ -1,0 +1,229 @@
+"""``rscbir serve``: the JSON API (Flask test client), a load test on loopback, and the page in a real browser."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import morecantile
+import numpy as np
+import pytest
+import shapely
+from click.testing import CliRunner
+from PIL import Image
+
+from rscbir.cli import cli
+from rscbir.index import Index, remove_from_index
+from rscbir.web.page import create_app, make_server
+
+pytestmark = pytest.mark.realdata
+POINT = (-99.1329, 47.0294)  # a lake shore inside both NAIP years
+DATES = "20090818,20200831"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def client(naip_index):
+    return create_app(naip_index).server.test_client()
+
+
+def _query_cli(index, *args) -> dict:
+    result = CliRunner().invoke(cli, ["query", str(index), *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_api_query_answers_what_the_cli_answers(client, naip_index):
+    answer = client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&k=8&exclude_radius=300")
+    assert answer.status_code == 200 and answer.mimetype == "application/geo+json"
+    doc = answer.get_json(force=True)
+    cli_doc = _query_cli(naip_index, "--lonlat", str(POINT[0]), str(POINT[1]), "-k", "8", "--exclude-radius", "300")
+    assert [f["properties"]["patch_id"] for f in doc["features"]] == [f["properties"]["patch_id"] for f in cli_doc["features"]]
+    assert np.allclose([f["properties"]["score"] for f in doc["features"]], [f["properties"]["score"] for f in cli_doc["features"]], atol=1e-6)
+    assert [f["properties"]["rank"] for f in doc["features"]] == list(range(1, 9))
+    query_shape = shapely.geometry.shape(doc["query"]["geometry"])
+    assert query_shape.contains(shapely.Point(POINT))  # lon/lat order: EPSG:4326 as RFC 7946 says
+    for feature in doc["features"]:
+        assert shapely.geometry.shape(feature["geometry"]).distance(query_shape.centroid) * 111_000 > 300 * 0.5
+
+
+def test_api_date_filter_and_feedback(client):
+    doc = client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&k=6&date=20090818").get_json(force=True)
+    assert {f["properties"]["date"] for f in doc["features"]} == {"2009-08-18"}
+    ids = [f["properties"]["patch_id"] for f in doc["features"]]
+    marked = client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&k=6&date=20090818&positive={ids[1]}&negative={ids[2]}").get_json(force=True)
+    again = [f["properties"]["patch_id"] for f in marked["features"]]
+    assert ids[2] not in again and again != ids  # the patch marked wrong is not shown again
+    assert marked["query"]["feedback"] == {"positives": [ids[1]], "negatives": [ids[2]]}
+
+
+@pytest.mark.parametrize(
+    "url, status, words",
+    [
+        ("/api/query?lon=-99.13", 400, "missing parameter 'lat'"),
+        ("/api/query?lon=-99.13&lat=47.02&k=ten", 400, "'k' must be an integer"),
+        ("/api/query?lon=-99.13&lat=nan", 400, "must be finite"),
+        ("/api/query?lon=-99.13&lat=47.02&bbox=1,2,3", 400, "bbox must be W,S,E,N"),
+        ("/api/query?lon=2.35&lat=48.85", 404, "outside every indexed patch"),
+        ("/api/query?lon=-99.13&lat=47.02&date=19990101", 404, "no patch of date 1999-01-01"),
+        ("/api/query?lon=-99.13&lat=47.02&negative=x:1:1", 400, "mark at least one patch right"),
+        ("/api/query-change?lon=-99.13&lat=47.02&dates=20090818,20090818", 400, "two different dates"),
+        ("/api/change?dates=20090818", 400, "two dates"),
+        ("/api/tiles/no_such_scene/14/3680/5760.png", 404, "no scene 'no_such_scene'"),
+        ("/api/tiles/..%2F..%2F..%2Fetc%2Fpasswd/14/3680/5760.png", 404, "no API endpoint"),
+        ("/api/tiles/x/..%2F..%2F..%2Fetc%2Fpasswd", 404, "no API endpoint"),
+        ("/api/tiles/m_4709963_se_14_1_20090818/14/1/1.png", 404, "outside"),
+        ("/api/thumbs/nope:0:0.png", 404, "no patch"),
+    ],
+)
+def test_bad_requests_answer_json_errors_never_a_traceback(client, url, status, words):
+    answer = client.get(url)
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    body = answer.get_json(force=True)
+    assert words in body["error"] and "Traceback" not in body["error"]
+
+
+def test_no_path_reaches_a_file_outside_the_index(client):
+    for url in ("/api/tiles/../../../../etc/passwd", "/api/thumbs/../../../../etc/passwd", "/api/tiles/%2E%2E/%2E%2E/etc/passwd/1/1/1.png"):
+        answer = client.get(url)
+        assert "root:" not in answer.get_data(as_text=True)
+
+
+def _tile_of(z: int, lon: float, lat: float):
+    return morecantile.tms.get("WebMercatorQuad").tile(lon, lat, z)
+
+
+def test_tiles_show_the_scene_where_it_is(client, naip_index):
+    index = Index.open(naip_index)
+    west, south, east, north = index.catalog.total_bounds
+    tile = _tile_of(15, (west + east) / 2, (south + north) / 2)
+    images = []
+    for scene in ("m_4709963_se_14_1_20090818", "m_4709963_se_14_1_20200831"):
+        answer = client.get(f"/api/tiles/{scene}/{tile.z}/{tile.x}/{tile.y}.png")
+        assert answer.status_code == 200 and answer.mimetype == "image/png"
+        image = np.asarray(Image.open(io.BytesIO(answer.data)).convert("RGBA"))
+        assert image.shape == (256, 256, 4) and (image[..., 3] == 255).all()  # the scene covers this tile
+        images.append(image[..., :3].astype(float))
+    assert images[0].std() > 5 and np.abs(images[0] - images[1]).mean() > 3  # real imagery, two different years
+    edge = _tile_of(13, west, north)  # the north-west corner: part scene, part transparent
+    alpha = np.asarray(Image.open(io.BytesIO(client.get(f"/api/tiles/m_4709963_se_14_1_20090818/{edge.z}/{edge.x}/{edge.y}.png").data)).convert("RGBA"))[..., 3]
+    assert 0 < (alpha > 0).mean() < 1
+
+
+def test_change_view_matches_rscbir_change(client, naip_index, tmp_path):
+    doc = client.get(f"/api/change?dates={DATES}").get_json(force=True)
+    out = tmp_path / "change.geojson"
+    result = CliRunner().invoke(cli, ["change", "--index", str(naip_index), "--dates", "20090818", "20200831", "--method", "cosine", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(out.read_text())
+    assert doc["change"]["changed_patches"] == expected["change"]["changed_patches"] > 0
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in doc["features"])
+    west, south, east, north = Index.open(naip_index).catalog.total_bounds
+    tile = _tile_of(14, (west + east) / 2, (south + north) / 2)
+    answer = client.get(f"/api/change-tiles/20090818/20200831/{tile.z}/{tile.x}/{tile.y}.png")
+    assert answer.status_code == 200 and answer.mimetype == "image/png"
+    hits = client.get(f"/api/query-change?lon={POINT[0]}&lat={POINT[1]}&dates={DATES}&k=5").get_json(force=True)
+    assert len(hits["features"]) == 5 and hits["features"][0]["properties"]["date"] == "2009-08-18/2020-08-31"
+
+
+def test_an_edit_of_the_index_shows_on_the_next_request(naip_index, tmp_path):
+    copy = tmp_path / "naip_index"
+    shutil.copytree(naip_index, copy)
+    client = create_app(copy).server.test_client()
+    assert client.get("/api/info").get_json()["patches"] == 308
+    assert client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&date=20090818").status_code == 200
+    remove_from_index(copy, dates=["20090818"])
+    assert client.get("/api/info").get_json()["patches"] == 154
+    answer = client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&date=20090818")
+    assert answer.status_code == 404 and "2009-08-18" in answer.get_json()["error"]
+
+
+@pytest.fixture(scope="module")
+def server(naip_index):
+    """The real server on a free loopback port, in a thread."""
+    running = make_server(naip_index, "127.0.0.1", 0)
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
+    thread.start()
+    yield running.url.rstrip("/")
+    running.shutdown()
+
+
+def test_load_8_threads_x_50_queries_all_succeed(server, naip_index):
+    bounds = Index.open(naip_index).catalog.geometry.bounds.to_numpy()
+    centres = (bounds[:, :2] + bounds[:, 2:]) / 2  # box centres: patches are small
+    rng = np.random.default_rng(0)
+    points = [tuple(centres[i]) for i in rng.integers(0, len(centres), 400)]
+
+    def ask(point):
+        with urllib.request.urlopen(f"{server}/api/query?lon={point[0]}&lat={point[1]}&k=10", timeout=60) as answer:
+            return answer.status, len(json.loads(answer.read())["features"])
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, points))
+    assert answers == [(200, 10)] * 400
+
+
+# ------------------------------------------------------------------ a real browser
+def _browser():
+    """Debian's chromium driven by Playwright; skipped only outside CI, where `make test` installs it."""
+    chromium = os.environ.get("RSCBIR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        message = "no chromium or playwright: `make test` installs Debian's chromium as root (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return chromium
+
+
+def test_page_in_a_real_browser(server, tmp_path):
+    chromium = _browser()
+    from playwright.sync_api import sync_playwright
+
+    outside, errors = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:", "blob:")) else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + "/")
+        page.wait_for_selector(".imagery img.leaflet-tile-loaded", timeout=60_000)  # the 2020 imagery is drawn
+        box = page.locator("#map").bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        page.wait_for_selector("#search-summary", timeout=60_000)
+        first = page.locator(".result small").all_inner_texts()  # the patch ids, in rank order
+        assert len(first) == 10 and page.locator(".result").first.inner_text().startswith("#1")
+        page.wait_for_function("() => [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(tmp_path / "search.png"))
+        page.locator(".mark-wrong").nth(1).click()  # result #2 is wrong
+        page.click("#rerun")
+        page.wait_for_function("() => document.querySelector('#search-summary').innerText.includes('1 wrong')", timeout=60_000)
+        second = page.locator(".result small").all_inner_texts()
+        assert len(second) == 10 and first[1] not in second  # the result marked wrong is gone, others took its place
+        page.locator("label:has-text('Change') input").click()
+        page.wait_for_selector("#change-summary", timeout=60_000)
+        page.wait_for_selector(".change-scores img.leaflet-tile-loaded", timeout=60_000)
+        assert "patches changed" in page.inner_text("#change-summary")
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)  # places that changed like this one
+        page.wait_for_selector("#search-summary", timeout=60_000)
+        dates = [text.split("\n")[1] for text in page.locator(".result").all_inner_texts()]
+        assert len(dates) == 10 and set(dates) == {"2009-08-18/2020-08-31"}
+        page.wait_for_timeout(1000)  # the change tiles settle
+        page.screenshot(path=str(tmp_path / "change.png"))
+        page.locator(".result img").nth(2).click()  # fly to a result: the map zooms to 16 over it
+        page.wait_for_selector(".imagery img.leaflet-tile-loaded[src*='/16/']", timeout=30_000)
+        browser.close()
+    assert outside == [], f"the page fetched from outside the app: {outside[:3]}"
+    assert errors == []
+    if os.environ.get("RSCBIR_SCREENSHOTS"):  # `make screenshots` refreshes the README's pictures
+        for name in ("search.png", "change.png"):
+            shutil.copy(tmp_path / name, Path(os.environ["RSCBIR_SCREENSHOTS"]) / f"serve_{name}")

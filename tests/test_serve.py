@@ -53,6 +53,13 @@ def test_api_query_answers_what_the_cli_answers(client, naip_index):
         assert shapely.geometry.shape(feature["geometry"]).distance(query_shape.centroid) * 111_000 > 300 * 0.5
 
 
+def test_api_bbox_keeps_results_inside_the_box(client):
+    box = (-99.16, 47.01, -99.14, 47.03)
+    doc = client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&k=5&bbox={','.join(map(str, box))}").get_json(force=True)
+    assert len(doc["features"]) == 5
+    assert all(shapely.geometry.shape(f["geometry"]).intersects(shapely.box(*box)) for f in doc["features"])
+
+
 def test_api_date_filter_and_feedback(client):
     doc = client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&k=6&date=20090818").get_json(force=True)
     assert {f["properties"]["date"] for f in doc["features"]} == {"2009-08-18"}

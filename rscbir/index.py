@@ -1,17 +1,23 @@
-"""The on-disk index folder: patch catalog + embeddings + FAISS index, written atomically.
+"""The on-disk index folder: a manifest plus immutable segments (catalog + embeddings + FAISS), written atomically.
 
 Layout of ``INDEX_DIR``::
 
-    index.json               manifest: model fingerprint, tiling, scenes, the files of the current generation
-    catalog-000003.parquet   patch rows; row i <-> vector i <-> FAISS id i
-    vectors-000003.npy       (N, dim) embeddings, kept for appends, exact re-ranking and query by patch
-    faiss-000003.index       the FAISS index (inner product on L2-normalised vectors = cosine)
-    .staging/                per-scene embedding stores of a run in progress (resume)
+    index.json                          manifest: model fingerprint, tiling, scenes, segments, checksums
+    segment-000003-catalog.parquet      the segment's patch rows (GeoParquet, row groups of 64k)
+    segment-000003-vectors.npy          (n, dim) embeddings: appends, exact re-ranking, query by patch
+    segment-000003-augmented.npy        database-side augmented vectors (what FAISS searches, --augment)
+    segment-000003-faiss.index          the segment's FAISS index (inner product on L2-normalised vectors)
+    pca-000001.npz, trained-000001.faiss   shared: the PCA, the trained empty index of IVF/PQ types
+    .staging/                           per-scene embedding stores of a run in progress (resume)
 
-Every change writes a new generation of files, fsyncs them, and only then
-replaces ``index.json`` (temporary file + rename). A kill -9 at any moment
-therefore leaves the previous complete index readable; the next run reuses
-every scene already embedded into ``.staging/`` and completes the index.
+An append embeds the new scenes into one new segment and swaps ``index.json``;
+it never rewrites an existing segment. Ids run through the segments in manifest
+order; a search asks every segment and merges by score. :func:`compact_index`
+merges segments (automatically past ``MAX_SEGMENTS``). Every change writes its
+new files, fsyncs them, and only then replaces ``index.json`` (temporary file +
+rename): a kill -9 at any moment leaves the previous complete index readable;
+the next run removes files no manifest names and reuses every scene already
+embedded into ``.staging/``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,7 @@ from rscbir.catalog import read_catalog
 from rscbir.embed import EmbeddingStore, EmbedOptions, Runner, embed_scenes
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, QueryError
 from rscbir.grid import Grid, common_grid
-from rscbir.manifest import FORMAT, MANIFEST, check_sizes, file_records, read_manifest
+from rscbir.manifest import FORMAT, MANIFEST, check_sizes, data_files, file_records, read_manifest, segment_records, shared_files
 from rscbir.models.features import FeatureModel, ModelConfig
 from rscbir.models.whitening import PCAWhitening
 from rscbir.rerank import augment_database, normalise
@@ -46,7 +53,7 @@ from rscbir.tiling import TilingConfig, aligned_grid
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: segments; version-1 indexes open as one segment
 EXACT_LIMIT = 100_000  # up to this many vectors "auto" keeps exact search
 # Database-side augmentation with each patch's 5 nearest (chosen among 3, 5, 10 on the design half of RSSCN7):
 # with query expansion, mAP 0.569 -> 0.610 on all of RSSCN7 (benchmarks/results.md).
@@ -59,20 +66,31 @@ def auto_index_type(count: int) -> str:
     return "Flat" if count <= EXACT_LIMIT else "HNSW32"
 
 
-def build_faiss(vectors: np.ndarray, factory: str, chunk: int = 65536) -> faiss.Index:
-    """A FAISS index (inner product) over float vectors, trained when the type needs it."""
-    n, dim = vectors.shape
+def train_faiss_probe(dim: int, factory: str) -> faiss.Index:
+    """An empty FAISS index of type ``factory`` (inner product); :class:`IndexFileError` for a type FAISS cannot build."""
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise IndexFileError(f"FAISS cannot build index type {factory!r} ({str(exc).splitlines()[-1]}); try Flat, HNSW32 or IVF1024,PQ32") from None
+
+
+def train_faiss(vectors: np.ndarray, factory: str) -> faiss.Index:
+    """An empty FAISS index of type ``factory``, trained on a sample of up to 200k ``vectors`` when the type needs it."""
+    n, dim = vectors.shape
+    index = train_faiss_probe(dim, factory)
     if not index.is_trained:
         needed = faiss.extract_index_ivf(index).nlist if "IVF" in factory else 256
         if n < needed:
             raise IndexFileError(f"index type {factory!r} needs at least {needed} vectors to train, the index has {n}; use Flat")
         sample = vectors[np.sort(np.random.default_rng(0).permutation(n)[:200_000])]
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    for start in range(0, n, chunk):
+    return index
+
+
+def build_faiss(vectors: np.ndarray, factory: str, chunk: int = 65536) -> faiss.Index:
+    """A FAISS index (inner product) over float vectors, trained when the type needs it."""
+    index = train_faiss(vectors, factory)
+    for start in range(0, len(vectors), chunk):
         index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
     tune_search(index)
     return index
@@ -113,44 +131,142 @@ def _fingerprint_key(config: ModelConfig, tiling: TilingConfig, options: EmbedOp
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
+class StackedRows:
+    """Rows of several ``(n_i, dim)`` arrays (the segments' memory-mapped files) read as one ``(sum n_i, dim)``
+    array: integer, slice and boolean indexing gather from the parts without joining them in memory."""
+
+    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.dtype = self.parts[0].dtype
+        self.shape = (int(self.offsets[-1]), self.parts[0].shape[1])
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (len(self) if key < 0 else 0)
+            part = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            return self.parts[part][row - self.offsets[part]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                pieces = [p[max(start - o, 0) : max(min(stop - o, len(p)), 0)] for p, o in zip(self.parts, self.offsets)]
+                pieces = [np.asarray(piece) for piece in pieces if len(piece)]
+                return np.concatenate(pieces) if pieces else np.empty((0, self.shape[1]), self.dtype)
+            key = np.arange(start, stop, step)
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for part in np.unique(which):
+            mine = which == part
+            local = rows[mine] - self.offsets[part]
+            order = np.argsort(local)  # memory maps read fastest in file order
+            out[np.flatnonzero(mine)[order]] = self.parts[part][local[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate([np.asarray(p) for p in self.parts])
+        return whole.astype(dtype, copy=False) if dtype is not None else whole
+
+
+@dataclass
+class Segment:
+    """One immutable part of an index: its catalog rows, vectors and FAISS index; ``offset`` is the global id
+    of its first row (ids run through the segments in manifest order)."""
+
+    id: int
+    offset: int
+    vectors: np.ndarray
+    augmented: np.ndarray | None
+    faiss_index: faiss.Index
+    record: dict
+
+    @property
+    def count(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def search_vectors(self) -> np.ndarray:
+        return self.augmented if self.augmented is not None else self.vectors
+
+
+def _joined(parts: list):
+    return parts[0] if len(parts) == 1 else StackedRows(parts)
+
+
 @dataclass
 class Index:
-    """An index folder opened for reading (and appending with :func:`build_index`)."""
+    """An index folder opened for reading (and appending with :func:`build_index`).
+
+    The index is a manifest plus immutable segments: an append adds a segment and never
+    rewrites the others; :func:`compact_index` merges them. Row ``i`` of :attr:`catalog` is
+    id ``i`` of :attr:`vectors` and of :meth:`search`, across every segment.
+    """
 
     path: Path
     manifest: dict
     catalog: gpd.GeoDataFrame
-    vectors: np.ndarray  # the patches' own embeddings (after PCA): change, feedback marks, query by patch
-    faiss_index: faiss.Index  # built over search_vectors
-    augmented: np.ndarray | None = None  # database-side augmented vectors (--augment), what FAISS searches
+    segments: list[Segment]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The patches' own embeddings (after PCA): change, feedback marks, query by patch."""
+        return _joined([s.vectors for s in self.segments])
+
+    @property
+    def augmented(self) -> np.ndarray | None:
+        """Database-side augmented vectors (``--augment``), what FAISS searches; None without."""
+        if any(s.augmented is None for s in self.segments):
+            return None
+        return _joined([s.augmented for s in self.segments])
 
     @property
     def search_vectors(self) -> np.ndarray:
         """The vectors FAISS ranks: augmented ones when the index was built with ``--augment``."""
-        return self.augmented if self.augmented is not None else self.vectors
+        return _joined([s.search_vectors for s in self.segments])
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Index":
-        """Open ``path``; raises :class:`IndexFileError` when it is not a complete index."""
+        """Open ``path``; raises :class:`IndexFileError` naming the file when it is not a complete index."""
         path = Path(path)
         manifest = read_manifest(path)
         check_sizes(path, manifest)
-        try:
-            files = manifest["files"]
-            catalog = read_catalog(path / files["catalog"])
-            vectors = np.load(path / files["vectors"], mmap_mode="r")
-            augmented = np.load(path / files["augmented"], mmap_mode="r") if files.get("augmented") else None
-            index = faiss.read_index(str(path / files["faiss"]))
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IndexFileError(f"{path}: index files are unreadable or corrupt ({first}); rebuild it with `rscbir index`") from None
-        if not (len(catalog) == len(vectors) == index.ntotal == manifest["count"]) or (augmented is not None and len(augmented) != len(vectors)):
-            raise IndexFileError(
-                f"{path}: index parts disagree ({len(catalog)} patches, {len(vectors)} vectors, {index.ntotal} in FAISS); rebuild it"
-            )
-        tune_search(index)
-        return cls(path, manifest, catalog, vectors, index, augmented)
+        segments, frames, offset = [], [], 0
+        for record in segment_records(manifest):
+            files = record["files"]
+            current = files["catalog"]
+            try:
+                frame = read_catalog(path / current)
+                current = files["vectors"]
+                vectors = np.load(path / current, mmap_mode="r")
+                augmented = None
+                if files.get("augmented"):
+                    current = files["augmented"]
+                    augmented = np.load(path / current, mmap_mode="r")
+                current = files["faiss"]
+                index = faiss.read_index(str(path / current))
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise IndexFileError(f"{path / current}: unreadable or corrupt ({first}); rebuild the index with `rscbir index`") from None
+            if not (len(frame) == len(vectors) == index.ntotal == record["count"]) or (augmented is not None and len(augmented) != len(vectors)):
+                raise IndexFileError(f"{path}: segment {record['id']} parts disagree ({len(frame)} patches, {len(vectors)} vectors, "
+                                     f"{index.ntotal} in FAISS, {record['count']} recorded); rebuild it")  # fmt: skip
+            tune_search(index)
+            frame["vector"] = np.arange(offset, offset + len(frame), dtype=np.int64)
+            frames.append(frame)
+            segments.append(Segment(int(record["id"]), offset, vectors, augmented, index, record))
+            offset += len(frame)
+        if offset != manifest["count"]:
+            raise IndexFileError(f"{path}: segments hold {offset} patches, the manifest says {manifest['count']}; rebuild it")
+        catalog = frames[0] if len(frames) == 1 else gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
+        return cls(path, manifest, catalog, segments)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -158,7 +274,7 @@ class Index:
 
     @property
     def pca(self) -> PCAWhitening | None:
-        name = self.manifest["files"].get("pca")
+        name = shared_files(self.manifest).get("pca")
         return PCAWhitening.load(self.path / name) if name else None
 
     @property
@@ -214,8 +330,10 @@ class Index:
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) per query row, FAISS style; ``allowed`` is a bool mask of ids.
 
-        Filtered searches widen the FAISS candidate list until ``k`` allowed ids
-        are found or the whole index has been ranked. Missing results are -1.
+        Each segment is searched and the hits merged by score, so the answer equals one index's
+        over all the vectors. ``allowed`` filters before ranking (a FAISS ID selector, or exact
+        scoring of the allowed rows when they are few), so a filter returns ``k`` hits whenever
+        ``k`` allowed patches exist. Missing results are -1.
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         n = len(self)
@@ -226,21 +344,58 @@ class Index:
         ids = np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
         if k <= 0:
             return scores, ids
-        for q, query in enumerate(queries):
-            want = k
-            while True:
-                fetch = min(n, want)
-                d, i = self.faiss_index.search(query[None], fetch)
-                d, i = d[0], i[0]
-                keep = i >= 0
-                if allowed is not None:
-                    keep &= allowed[np.clip(i, 0, n - 1)]
-                if keep.sum() >= k or fetch >= n:
-                    d, i = d[keep][:k], i[keep][:k]
-                    scores[q, : len(d)], ids[q, : len(i)] = d, i
-                    break
-                want = fetch * 4
+        found_scores, found_ids = [], []
+        for segment in self.segments:
+            local = None if allowed is None else allowed[segment.offset : segment.offset + segment.count]
+            if local is not None and not local.any():
+                continue
+            d, i = _search_segment(segment, queries, k, local)
+            found_scores.append(d)
+            found_ids.append(np.where(i >= 0, i + segment.offset, -1))
+        d, i = np.concatenate(found_scores, axis=1), np.concatenate(found_ids, axis=1)
+        d = np.where(i >= 0, d, -np.inf)
+        order = np.argsort(-d, axis=1, kind="stable")[:, :k]
+        scores[:, : order.shape[1]] = np.take_along_axis(d, order, 1)
+        ids[:, : order.shape[1]] = np.take_along_axis(i, order, 1)
+        ids[~np.isfinite(scores)] = -1
         return scores, ids
+
+
+EXACT_FILTER_LIMIT = 20_000  # a filter allowing at most this many patches of a segment scores them exactly
+
+
+def _search_segment(segment: Segment, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` local (scores, ids) of one segment, only among ``allowed`` rows when given."""
+    if allowed is None:
+        return segment.faiss_index.search(queries, min(k, segment.count))
+    rows = np.flatnonzero(allowed)
+    k = min(k, len(rows))
+    if len(rows) > EXACT_FILTER_LIMIT:
+        params, keep_alive = _selector_params(segment.faiss_index, allowed)
+        d, i = segment.faiss_index.search(queries, k, params=params)
+        del keep_alive
+        if (i >= 0).sum(axis=1).min() >= k:
+            return d, i
+    # few allowed rows (a bbox, a date), or a graph search that ran out under the filter: score them exactly
+    block = np.asarray(segment.search_vectors[rows], dtype=np.float32)
+    sims = queries @ block.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, top, 1), rows[top]
+
+
+def _selector_params(index: faiss.Index, allowed: np.ndarray) -> tuple:
+    """FAISS search parameters that skip ids outside ``allowed``, keeping the index's own search knobs; and
+    the objects they point to, which must outlive the search."""
+    bits = np.packbits(allowed, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+    if isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    else:
+        try:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(index).nprobe)
+        except RuntimeError:
+            params = faiss.SearchParameters(sel=selector)
+    return params, (bits, selector)
 
 
 def build_index(
@@ -277,6 +432,8 @@ def build_index(
     path.mkdir(exist_ok=True)  # the parent must exist, as for every other output
     staging = path / STAGING
     _remove_stale_temporaries(staging)
+    if existing is not None:
+        _remove_orphans(path, existing.manifest)
     summary = {"added": [], "skipped": [], "reused": [], "failed": []}
     new_stores: list = []
     try:
@@ -302,6 +459,9 @@ def build_index(
         raise
     # every stage is now in the index; whatever else .staging holds is left from killed runs of other scenes
     shutil.rmtree(staging, ignore_errors=True)
+    if len(index.segments) > MAX_SEGMENTS:
+        index, merged = compact_index(path)
+        summary["compacted"] = merged
     return index, summary
 
 
@@ -427,18 +587,31 @@ def _index_pca(existing: Index | None, new_stores, options: EmbedOptions) -> PCA
     return PCAWhitening.fit(sample, options.dim, options.whiten)
 
 
-def _write_vectors_and_catalog(path: Path, names: dict, existing: Index | None, new_stores, dtype,
-                               pca: PCAWhitening | None, centre_scenes: bool = False) -> tuple[np.ndarray, int]:  # fmt: skip
-    """Generation files for vectors (old then new, memory-mapped) and the catalog; returns (vectors, total)."""
-    old_count = len(existing) if existing else 0
-    total = old_count + sum(len(s.vectors) for _, s, _ in new_stores)
+def _segment_names(segment_id: int, augmented: bool) -> dict:
+    stem = f"segment-{segment_id:06d}"
+    names = {"catalog": f"{stem}-catalog.parquet", "vectors": f"{stem}-vectors.npy", "faiss": f"{stem}-faiss.index"}
+    if augmented:
+        names["augmented"] = f"{stem}-augmented.npy"
+    return names
+
+
+def _next_segment_id(manifest: dict | None) -> int:
+    return 1 + max((int(s["id"]) for s in segment_records(manifest)), default=0) if manifest else 1
+
+
+def _write_catalog(frame: pd.DataFrame, target: Path) -> None:
+    """A segment's patch rows as GeoParquet, in row groups of 64k so a reader can fetch rows by id."""
+    frame = gpd.GeoDataFrame(frame.drop(columns=["vector"], errors="ignore"), geometry="geometry", crs="EPSG:4326")
+    frame.to_parquet(target, index=False, row_group_size=65536)
+
+
+def _write_new_vectors_and_catalog(path: Path, names: dict, new_stores, dtype, pca: PCAWhitening | None,
+                                   centre_scenes: bool = False) -> np.ndarray:  # fmt: skip
+    """The new segment's vectors (memory-mapped, after PCA) and catalog, from the staged scenes."""
+    count = sum(len(s.vectors) for _, s, _ in new_stores)
     dim = pca.dim if pca is not None else new_stores[0][1].vectors.shape[1]
-    vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=dtype, shape=(total, dim))
-    for start in range(0, old_count, 65536):
-        stop = min(start + 65536, old_count)
-        vectors[start:stop] = existing.vectors[start:stop]
-    offset = old_count
-    frames = [existing.catalog] if existing is not None else []
+    vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=dtype, shape=(count, dim))
+    offset, frames = 0, []
     for _, store, _ in new_stores:
         def project(chunk: np.ndarray) -> np.ndarray:
             return pca.transform(chunk) if pca is not None else chunk
@@ -452,79 +625,119 @@ def _write_vectors_and_catalog(path: Path, names: dict, existing: Index | None, 
             if centre_scenes:
                 chunk = normalise(chunk - shift)
             vectors[offset + start : offset + start + len(chunk)] = chunk
-        frame = store.catalog.copy()
-        frame["vector"] = np.arange(offset, offset + len(frame), dtype=np.int64)
-        frames.append(frame)
+        frames.append(store.catalog)
         offset += len(store.vectors)
     vectors.flush()
-    catalog = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
-    catalog.to_parquet(path / names["catalog"], index=False)
-    return vectors, total
+    _write_catalog(pd.concat(frames, ignore_index=True), path / names["catalog"])
+    return vectors
 
 
-def _write_augmented(path: Path, name: str, existing: Index | None, vectors: np.ndarray, old_count: int, k: int) -> np.ndarray:
-    """Augmented vectors for search: the index's own for old rows, new rows augmented with neighbours among all rows."""
-    total = len(vectors)
+def _write_new_augmented(target: Path, everything: np.ndarray, first_new: int, k: int, existing: Index | None = None) -> np.ndarray:
+    """Augmented vectors of the rows from ``first_new`` on, with neighbours among ``everything`` (old and new rows).
+
+    Small indexes search exactly. Past ``EXACT_LIMIT`` an append asks the existing segments' FAISS
+    indexes for candidates and re-scores them on the plain vectors, with an exact (or FAISS) search
+    among the new rows: it reads what it needs and builds nothing over the old rows.
+    """
+    total = len(everything)
     neighbours = None
-    if total > EXACT_LIMIT:  # exact blockwise search would be quadratic: a FAISS index over the plain vectors finds them
-        helper = build_faiss(vectors, auto_index_type(total))
-        neighbours = helper.search
-    augmented = np.lib.format.open_memmap(path / name, mode="w+", dtype=vectors.dtype, shape=vectors.shape)
-    if existing is not None and existing.augmented is not None:
-        for start in range(0, old_count, 65536):
-            stop = min(start + 65536, old_count)
-            augmented[start:stop] = existing.augmented[start:stop]
-    new_rows = np.arange(old_count, total)
+    if total > EXACT_LIMIT:
+        new_rows = everything[first_new:] if isinstance(everything, StackedRows) else np.asarray(everything[first_new:])
+        if existing is None or first_new == 0:
+            neighbours = build_faiss(everything, auto_index_type(total)).search
+        else:
+            neighbours = _append_neighbours(existing, np.asarray(new_rows, np.float32), first_new)
+    augmented = np.lib.format.open_memmap(target, mode="w+", dtype=everything.dtype, shape=(total - first_new, everything.shape[1]))
+    new_rows = np.arange(first_new, total)
     for start in range(0, len(new_rows), 65536):
         rows = new_rows[start : start + 65536]
-        augmented[rows[0] : rows[-1] + 1] = augment_database(vectors, k, rows, neighbours)
+        augmented[start : start + len(rows)] = augment_database(everything, k, rows, neighbours)
     augmented.flush()
     return augmented
 
 
-def _faiss_for(existing: Index | None, vectors: np.ndarray, old_count: int, factory: str) -> faiss.Index:
-    """Extend the existing FAISS index when its type still fits, else build one over every vector."""
-    if existing is not None and factory == existing.manifest["index_type"] and existing.faiss_index.is_trained:
-        index = existing.faiss_index
-        for start in range(old_count, len(vectors), 65536):
-            index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
-        return index
-    return build_faiss(vectors, factory)
+def _append_neighbours(existing: Index, new_vectors: np.ndarray, first_new: int):
+    """``neighbours(queries, k) -> (scores, ids)`` over old rows (the index's own search, re-scored on plain vectors)
+    and new rows (a FAISS index over the new rows only: exact up to ``EXACT_LIMIT``)."""
+    new_search = build_faiss(new_vectors, auto_index_type(len(new_vectors))).search
+
+    def neighbours(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _, candidates = existing.search(queries, 4 * k)  # ranked on the searched (augmented) vectors
+        valid = candidates >= 0
+        plain = np.asarray(existing.vectors[np.where(valid, candidates, 0).ravel()], np.float32).reshape(*candidates.shape, -1)
+        old_scores = np.where(valid, np.einsum("qd,qcd->qc", queries, plain), -np.inf)
+        new_scores, new_ids = new_search(queries, min(k, len(new_vectors)))
+        scores = np.concatenate([old_scores, new_scores], axis=1)
+        ids = np.concatenate([candidates, np.where(new_ids >= 0, new_ids + first_new, -1)], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+
+    return neighbours
+
+
+def _segment_faiss(path: Path, vectors: np.ndarray, factory: str, manifest: dict, shared: dict, generation: int,
+                   retrain: bool = False) -> tuple[faiss.Index, list[Path]]:  # fmt: skip
+    """The FAISS index of a segment, and any shared file written for it.
+
+    Types that need training (IVF, PQ, SQ) train once, on the first segment's vectors, and every
+    later segment starts from that trained empty index (``trained-N.faiss``): one coarse quantizer
+    for all segments, so a search over the segments ranks as one index would. ``retrain``
+    (compaction) trains again on the vectors given.
+    """
+    if train_faiss_probe(vectors.shape[1], factory).is_trained:
+        return build_faiss(vectors, factory), []
+    written = []
+    if retrain or manifest.get("trained_type") != factory or not shared.get("trained"):
+        trained = train_faiss(vectors, factory)
+        shared["trained"] = f"trained-{generation:06d}.faiss"
+        manifest["trained_type"] = factory
+        _write_faiss(trained, path / shared["trained"])
+        written.append(path / shared["trained"])
+    index = faiss.read_index(str(path / shared["trained"]))
+    for start in range(0, len(vectors), 65536):
+        index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
+    tune_search(index)
+    return index, written
 
 
 def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid, augment: int,
                       centre_scenes: bool = False) -> Index:  # fmt: skip
-    """Write generation g+1 (catalog, vectors, FAISS), fsync, then swap the manifest."""
+    """Add one segment (catalog, vectors, FAISS) for the new scenes, fsync, then swap the manifest.
+
+    The existing segments' files are neither rewritten nor copied: an append writes what it adds.
+    """
     generation = (existing.manifest["generation"] + 1) if existing else 1
-    old_files = dict(existing.manifest["files"]) if existing else {}
+    old_manifest = existing.manifest if existing else None
     old_count = len(existing) if existing else 0
     pca = _index_pca(existing, new_stores, options)
-    names = {
-        "catalog": f"catalog-{generation:06d}.parquet",
-        "vectors": f"vectors-{generation:06d}.npy",
-        "faiss": f"faiss-{generation:06d}.index",
-    }
-    if augment:
-        names["augmented"] = f"augmented-{generation:06d}.npy"
+    names = _segment_names(_next_segment_id(old_manifest), bool(augment))
     written = [path / name for name in names.values()]
+    shared = shared_files(old_manifest) if old_manifest else {}
+    manifest = {"trained_type": old_manifest.get("trained_type")} if old_manifest else {}
     try:
-        vectors, total = _write_vectors_and_catalog(path, names, existing, new_stores, options.numpy_dtype, pca, centre_scenes)
-        dim = vectors.shape[1]
+        vectors = _write_new_vectors_and_catalog(path, names, new_stores, options.numpy_dtype, pca, centre_scenes)
+        total = old_count + len(vectors)
         requested = existing.manifest["index_type_requested"] if (existing is not None and index_type == "auto") else index_type
         factory = auto_index_type(total) if requested == "auto" else requested
-        searched = _write_augmented(path, names["augmented"], existing, vectors, old_count, augment) if augment else vectors
-        _write_faiss(_faiss_for(existing, searched, old_count, factory), path / names["faiss"])
-        pca_name = old_files.get("pca")
-        if pca is not None and pca_name is None:
-            pca_name = f"pca-{generation:06d}.npz"
-            written.append(path / pca_name)
-            pca.save(path / pca_name)
-        manifest = {
+        searched = vectors
+        if augment:
+            everything = _joined([*(s.vectors for s in existing.segments), vectors] if existing else [vectors])
+            searched = _write_new_augmented(path / names["augmented"], everything, old_count, augment, existing)
+        if pca is not None and "pca" not in shared:
+            shared["pca"] = f"pca-{generation:06d}.npz"
+            written.append(path / shared["pca"])
+            pca.save(path / shared["pca"])
+        index, extra = _segment_faiss(path, searched, factory, manifest, shared, generation)
+        written += extra
+        _write_faiss(index, path / names["faiss"])
+        segment = {"id": _next_segment_id(old_manifest), "count": len(vectors), "scenes": [r["scene_id"] for r, _, _ in new_stores],
+                   "index_type": factory, "files": names}  # fmt: skip
+        manifest.update({
             "format": FORMAT,
             "version": VERSION,
             "generation": generation,
             "count": total,
-            "dim": int(dim),
+            "dim": int(vectors.shape[1]),
             "dtype": options.dtype.value,
             "index_type": factory,
             "index_type_requested": requested,
@@ -537,44 +750,117 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
             "tiling": tiling.to_dict(),
             "grid": grid.to_dict() if grid is not None else (existing.manifest.get("grid") if existing else None),
             "scenes": (existing.manifest["scenes"] if existing else []) + [r for r, _, _ in new_stores],
-            "files": {**names, **({"pca": pca_name} if pca_name else {})},
-        }
+            "segments": (list(segment_records(old_manifest)) if old_manifest else []) + [segment],
+            "files": shared,
+        })  # fmt: skip
         _commit_generation(path, manifest, written)
     except BaseException:
         for file in written:
             file.unlink(missing_ok=True)
         raise
-    _drop_files(path, old_files, manifest["files"])
+    if old_manifest:
+        _drop_files(path, old_manifest, manifest)
     return Index.open(path)
 
 
 def _commit_generation(path: Path, manifest: dict, written: Sequence[Path]) -> None:
-    """Flush the generation's files, record their sizes and checksums, then swap the manifest (the commit)."""
+    """Flush the generation's new files, record every data file's size and checksum, then swap the manifest (the commit).
+
+    Files kept from the previous generation keep their recorded checksums (they are immutable): only new files are hashed.
+    """
     for file in written:
         fsync_path(file)
-    manifest["checksums"] = file_records(path, manifest["files"].values())
+    previous = {}
+    if (path / MANIFEST).is_file():
+        try:
+            previous = read_manifest(path).get("checksums", {})
+        except IndexFileError:
+            previous = {}
+    fresh = {p.name for p in written}
+    names = data_files(manifest)
+    known = {name: previous[name] for name in names if name in previous and name not in fresh}
+    manifest["checksums"] = {**known, **file_records(path, [n for n in names if n not in known])}
     with atomic_path(path / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
     settle_folder(path)
 
 
-def _drop_files(path: Path, old_files: dict, new_files: dict) -> None:
-    """Remove the previous generation's files, garbage only once the new manifest is in place."""
-    for key, name in old_files.items():
-        if name != new_files.get(key):
-            (path / name).unlink(missing_ok=True)
+def _drop_files(path: Path, old_manifest: dict, new_manifest: dict) -> None:
+    """Remove the files the previous manifest named and the new one does not: garbage once the new manifest is in place."""
+    for name in set(data_files(old_manifest)) - set(data_files(new_manifest)):
+        (path / name).unlink(missing_ok=True)
+
+
+DATA_FILE = re.compile(r"^(segment-\d+-(catalog\.parquet|vectors\.npy|augmented\.npy|faiss\.index)|trained-\d+\.faiss|pca-\d+\.npz"
+                       r"|(catalog|vectors|augmented|faiss)-\d+\.(parquet|npy|index))$")  # fmt: skip
+
+
+def _remove_orphans(path: Path, manifest: dict) -> list[str]:
+    """Data files the manifest does not name (a run killed after writing, before its manifest swap): never read, removed."""
+    named = set(data_files(manifest))
+    orphans = [p for p in path.iterdir() if p.is_file() and DATA_FILE.match(p.name) and p.name not in named]
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return [p.name for p in orphans]
+
+
+def _copy_rows(target: Path, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim: int, dtype) -> np.ndarray:
+    """A memory-mapped file of the ``rows`` of each ``(array, rows)`` part, in order, copied in blocks."""
+    total = sum(len(rows) for _, rows in parts)
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(total, dim))
+    offset = 0
+    for source, rows in parts:
+        for start in range(0, len(rows), 65536):
+            block = rows[start : start + 65536]
+            out[offset : offset + len(block)] = source[block]
+            offset += len(block)
+    out.flush()
+    return out
+
+
+def _rewrite_segments(path: Path, existing: Index, groups: list[tuple[list[Segment], list[np.ndarray]]], next_manifest: dict,
+                      retrain: bool = False) -> tuple[list[dict], list[Path]]:  # fmt: skip
+    """Write one new segment per group of (segments, kept local rows of each); returns their records and the files written."""
+    records, written = [], []
+    next_id = _next_segment_id(existing.manifest)
+    shared = next_manifest["files"]
+    requested = existing.manifest.get("index_type_requested", existing.manifest.get("index_type", "auto"))
+    for segments, kept in groups:
+        augmented = all(s.augmented is not None for s in segments)
+        names = _segment_names(next_id, augmented)
+        written += [path / name for name in names.values()]
+        dim, dtype = segments[0].vectors.shape[1], segments[0].vectors.dtype
+        vectors = _copy_rows(path / names["vectors"], [(s.vectors, rows) for s, rows in zip(segments, kept)], dim, dtype)
+        searched = vectors
+        if augmented:
+            searched = _copy_rows(path / names["augmented"], [(s.augmented, rows) for s, rows in zip(segments, kept)], dim, dtype)
+        frames = [existing.catalog.iloc[s.offset + rows] for s, rows in zip(segments, kept)]
+        frame = pd.concat(frames, ignore_index=True)
+        _write_catalog(frame, path / names["catalog"])
+        factory = auto_index_type(len(vectors)) if requested == "auto" else requested
+        if not retrain and len(segments) == 1 and segments[0].record.get("index_type"):
+            factory = segments[0].record["index_type"]
+        index, extra = _segment_faiss(path, searched, factory, next_manifest, shared, next_manifest["generation"], retrain)
+        written += extra
+        _write_faiss(index, path / names["faiss"])
+        records.append({"id": next_id, "count": len(vectors), "scenes": list(dict.fromkeys(frame["scene_id"])), "index_type": factory,
+                        "files": names})  # fmt: skip
+        next_id += 1
+    return records, written
 
 
 def remove_from_index(path: str | os.PathLike, scene_ids: Sequence[str] = (), dates: Sequence[str] = ()) -> tuple[Index, list[str]]:
     """Remove every patch of the scenes ``scene_ids`` and of the ``dates`` from the index; returns the index and the
     scene ids removed.
 
-    Written as a new generation and committed by the manifest swap, like an append: a failure or a kill leaves the
-    index as it was. The kept rows keep their vectors (and augmented vectors) as stored; the FAISS index is rebuilt
-    over them. Removing every scene is refused (delete the folder instead).
+    Segments without a removed scene stay as they are; a segment holding only removed scenes is dropped;
+    one holding both is rewritten with the rows it keeps (their vectors and augmented vectors as stored).
+    Committed by the manifest swap, like an append: a failure or a kill leaves the index as it was.
+    Removing every scene is refused (delete the folder instead).
     """
     path = Path(path)
     existing = Index.open(path)
+    _remove_orphans(path, existing.manifest)
     known = {s["scene_id"]: s for s in existing.manifest["scenes"]}
     wanted_dates = {normalise_date(d) for d in dates}
     unknown = [s for s in scene_ids if s not in known]
@@ -587,37 +873,61 @@ def remove_from_index(path: str | os.PathLike, scene_ids: Sequence[str] = (), da
     if len(removed) == len(known):
         raise IndexFileError(f"{path}: that would remove every scene; delete the folder to remove the whole index")
     keep = ~existing.catalog["scene_id"].isin(removed).to_numpy()
-    rows = np.flatnonzero(keep)
-    generation = existing.manifest["generation"] + 1
-    old_files = dict(existing.manifest["files"])
-    names = {"catalog": f"catalog-{generation:06d}.parquet", "vectors": f"vectors-{generation:06d}.npy",
-             "faiss": f"faiss-{generation:06d}.index"}  # fmt: skip
-    if existing.augmented is not None:
-        names["augmented"] = f"augmented-{generation:06d}.npy"
-    written = [path / name for name in names.values()]
+    manifest = {**existing.manifest, "generation": existing.manifest["generation"] + 1, "files": shared_files(existing.manifest)}
+    kept_segments, groups = [], []
+    for segment in existing.segments:
+        local = keep[segment.offset : segment.offset + segment.count]
+        if local.all():
+            kept_segments.append(("kept", segment.record))
+        elif local.any():
+            kept_segments.append(("new", len(groups)))
+            groups.append(([segment], [np.flatnonzero(local)]))
+    written: list[Path] = []
     try:
-        copies = {"vectors": existing.vectors, **({"augmented": existing.augmented} if existing.augmented is not None else {})}
-        for key, source in copies.items():
-            target = np.lib.format.open_memmap(path / names[key], mode="w+", dtype=source.dtype, shape=(len(rows), source.shape[1]))
-            for start in range(0, len(rows), 65536):
-                target[start : start + 65536] = source[rows[start : start + 65536]]
-            target.flush()
-            copies[key] = target
-        catalog = existing.catalog.iloc[rows].reset_index(drop=True)
-        catalog["vector"] = np.arange(len(catalog), dtype=np.int64)
-        catalog.to_parquet(path / names["catalog"], index=False)
-        searched = copies.get("augmented", copies["vectors"])
-        _write_faiss(build_faiss(searched, existing.manifest["index_type"]), path / names["faiss"])
-        manifest = {**existing.manifest, "generation": generation, "count": len(rows),
-                    "scenes": [s for s in existing.manifest["scenes"] if s["scene_id"] not in removed],
-                    "files": {**names, **({"pca": old_files["pca"]} if old_files.get("pca") else {})}}  # fmt: skip
+        records, written = _rewrite_segments(path, existing, groups, manifest)
+        manifest.update({
+            "count": int(keep.sum()),
+            "scenes": [s for s in existing.manifest["scenes"] if s["scene_id"] not in removed],
+            "segments": [value if kind == "kept" else records[value] for kind, value in kept_segments],
+        })  # fmt: skip
         _commit_generation(path, manifest, written)
     except BaseException:
         for file in written:
             file.unlink(missing_ok=True)
         raise
-    _drop_files(path, old_files, manifest["files"])
+    _drop_files(path, existing.manifest, manifest)
     return Index.open(path), removed
+
+
+MAX_SEGMENTS = 16  # an append past this many segments compacts the index (one search per segment adds up)
+
+
+def compact_index(path: str | os.PathLike) -> tuple[Index, int]:
+    """Merge every segment of the index into one (same ids, same answers); returns the index and the number of
+    segments merged (0: nothing to do). Types that need training are trained again on all the vectors.
+
+    Written and committed like an append (new files, then the manifest swap), so a kill leaves the index
+    as it was and the next run cleans the unfinished files.
+    """
+    path = Path(path)
+    existing = Index.open(path)
+    _remove_orphans(path, existing.manifest)
+    if len(existing.segments) <= 1:
+        return existing, 0
+    manifest = {**existing.manifest, "generation": existing.manifest["generation"] + 1, "files": shared_files(existing.manifest)}
+    requested = existing.manifest.get("index_type_requested", "auto")
+    written: list[Path] = []
+    try:
+        groups = [(existing.segments, [np.arange(s.count) for s in existing.segments])]
+        records, written = _rewrite_segments(path, existing, groups, manifest, retrain=True)
+        manifest.update({"segments": records, "index_type": records[0]["index_type"], "index_type_requested": requested})
+        _commit_generation(path, manifest, written)
+    except BaseException:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise
+    _drop_files(path, existing.manifest, manifest)
+    return Index.open(path), len(existing.segments)
 
 
 def _write_faiss(index: faiss.Index, target: Path) -> None:
@@ -629,4 +939,5 @@ def _write_faiss(index: faiss.Index, target: Path) -> None:
         raise OSError(errno.EIO, f"FAISS could not write the index ({lines[-1].strip() if lines else 'write failed'})", str(target)) from None
 
 
-__all__ = ["Index", "build_index", "remove_from_index", "build_faiss", "auto_index_type", "scene_content_hash"]
+__all__ = ["Index", "Segment", "StackedRows", "build_index", "remove_from_index", "compact_index", "build_faiss", "train_faiss",
+           "auto_index_type", "scene_content_hash"]

@@ -37,6 +37,34 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
+SEGMENT_KEYS = ("catalog", "vectors", "augmented", "faiss")  # the files of one segment
+
+
+def segment_records(manifest: dict) -> list[dict]:
+    """The segments of an index, in id order: ``{"id", "count", "scenes", "index_type", "files"}`` each.
+
+    A version-1 index (one generation of whole files) reads as a single segment of those files,
+    so it opens, and its first append adds a segment beside them without rewriting them.
+    """
+    if "segments" in manifest:
+        return manifest["segments"]
+    files = manifest["files"]
+    return [{"id": 0, "count": manifest["count"], "scenes": [s["scene_id"] for s in manifest["scenes"]],
+             "index_type": manifest.get("index_type"), "files": {k: files[k] for k in SEGMENT_KEYS if files.get(k)}}]  # fmt: skip
+
+
+def shared_files(manifest: dict) -> dict:
+    """Files every segment shares: the PCA, the trained (empty) FAISS index of IVF/PQ types."""
+    if "segments" in manifest:
+        return dict(manifest.get("files", {}))
+    return {k: v for k, v in manifest["files"].items() if k not in SEGMENT_KEYS}
+
+
+def data_files(manifest: dict) -> list[str]:
+    """Every data file the manifest names (shared files, then each segment's)."""
+    return [*shared_files(manifest).values(), *(name for s in segment_records(manifest) for name in s["files"].values())]
+
+
 def file_checksum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """``blake2b:<hex>`` of a file, streamed in 1 MiB reads (about 1 GB/s: a second per million 128-d vectors)."""
     digest = hashlib.blake2b(digest_size=16)
@@ -86,7 +114,7 @@ def verify_index(path: str | os.PathLike) -> dict:
             damaged.append({"file": str(file), "problem": f"{size} bytes, recorded {record['bytes']}"})
         elif file_checksum(file) != record["checksum"]:
             damaged.append({"file": str(file), "problem": "content differs from its checksum (bytes overwritten)"})
-    unchecked = sorted(set(manifest["files"].values()) - set(records))
+    unchecked = sorted(set(data_files(manifest)) - set(records))
     return {"path": str(path), "files": len(records), "bytes": total, "damaged": damaged, "unchecked": unchecked}
 
 
@@ -96,8 +124,9 @@ def describe_index(path: str | os.PathLike) -> dict:
     manifest = read_manifest(path)
     model = manifest["model"]
     scenes = [{"scene_id": s["scene_id"], "date": s.get("date"), "patches": s.get("patches")} for s in manifest["scenes"]]
-    files = {key: name for key, name in manifest["files"].items()}
-    size = sum((path / name).stat().st_size for name in files.values() if (path / name).is_file()) + (path / MANIFEST).stat().st_size
+    files = data_files(manifest)
+    size = sum((path / name).stat().st_size for name in files if (path / name).is_file()) + (path / MANIFEST).stat().st_size
+    segments = segment_records(manifest)
     grid = manifest.get("grid")
     return {
         "path": str(path),
@@ -112,6 +141,7 @@ def describe_index(path: str | os.PathLike) -> dict:
         "index_type": manifest["index_type"],
         "aligned_grid": {"crs": grid["crs"], "width": grid["width"], "height": grid["height"]} if grid else None,
         "generation": manifest["generation"],
+        "segments": [{"id": s["id"], "patches": s["count"], "index_type": s.get("index_type"), "scenes": s.get("scenes", [])} for s in segments],
         "files": files,
         "bytes_on_disk": size,
     }
@@ -128,7 +158,8 @@ def describe_text(doc: dict) -> str:
         f"  vectors    {vectors['dim']}-d {vectors['dtype']}, PCA {vectors['pca_dim'] or 'none'}, augment {vectors['augment']}"
         + (", scenes centred" if vectors["centre_scenes"] else ""),
         f"  tiling     patch {doc['tiling']['patch_size']}, stride {doc['tiling'].get('stride') or 'patch size'}, edge {doc['tiling']['edge']}",
-        f"  search     FAISS {doc['index_type']}, generation {doc['generation']}, {doc['bytes_on_disk'] / 2**20:.1f} MiB on disk",
+        f"  search     FAISS {doc['index_type']}, {len(doc['segments'])} segment(s), generation {doc['generation']}, "
+        f"{doc['bytes_on_disk'] / 2**20:.1f} MiB on disk",
         "  grid       " + (f"aligned, {grid['width']} x {grid['height']} px, {_crs_name(grid['crs'])}" if grid else "each scene its own"),
     ]
     lines += [f"  scene      {s['scene_id']} ({s['date'] or 'undated'}): {s['patches']} patches" for s in doc["scenes"]]

@@ -213,10 +213,11 @@ def test_check_names_every_kind_of_damaged_file(base, tmp_path):
     clean = run("check", idx)
     assert clean.exit_code == 0 and "ok" in clean.stderr, clean.output
     manifest = json.loads((idx / "index.json").read_text())
-    kinds = set(manifest["files"])
-    assert {"catalog", "vectors", "faiss", "augmented"} <= kinds and set(manifest["checksums"]) == set(manifest["files"].values())
-    for kind, name in manifest["files"].items():
-        damaged = tmp_path / f"damaged_{kind}"
+    kinds = {name: kind for segment in manifest["segments"] for kind, name in segment["files"].items()}
+    kinds |= {name: kind for kind, name in manifest["files"].items()}  # shared files: the PCA
+    assert {"catalog", "vectors", "faiss", "augmented"} <= set(kinds.values()) and set(manifest["checksums"]) == set(kinds)
+    for name, kind in kinds.items():
+        damaged = tmp_path / f"damaged_{name}"
         shutil.copytree(idx, damaged)
         data = bytearray((damaged / name).read_bytes())
         middle = len(data) // 2
@@ -227,7 +228,7 @@ def test_check_names_every_kind_of_damaged_file(base, tmp_path):
         assert f"DAMAGED {damaged / name}" in report.output and "bytes overwritten" in report.output
     truncated = tmp_path / "truncated"
     shutil.copytree(idx, truncated)
-    vectors = truncated / manifest["files"]["vectors"]
+    vectors = truncated / manifest["segments"][-1]["files"]["vectors"]
     vectors.write_bytes(vectors.read_bytes()[:-1000])
     opened = run("query", truncated, "--patch-id", "scene_20200101:1:1")
     assert opened.exit_code == 2 and "damaged" in opened.output and "Traceback" not in opened.output  # caught at open, cheaply
@@ -245,7 +246,8 @@ def test_remove_a_scene_or_a_date(base, tmp_path):
     assert removed.exit_code == 0, removed.output
     kept = json.loads((idx / "index.json").read_text())
     assert kept["count"] == 16 and [s["scene_id"] for s in kept["scenes"]] == ["scene_20200101"]
-    assert sorted(p.name for p in idx.iterdir()) == sorted(["index.json", *kept["files"].values()])  # old generation gone
+    named = [*kept["files"].values(), *(name for segment in kept["segments"] for name in segment["files"].values())]
+    assert sorted(p.name for p in idx.iterdir()) == sorted(["index.json", *named])  # the rewritten segment's old files are gone
     hits = run("query", idx, "--patch-id", "scene_20200101:1:1", "-k", "20", "--qe", "0")
     assert hits.exit_code == 0, hits.output
     ids = [f["properties"]["patch_id"] for f in json.loads(hits.stdout)["features"]]

@@ -37,6 +37,9 @@ def folder_digest(path: Path) -> dict:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
 
 
+PARTS = ["augmented.npy", "catalog.parquet", "faiss.index", "vectors.npy"]
+
+
 def test_build_append_and_skip(tmp_path):
     a, b, c = scenes(tmp_path)
     out = tmp_path / "idx"
@@ -44,13 +47,17 @@ def test_build_append_and_skip(tmp_path):
     assert result.exit_code == 0, result.output
     first = Index.open(out)
     assert len(first) == 32 and first.manifest["generation"] == 1 and first.manifest["index_type"] == "Flat"
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.md5(p.read_bytes()).hexdigest()) for p in out.glob("segment-*")}
     result = index_cli(b, c, "-o", out)
     assert result.exit_code == 0, result.output
     assert "1 already indexed (s1_20200102)" in result.output
     second = Index.open(out)
     assert len(second) == 48 and second.manifest["generation"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["augmented-000002.npy", "catalog-000002.parquet", "faiss-000002.index", "index.json",
-                                                     "vectors-000002.npy"]  # fmt: skip
+    stems = ["segment-000001", "segment-000002"]
+    assert sorted(p.name for p in out.iterdir()) == ["index.json"] + [f"{s}-{part}" for s in stems for part in PARTS]
+    # an append writes one new segment and leaves the old one's files as they were: same inode, mtime and bytes
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.md5(p.read_bytes()).hexdigest())
+            for p in out.glob("segment-000001-*")} == before  # fmt: skip
     # an append augments only the new patches: the old rows' search vectors are kept as they were
     np.testing.assert_array_equal(np.asarray(second.augmented[:32]), np.asarray(first.augmented[:32]))
     np.testing.assert_array_equal(np.asarray(second.vectors[:32]), np.asarray(first.vectors[:32]))
@@ -75,10 +82,11 @@ def test_corrupt_and_missing_index(tmp_path):
     assert index_cli(a, "-o", out).exit_code == 0
     with pytest.raises(IndexFileError, match="no index here"):
         Index.open(tmp_path / "nowhere")
-    faiss_file = next(out.glob("faiss-*.index"))
+    faiss_file = next(out.glob("segment-*-faiss.index"))
     faiss_file.write_bytes(b"garbage")
-    with pytest.raises(IndexFileError, match="corrupt"):
+    with pytest.raises(IndexFileError, match="corrupt") as caught:
         Index.open(out)
+    assert faiss_file.name in str(caught.value)  # the error names the damaged segment file
     result = CliRunner().invoke(cli, ["query", str(out), "--patch-id", "s0_20200101:0:0"])
     assert result.exit_code == 2 and "corrupt" in result.output and "Traceback" not in result.output
     assert faiss_file.read_bytes() == b"garbage"  # a query never writes

@@ -1,0 +1,170 @@
+"""Segmented indexes: appends that write only what they add, search across segments equal to one index,
+filters that still return k hits, compaction, and kill -9 at the worst moment of each."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rscbir import index as index_module
+from rscbir.cli import cli
+from rscbir.index import Index, compact_index
+from test_index import scenes
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--patch-size", "32", "--input-size", "32", "--augment", "0"]  # 16 patches a scene; no augmentation, so
+# every row's vector is its own and one index built at once is the reference for any sequence of appends
+
+
+def index_cli(*args):
+    result = CliRunner().invoke(cli, ["-q", "index", *map(str, args), *SMALL])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def four_scenes(tmp_path):
+    return scenes(tmp_path, 4)
+
+
+def appended(tmp_path, paths, name="seg", *extra):
+    out = tmp_path / name
+    for path in paths:
+        index_cli(path, "-o", out, *extra)
+    return out
+
+
+def same_answers(first: Index, second: Index, queries: np.ndarray, k: int = 10, allowed=None):
+    s1, i1 = first.search(queries, k, allowed)
+    s2, i2 = second.search(queries, k, allowed)
+    ids1, ids2 = first.catalog["patch_id"].to_numpy()[i1], second.catalog["patch_id"].to_numpy()[i2]
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+    assert (ids1 == ids2).mean() > 0.99  # the same hits in the same order (ties aside)
+
+
+def test_three_appends_answer_as_one_index_built_at_once(tmp_path, four_scenes):
+    whole = tmp_path / "whole"
+    index_cli(*four_scenes, "-o", whole)
+    parts = appended(tmp_path, four_scenes)
+    one, many = Index.open(whole), Index.open(parts)
+    assert len(one.segments) == 1 and len(many.segments) == 4 and len(one) == len(many) == 64
+    assert list(one.catalog["patch_id"]) == list(many.catalog["patch_id"])
+    same_answers(one, many, np.asarray(one.vectors[::3], np.float32))
+    row = int(np.flatnonzero(many.catalog["scene_id"] == "s2_20200103")[4])  # a patch in the third segment
+    np.testing.assert_array_equal(many.vectors[row], one.vectors[row])
+
+
+def test_filters_return_k_hits_when_k_exist(tmp_path, four_scenes, monkeypatch):
+    many = Index.open(appended(tmp_path, four_scenes, "seg", "--index-type", "HNSW32"))
+    rng = np.random.default_rng(0)
+    allowed = np.zeros(len(many), bool)
+    allowed[rng.choice(len(many), 12, replace=False)] = True
+    queries = np.asarray(many.vectors[:5], np.float32)
+    for limit in (0, 10_000):  # the FAISS ID selector inside HNSW, and exact scoring of few allowed rows
+        monkeypatch.setattr(index_module, "EXACT_FILTER_LIMIT", limit)
+        scores, ids = many.search(queries, 8, allowed)
+        assert (ids >= 0).all() and allowed[ids].all()
+        exact = queries @ np.asarray(many.vectors, np.float32)[allowed].T
+        np.testing.assert_allclose(np.sort(scores, axis=1), np.sort(np.sort(exact, axis=1)[:, -8:], axis=1), atol=1e-4)
+    scores, ids = many.search(queries, 50, allowed)  # more than are allowed: all 12, then -1
+    assert (ids[:, :12] >= 0).all() and (ids[:, 12:] == -1).all()
+
+
+def test_bbox_query_returns_k_hits_inside_the_box(tmp_path, four_scenes):
+    from rscbir.query import Filters, QueryExpansion, query_patch
+
+    many = Index.open(appended(tmp_path, four_scenes))
+    west, south, east, north = many.catalog.total_bounds
+    box = (west, south, (west + east) / 2, (south + north) / 2)
+    inside = many.catalog.geometry.intersects(__import__("shapely").box(*box)).sum()
+    assert inside >= 10
+    result = query_patch(many, many.catalog["patch_id"].iloc[40], 10, Filters(bbox=box), QueryExpansion(0))
+    assert len(result.hits) == 10 and result.hits.geometry.intersects(__import__("shapely").box(*box)).all()
+
+
+def test_ivf_segments_share_one_trained_quantizer(tmp_path, four_scenes):
+    many = Index.open(appended(tmp_path, four_scenes, "ivf", "--index-type", "IVF4,Flat"))
+    trained = many.manifest["files"]["trained"]
+    assert many.manifest["trained_type"] == "IVF4,Flat" and len(many.segments) == 4
+    assert len(list(many.path.glob("trained-*.faiss"))) == 1  # trained once, on the first segment
+    single = faiss.read_index(str(many.path / trained))  # one index from the same training over every vector
+    single.add(np.asarray(many.vectors, np.float32))
+    faiss.extract_index_ivf(single).nprobe = faiss.extract_index_ivf(many.segments[0].faiss_index).nprobe
+    queries = np.asarray(many.vectors[::4], np.float32)
+    expected_scores, expected_ids = single.search(queries, 10)
+    scores, ids = many.search(queries, 10)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert (ids == expected_ids).mean() > 0.99
+
+
+def test_compaction_keeps_every_id_and_answer(tmp_path, four_scenes):
+    out = appended(tmp_path, four_scenes)
+    before = Index.open(out)
+    queries = np.asarray(before.vectors[::3], np.float32)
+    result = CliRunner().invoke(cli, ["index", str(out), "--compact"])
+    assert result.exit_code == 0 and "4 segments merged into one" in result.output
+    after = Index.open(out)
+    assert len(after.segments) == 1 and list(after.catalog["patch_id"]) == list(before.catalog["patch_id"])
+    same_answers(before, after, queries)
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", *sorted(after.segments[0].record["files"].values())]
+    assert compact_index(out)[1] == 0  # one segment: nothing to do
+
+
+def test_appends_past_the_limit_compact(tmp_path, four_scenes, monkeypatch):
+    monkeypatch.setattr(index_module, "MAX_SEGMENTS", 2)
+    out = appended(tmp_path, four_scenes[:2])
+    result = CliRunner().invoke(cli, ["index", str(four_scenes[2]), "-o", str(out), *SMALL])
+    assert result.exit_code == 0 and "3 segments compacted into one" in result.output
+    assert len(Index.open(out).segments) == 1 and len(Index.open(out)) == 48
+
+
+KILL_BEFORE_COMMIT = """
+import os, signal, sys
+from rscbir import index
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # every new file is written and flushed; the manifest is not yet swapped
+index._commit_generation = die
+from rscbir.cli import cli
+cli(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("operation", ["append", "compact"])
+def test_kill_minus_9_before_the_manifest_swap(tmp_path, four_scenes, operation):
+    out = appended(tmp_path, four_scenes[:3])
+    before = Index.open(out)
+    files_before = sorted(p.name for p in out.iterdir())
+    args = [str(four_scenes[3]), "-o", str(out), *SMALL] if operation == "append" else [str(out), "--compact"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_BEFORE_COMMIT), "-q", "index", *args], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    orphans = sorted(set(p.name for p in out.iterdir()) - set(files_before) - {".staging"})
+    assert orphans and all(name.startswith("segment-000004-") for name in orphans)  # written, never named by a manifest
+    survivor = Index.open(out)  # the previous index, whole
+    assert len(survivor) == len(before) and len(survivor.segments) == 3
+    rerun = CliRunner().invoke(cli, ["-q", "index", *args])
+    assert rerun.exit_code == 0, rerun.output
+    final = Index.open(out)
+    assert len(final) == (64 if operation == "append" else 48) and final.catalog["patch_id"].is_unique
+    named = {"index.json", *(name for s in final.manifest["segments"] for name in s["files"].values()), *final.manifest["files"].values()}
+    assert set(p.name for p in out.iterdir()) == named  # the orphans of the killed run are gone
+
+
+def test_a_corrupt_segment_is_named(tmp_path, four_scenes):
+    out = appended(tmp_path, four_scenes[:3])
+    victim = out / Index.open(out).segments[1].record["files"]["vectors"]
+    data = bytearray(victim.read_bytes())
+    data[-64:] = b"\xff" * 64
+    victim.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["check", str(out)])
+    assert result.exit_code == 1 and victim.name in result.output
+    victim.write_bytes(bytes(data[:-128]))
+    result = CliRunner().invoke(cli, ["query", str(out), "--patch-id", "s0_20200101:0:0"])
+    assert result.exit_code == 2 and victim.name in result.output

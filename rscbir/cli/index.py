@@ -17,7 +17,8 @@ Example:
                --align --preset naip --patch-size 320m -o out/naip_index""",
 )
 @click.argument("scenes", nargs=-1, metavar="SCENE...")
-@click.option("-o", "--output", required=True, callback=options.output_folder, type=click.Path(file_okay=False), help="Index folder (created, or appended to).")
+@click.option("-o", "--output", callback=options.output_folder, type=click.Path(file_okay=False),
+              help="Index folder (created, or appended to). With --remove/--compact the folder may be the one argument instead.")
 @options.scene_options
 @options.tiling_options
 @options.model_options
@@ -37,9 +38,10 @@ Example:
               help="Remove this scene's patches from the index in OUTPUT (repeatable; no SCENE arguments).")  # fmt: skip
 @click.option("--remove-date", "remove_dates", multiple=True, metavar="DATE",
               help="Remove every scene of this date (YYYY-MM-DD or YYYYMMDD) from the index (repeatable).")  # fmt: skip
+@click.option("--compact", is_flag=True, help="Merge the index's segments into one (no SCENE arguments); appends do it past 16 segments.")
 @click.pass_context
 def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type, augment, centre_scenes, batch_size,
-          workers, scheduler, remove_scenes, remove_dates):  # fmt: skip
+          workers, scheduler, remove_scenes, remove_dates, compact):  # fmt: skip
     """Index SCENE... for retrieval: patch catalog, embeddings and a FAISS index in one folder.
 
     Appending to an existing folder skips scenes already present (same id and
@@ -48,8 +50,23 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     run reuses the scenes it had already embedded. An unreadable scene among
     several is reported and skipped: exit code 3 says the run was partial.
     With --remove / --remove-date (and no SCENE) patches leave the index the
-    same atomic way.
+    same atomic way. Each append adds one segment and leaves the existing ones
+    untouched; --compact merges them.
     """
+    if (compact or remove_scenes or remove_dates) and output is None and len(scenes) == 1:
+        output, scenes = scenes[0], ()  # rscbir index IDX --remove SCENE_ID
+        options.check_output(output, folder=True)
+    if output is None:
+        raise click.UsageError("missing -o/--output INDEX_DIR")
+    if compact:
+        if scenes or remove_scenes or remove_dates:
+            raise click.UsageError("--compact rewrites an existing index: give no SCENE and no --remove")
+        from rscbir.index import compact_index
+
+        merged_index, merged = compact_index(output)
+        state = f"{merged} segments merged into one" if merged else "already one segment, nothing to do"
+        click.echo(f"{output}: {state}; {len(merged_index)} patches, FAISS {merged_index.manifest['index_type']}", err=True)
+        return
     if remove_scenes or remove_dates:
         if scenes:
             raise click.UsageError("--remove/--remove-date edit an existing index: give no SCENE arguments")
@@ -88,6 +105,8 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
         parts.append(f"{len(summary['skipped'])} already indexed ({', '.join(summary['skipped'])})")
     if summary["reused"]:
         parts.append(f"{len(summary['reused'])} resumed from staged embeddings")
+    if summary.get("compacted"):
+        parts.append(f"{summary['compacted']} segments compacted into one")
     if summary["failed"]:
         parts.append(f"{len(summary['failed'])} FAILED and skipped")
     click.echo(f"{output}: {len(built)} patches, {built.manifest['dim']}-d, FAISS {built.manifest['index_type']}; " + "; ".join(parts), err=True)

@@ -313,6 +313,12 @@ class Index:
     def __len__(self) -> int:
         return len(self.catalog)
 
+    def rows_of(self, patch_ids: Sequence[str]) -> np.ndarray:
+        """Catalog rows (= ids) of ``patch_ids``, -1 for an id not in the index; a hash lookup built once per open."""
+        if "_rows_by_patch" not in self.__dict__:
+            self.__dict__["_rows_by_patch"] = pd.Index(self.catalog["patch_id"].to_numpy())
+        return self.__dict__["_rows_by_patch"].get_indexer(list(patch_ids))
+
     def co_located(self, before_id: str, after_id: str) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, np.ndarray, np.ndarray]:
         """Catalog rows and stored vectors of the patches indexed in both scenes at the same (row, col).
 

@@ -52,8 +52,10 @@ class Filters:
     def mask(self, index: Index, centre: tuple[float, float] | None) -> np.ndarray | None:
         catalog = index.catalog
         keep = np.ones(len(catalog), dtype=bool)
-        if self.bbox is not None:
-            keep &= catalog.geometry.intersects(shapely.box(*self.bbox)).to_numpy()
+        if self.bbox is not None:  # the catalog's R-tree (built once per opened index) finds the few patches in a box
+            inside = np.zeros(len(catalog), dtype=bool)
+            inside[catalog.sindex.query(shapely.box(*self.bbox), predicate="intersects")] = True
+            keep &= inside
         if self.dates:
             wanted = {normalise_date(d) for d in self.dates}
             known = set(catalog["date"].dropna())
@@ -133,11 +135,11 @@ class Feedback:
 
     def rows(self, index: Index) -> tuple[np.ndarray, np.ndarray]:
         """Catalog rows of the marked patches; unknown ids are a :class:`FeedbackError`."""
-        lookup = pd.Series(np.arange(len(index.catalog)), index=index.catalog["patch_id"].to_numpy())
-        unknown = [p for p in (*self.positives, *self.negatives) if p not in lookup.index]
+        positives, negatives = index.rows_of(self.positives), index.rows_of(self.negatives)
+        unknown = [p for p, r in zip((*self.positives, *self.negatives), (*positives, *negatives)) if r < 0]
         if unknown:
             raise FeedbackError(f"feedback names patches not in {index.path}: {', '.join(unknown[:5])}")
-        return lookup[list(self.positives)].to_numpy(), lookup[list(self.negatives)].to_numpy()
+        return positives, negatives
 
 
 def read_feedback(path: str | os.PathLike, index: Index) -> Feedback:
@@ -257,7 +259,8 @@ def query_xy(index: Index, x: float, y: float, crs: str, k: int = 10, query_date
 def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Filters(),
                 expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
     """The ``k`` patches most like an indexed patch, by id (``scene:row:col``)."""
-    matches = np.flatnonzero(index.catalog["patch_id"].to_numpy() == patch_id)
+    matches = index.rows_of([patch_id])
+    matches = matches[matches >= 0]
     if len(matches) == 0:
         raise QueryError(f"no patch {patch_id!r} in {index.path}")
     row = int(matches[0])

@@ -1,0 +1,205 @@
+"""A segmented index at scale: build, append 1 %, open, query with catalog lookup, bbox-filtered query, recall.
+
+Vectors: the real EfficientNet-Lite0 embeddings of all NAIP years (as bench_query.py, PCA to 128-d)
+and *synthetic fill*: real vectors plus Gaussian noise at the median nearest-neighbour distance.
+Catalog rows are synthetic too, with the schema and sizes of real ones (patch id, scene, date,
+row/col, offsets, transform, CRS, bounds, nodata fraction, a lon/lat polygon): scenes of 10,000
+patches (100 x 100 at 320 m) laid side by side, ten dates. The index is written by rscbir's own
+segment writer (`rscbir.index._write_generation`), so files, manifest, FAISS types and search are
+the real ones; only the CNN pass is skipped.
+
+    python benchmarks/bench_index_scale.py [--sizes 1000000] [--augment 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_query import DATA, WORK, jitter, real_vectors  # noqa: E402
+
+SCENE = 100  # patches per side of a synthetic scene
+STEP = 0.0029  # degrees: about 320 m at 47 N
+
+
+def synthetic_scene(number: int, vectors: np.ndarray, date: str) -> tuple[dict, SimpleNamespace, None]:
+    """A staged scene as rscbir.index expects one: a manifest record, and a store of vectors + catalog rows."""
+    import geopandas as gpd
+    import shapely
+
+    n = len(vectors)
+    rows, cols = np.divmod(np.arange(n), SCENE)
+    west, north = -100.0 + (number % 50) * SCENE * STEP, 47.0 + (number // 50) * SCENE * STEP
+    minx, maxy = west + cols * STEP, north - rows * STEP
+    scene_id = f"synthetic_{number:05d}_{date.replace('-', '')}"
+    catalog = gpd.GeoDataFrame(
+        {
+            "patch_id": [f"{scene_id}:{r}:{c}" for r, c in zip(rows, cols)],
+            "scene_id": scene_id,
+            "date": date,
+            "row": rows,
+            "col": cols,
+            "col_off": cols * 64,
+            "row_off": rows * 64,
+            "width": 64,
+            "height": 64,
+            "transform": [np.array([5.0, 0.0, 485900.0 + c * 320, 0.0, -5.0, 5209242.0 - r * 320]) for r, c in zip(rows, cols)],
+            "crs": "EPSG:26914",
+            "minx": 485900.0 + cols * 320.0,
+            "miny": 5209242.0 - (rows + 1) * 320.0,
+            "maxx": 485900.0 + (cols + 1) * 320.0,
+            "maxy": 5209242.0 - rows * 320.0,
+            "nodata_fraction": 0.0,
+        },
+        geometry=shapely.box(minx, maxy - STEP, minx + STEP, maxy),
+        crs="EPSG:4326",
+    )
+    record = {"scene_id": scene_id, "location": f"synthetic/{scene_id}.tif", "date": date, "bands": ["R", "G", "B"], "sources": [],
+              "scaling": {"mode": "divide", "divisor": 255.0}, "band_stats": None, "content_hash": scene_id, "patches": n}  # fmt: skip
+    return record, SimpleNamespace(vectors=vectors, catalog=catalog, meta={}), None
+
+
+def scenes_for(vectors: np.ndarray, first: int) -> list:
+    per = SCENE * SCENE
+    return [synthetic_scene(first + i, vectors[start : start + per], f"20{10 + (first + i) % 10}-06-01")
+            for i, start in enumerate(range(0, len(vectors), per))]  # fmt: skip
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+OPEN_AND_QUERY = """
+import json, resource, sys, time
+start = time.perf_counter()
+from rscbir.index import Index
+index = Index.open(sys.argv[1])
+opened = time.perf_counter() - start
+from rscbir.query import Filters, QueryExpansion, query_patch
+query_patch(index, index.catalog["patch_id"].iloc[12345], 10, Filters(), QueryExpansion(0))
+print(json.dumps({"open_s": opened, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--augment", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    if not (DATA / "naip_timeseries").is_dir():
+        sys.exit(f"{DATA}/naip_timeseries not found; set RSCBIR_DATA")
+    WORK.mkdir(exist_ok=True)
+    from rscbir.embed import EmbedOptions
+    from rscbir.index import Index, _write_generation, build_faiss
+    from rscbir.models.load import load_feature_model
+    from rscbir.query import Filters, QueryExpansion, query_patch
+    from rscbir.tiling import TilingConfig
+
+    rng = np.random.default_rng(0)
+    real = real_vectors(128)
+    sims = real[:2000] @ real[:2000].T
+    np.fill_diagonal(sims, -1)
+    nn_distance = float(np.median(np.sqrt(np.maximum(0, 2 - 2 * sims.max(axis=1)))))
+    config = load_feature_model(["R", "G", "B"]).config
+    options = EmbedOptions(dim=None, dtype="float32")
+    results = []
+    for size in args.sizes:
+        folder = WORK / f"scale_{size}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        vectors = np.concatenate([real, jitter(real, size - len(real), nn_distance, rng)])[:size].astype(np.float32)
+        stores = scenes_for(vectors, 0)
+        start = time.perf_counter()
+        _write_generation(folder, None, stores, config, TilingConfig("320m"), options, "auto", None, args.augment)
+        build_s = time.perf_counter() - start
+        built_bytes = folder_bytes(folder)
+        del stores
+        extra = jitter(real, size // 100, nn_distance, rng)
+        more = scenes_for(extra, size // (SCENE * SCENE) + 1)
+        existing = Index.open(folder)
+        before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+        start = time.perf_counter()
+        _write_generation(folder, existing, more, config, TilingConfig("320m"), options, "auto", None, args.augment)
+        append_s = time.perf_counter() - start
+        written = sum(p.stat().st_size for p in folder.iterdir() if before.get(p.name) != p.stat().st_mtime_ns)
+        untouched = all(before[name] == (folder / name).stat().st_mtime_ns for name in before if name != "index.json" and (folder / name).exists())
+        del existing, more
+        child = subprocess.run([sys.executable, "-c", OPEN_AND_QUERY, str(folder)], capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONPATH": str(HERE.parent)})  # fmt: skip
+        opened = json.loads(child.stdout.strip().splitlines()[-1])
+        index = Index.open(folder)
+        ids = index.catalog["patch_id"].to_numpy()
+        picks = rng.integers(0, len(index), args.queries)
+        times = []
+        for row in picks:
+            start = time.perf_counter()
+            query_patch(index, ids[row], 10, Filters(), QueryExpansion(0))
+            times.append(time.perf_counter() - start)
+        bounds = index.catalog.geometry.bounds.to_numpy()
+        boxed, hits_ok = [], 0
+        for row in picks:
+            w, s, e, n = bounds[row]
+            box = (w - 3 * STEP, s - 3 * STEP, e + 3 * STEP, n + 3 * STEP)  # about 7 x 7 patches of one date, some more
+            start = time.perf_counter()
+            result = query_patch(index, ids[row], 10, Filters(bbox=box), QueryExpansion(0))
+            boxed.append(time.perf_counter() - start)
+            hits_ok += len(result.hits) == 10
+        queries = jitter(real, args.queries, nn_distance, rng)
+        searched = np.asarray(index.search_vectors, np.float32)
+        _, truth = build_faiss(searched, "Flat").search(queries, 10)
+        _, found = index.search(queries, 10)
+        recall = float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
+        del searched
+        results.append({
+            "size": size, "segments": len(index.segments), "type": index.manifest["index_type"], "build_s": build_s,
+            "index_mib": built_bytes / 2**20, "append_s": append_s, "append_written_mib": written / 2**20,
+            "append_share_bytes": written / built_bytes, "append_share_time": append_s / build_s, "old_files_untouched": untouched,
+            "open_s": opened["open_s"], "peak_rss_mib": opened["peak_rss_mib"],
+            "query_p50_ms": 1000 * np.percentile(times, 50), "query_p95_ms": 1000 * np.percentile(times, 95),
+            "bbox_p50_ms": 1000 * np.percentile(boxed, 50), "bbox_p95_ms": 1000 * np.percentile(boxed, 95),
+            "bbox_k_hits": hits_ok / len(picks), "recall_at_10": recall,
+        })  # fmt: skip
+        print(json.dumps(results[-1]), flush=True)
+        del index
+        shutil.rmtree(folder, ignore_errors=True)
+
+    lines = [
+        f"\n## Index at scale: segments ({dt.date.today().isoformat()})\n",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `python benchmarks/bench_index_scale.py --sizes "
+        f"{' '.join(map(str, args.sizes))} --augment {args.augment}`. {len(real)} real Lite0 vectors (NAIP, 128-d) + synthetic fill; "
+        "synthetic catalog rows with the real schema. Build = one segment; append = 1 % more patches as a new segment. "
+        "Open + one query in a fresh process (peak RSS). Queries by patch id, k=10, no query expansion, catalog rows "
+        "of the hits included; bbox queries keep a box of about 7 x 7 patches around the example. Recall@10 against "
+        "exact search over the searched vectors, 200 jittered real queries.\n",
+        "| patches | FAISS | build s | index MiB | append s (share of build) | append MiB written (share of index) | old files untouched "
+        "| open s | peak RSS MiB | query p50 / p95 ms | bbox query p50 / p95 ms | bbox k hits | recall@10 |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r['size']} | {r['type']} | {r['build_s']:.0f} | {r['index_mib']:.0f} | {r['append_s']:.1f} ({100 * r['append_share_time']:.1f} %) "
+          f"| {r['append_written_mib']:.1f} ({100 * r['append_share_bytes']:.1f} %) | {r['old_files_untouched']} | {r['open_s']:.1f} "
+          f"| {r['peak_rss_mib']:.0f} | {r['query_p50_ms']:.1f} / {r['query_p95_ms']:.1f} | {r['bbox_p50_ms']:.1f} / {r['bbox_p95_ms']:.1f} "
+          f"| {100 * r['bbox_k_hits']:.0f} % | {r['recall_at_10']:.3f} |" for r in results),
+        "",
+    ]  # fmt: skip
+    text = "\n".join(lines)
+    print(text)
+    with open(HERE / "results.md", "a") as handle:
+        handle.write(text)
+    print("appended to results.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,7 @@ import faiss
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from rscbir.atomic import atomic_path, fsync_path, settle_folder
 from rscbir.catalog import read_catalog
@@ -196,6 +197,17 @@ class Segment:
         return self.augmented if self.augmented is not None else self.vectors
 
 
+def _one_chunk(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Arrow-backed string columns as one chunk each: taking the rows of a few hits from a column of several
+    chunks costs a pass over all of it (0.12 ms vs 0.01 ms at 100k rows, 10x that at 1M)."""
+    for name in frame.columns:
+        array = frame[name].array
+        chunked = getattr(array, "_pa_array", None)
+        if chunked is not None and chunked.num_chunks > 1:
+            frame[name] = type(array)(pa.chunked_array([chunked.combine_chunks()]))
+    return frame
+
+
 def _joined(parts: list):
     return parts[0] if len(parts) == 1 else StackedRows(parts)
 
@@ -266,7 +278,7 @@ class Index:
         if offset != manifest["count"]:
             raise IndexFileError(f"{path}: segments hold {offset} patches, the manifest says {manifest['count']}; rebuild it")
         catalog = frames[0] if len(frames) == 1 else gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
-        return cls(path, manifest, catalog, segments)
+        return cls(path, manifest, _one_chunk(catalog), segments)
 
     @property
     def model_config(self) -> ModelConfig:

@@ -204,18 +204,15 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
     search_vector = query_vector(index, vector, expansion, feedback, exclude_row)
     scores, ids = index.search(search_vector, k, allowed)
     keep = ids[0] >= 0
-    rows = index.catalog.iloc[ids[0][keep]]
+    found = ids[0][keep]
+    catalog = index.catalog  # each column taken alone: a take of the whole frame copies every column of the hits
     hits = gpd.GeoDataFrame(
         {
             "rank": np.arange(1, keep.sum() + 1),
             "score": scores[0][keep].astype(float),
-            "patch_id": rows["patch_id"].to_numpy(),
-            "scene_id": rows["scene_id"].to_numpy(),
-            "date": rows["date"].to_numpy(),
-            "row": rows["row"].to_numpy(),
-            "col": rows["col"].to_numpy(),
+            **{name: catalog[name].array.take(found).to_numpy() for name in ("patch_id", "scene_id", "date", "row", "col")},
         },
-        geometry=rows.geometry.to_numpy(),
+        geometry=catalog.geometry.array.take(found),
         crs="EPSG:4326",
     )
     return hits

@@ -667,7 +667,10 @@ def _write_new_augmented(target: Path, everything: np.ndarray, first_new: int, k
     if total > EXACT_LIMIT:
         new_rows = everything[first_new:] if isinstance(everything, StackedRows) else np.asarray(everything[first_new:])
         if existing is None or first_new == 0:
-            neighbours = build_faiss(everything, auto_index_type(total)).search
+            helper = build_faiss(everything, auto_index_type(total))
+            if isinstance(helper, faiss.IndexHNSW):  # neighbours to average need not be exact: the query-time
+                helper.hnsw.efSearch = 128  # efSearch (512 at 1M) would more than double the build
+            neighbours = helper.search
         else:
             neighbours = _append_neighbours(existing, np.asarray(new_rows, np.float32), first_new)
     augmented = np.lib.format.open_memmap(target, mode="w+", dtype=everything.dtype, shape=(total - first_new, everything.shape[1]))

@@ -29,7 +29,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_query import DATA, WORK, jitter, real_vectors  # noqa: E402
+from bench_query import WORK, append_results, jitter, real_corpus  # noqa: E402
 
 SCENE = 100  # patches per side of a synthetic scene
 STEP = 0.0029  # degrees: about 320 m at 47 N
@@ -100,9 +100,6 @@ def main() -> None:
     parser.add_argument("--augment", type=int, default=5)
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    if not (DATA / "naip_timeseries").is_dir():
-        sys.exit(f"{DATA}/naip_timeseries not found; set RSCBIR_DATA")
-    WORK.mkdir(exist_ok=True)
     from rscbir.embed import EmbedOptions
     from rscbir.index import Index, _write_generation, build_faiss
     from rscbir.models.load import load_feature_model
@@ -110,10 +107,7 @@ def main() -> None:
     from rscbir.tiling import TilingConfig
 
     rng = np.random.default_rng(0)
-    real = real_vectors(128)
-    sims = real[:2000] @ real[:2000].T
-    np.fill_diagonal(sims, -1)
-    nn_distance = float(np.median(np.sqrt(np.maximum(0, 2 - 2 * sims.max(axis=1)))))
+    real, nn_distance = real_corpus(128)
     config = load_feature_model(["R", "G", "B"]).config
     options = EmbedOptions(dim=None, dtype="float32")
     results = []
@@ -197,11 +191,7 @@ def main() -> None:
           f"| {100 * r['bbox_k_hits']:.0f} % | {r['recall_at_10']:.3f} / {r['score_recall_at_10']:.3f} |" for r in results),
         "",
     ]  # fmt: skip
-    text = "\n".join(lines)
-    print(text)
-    with open(HERE / "results.md", "a") as handle:
-        handle.write(text)
-    print("appended to results.md")
+    append_results("\n".join(lines))
 
 
 if __name__ == "__main__":

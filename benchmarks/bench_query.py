@@ -53,6 +53,26 @@ def real_vectors(dim: int) -> np.ndarray:
     return reduced
 
 
+def real_corpus(dim: int) -> tuple[np.ndarray, float]:
+    """The real vectors (see :func:`real_vectors`) and their median nearest-neighbour distance, the noise scale of
+    the synthetic fill; exits with a message when the NAIP data is absent."""
+    if not (DATA / "naip_timeseries").is_dir():
+        sys.exit(f"{DATA}/naip_timeseries not found; set RSCBIR_DATA")
+    WORK.mkdir(exist_ok=True)
+    real = real_vectors(dim)
+    sims = real[:2000] @ real[:2000].T
+    np.fill_diagonal(sims, -1)
+    return real, float(np.median(np.sqrt(np.maximum(0, 2 - 2 * sims.max(axis=1)))))
+
+
+def append_results(text: str) -> None:
+    """Print a benchmark's section and append it to results.md."""
+    print(text)
+    with open(HERE / "results.md", "a") as handle:
+        handle.write(text)
+    print("appended to results.md")
+
+
 def jitter(vectors: np.ndarray, n: int, scale: float, rng) -> np.ndarray:
     picks = vectors[rng.integers(0, len(vectors), n)]
     out = picks + rng.normal(0, scale / np.sqrt(vectors.shape[1]), picks.shape).astype(np.float32)
@@ -93,16 +113,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    if not (DATA / "naip_timeseries").is_dir():
-        sys.exit(f"{DATA}/naip_timeseries not found; set RSCBIR_DATA")
-    WORK.mkdir(exist_ok=True)
     from rscbir.index import build_faiss
 
     rng = np.random.default_rng(0)
-    real = real_vectors(args.dim)
-    sims = real[:2000] @ real[:2000].T
-    np.fill_diagonal(sims, -1)
-    nn_distance = float(np.median(np.sqrt(np.maximum(0, 2 - 2 * sims.max(axis=1)))))
+    real, nn_distance = real_corpus(args.dim)
     queries = jitter(real, args.queries, nn_distance, rng)
     print(f"{len(real)} real vectors, {args.dim}-d; median nearest-neighbour distance {nn_distance:.3f}", flush=True)
 

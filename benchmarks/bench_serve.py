@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 NAIP = DATA / "naip_timeseries" / "m_4709963_se_14_1_{}.tif"
 RSCBIR = [sys.executable, "-m", "rscbir"]
+sys.path.insert(0, str(HERE))
+from bench_query import append_results  # noqa: E402
 
 
 def free_port() -> int:
@@ -112,10 +114,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    with open(HERE / "results.md", "a") as handle:
-        handle.write(text)
-    print("appended to results.md")
+    append_results(text)
     if ok != total or tiles_ok != total:
         sys.exit(f"{total - ok} queries and {total - tiles_ok} tiles failed")
 

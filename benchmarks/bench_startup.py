@@ -25,6 +25,8 @@ HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 NAIP = DATA / "naip_timeseries" / "m_4709963_se_14_1_20090818.tif"
 RSCBIR = [sys.executable, "-m", "rscbir"]
+sys.path.insert(0, str(HERE))
+from bench_query import append_results  # noqa: E402
 
 
 def small_index(folder: Path) -> Path:
@@ -77,10 +79,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    with open(HERE / "results.md", "a") as handle:
-        handle.write(text)
-    print("appended to results.md")
+    append_results(text)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ embedded into ``.staging/``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -32,7 +33,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import faiss
 import geopandas as gpd
@@ -702,8 +703,8 @@ def _append_neighbours(existing: Index, new_vectors: np.ndarray, first_new: int)
 
 
 def _segment_faiss(path: Path, vectors: np.ndarray, factory: str, manifest: dict, shared: dict, generation: int,
-                   retrain: bool = False) -> tuple[faiss.Index, list[Path]]:  # fmt: skip
-    """The FAISS index of a segment, and any shared file written for it.
+                   written: list[Path], retrain: bool = False) -> faiss.Index:  # fmt: skip
+    """The FAISS index of a segment; a shared file written for it is added to ``written``.
 
     Types that need training (IVF, PQ, SQ) train once, on the first segment's vectors, and every
     later segment starts from that trained empty index (``trained-N.faiss``): one coarse quantizer
@@ -711,8 +712,7 @@ def _segment_faiss(path: Path, vectors: np.ndarray, factory: str, manifest: dict
     (compaction) trains again on the vectors given.
     """
     if train_faiss_probe(vectors.shape[1], factory).is_trained:
-        return build_faiss(vectors, factory), []
-    written = []
+        return build_faiss(vectors, factory)
     if retrain or manifest.get("trained_type") != factory or not shared.get("trained"):
         trained = train_faiss(vectors, factory)
         shared["trained"] = f"trained-{generation:06d}.faiss"
@@ -723,7 +723,20 @@ def _segment_faiss(path: Path, vectors: np.ndarray, factory: str, manifest: dict
     for start in range(0, len(vectors), 65536):
         index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
     tune_search(index)
-    return index, written
+    return index
+
+
+@contextlib.contextmanager
+def _new_files() -> Iterator[list[Path]]:
+    """The files a change of the index writes, collected as it goes: all removed again if anything fails before
+    the manifest swap, so a failed append, removal or compaction leaves only the previous generation."""
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise
 
 
 def _write_generation(path, existing, new_stores, config, tiling, options, index_type, grid, augment: int,
@@ -736,11 +749,12 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
     old_manifest = existing.manifest if existing else None
     old_count = len(existing) if existing else 0
     pca = _index_pca(existing, new_stores, options)
-    names = _segment_names(_next_segment_id(old_manifest), bool(augment))
-    written = [path / name for name in names.values()]
+    segment_id = _next_segment_id(old_manifest)
+    names = _segment_names(segment_id, bool(augment))
     shared = shared_files(old_manifest) if old_manifest else {}
     manifest = {"trained_type": old_manifest.get("trained_type")} if old_manifest else {}
-    try:
+    with _new_files() as written:
+        written += [path / name for name in names.values()]
         vectors = _write_new_vectors_and_catalog(path, names, new_stores, options.numpy_dtype, pca, centre_scenes)
         total = old_count + len(vectors)
         requested = existing.manifest["index_type_requested"] if (existing is not None and index_type == "auto") else index_type
@@ -753,10 +767,9 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
             shared["pca"] = f"pca-{generation:06d}.npz"
             written.append(path / shared["pca"])
             pca.save(path / shared["pca"])
-        index, extra = _segment_faiss(path, searched, factory, manifest, shared, generation)
-        written += extra
+        index = _segment_faiss(path, searched, factory, manifest, shared, generation, written)
         _write_faiss(index, path / names["faiss"])
-        segment = {"id": _next_segment_id(old_manifest), "count": len(vectors), "scenes": [r["scene_id"] for r, _, _ in new_stores],
+        segment = {"id": segment_id, "count": len(vectors), "scenes": [r["scene_id"] for r, _, _ in new_stores],
                    "index_type": factory, "files": names}  # fmt: skip
         manifest.update({
             "format": FORMAT,
@@ -779,29 +792,19 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
             "segments": (list(segment_records(old_manifest)) if old_manifest else []) + [segment],
             "files": shared,
         })  # fmt: skip
-        _commit_generation(path, manifest, written)
-    except BaseException:
-        for file in written:
-            file.unlink(missing_ok=True)
-        raise
-    if old_manifest:
-        _drop_files(path, old_manifest, manifest)
+        _commit_generation(path, manifest, written, old_manifest)
+    _drop_files(path, old_manifest, manifest)
     return Index.open(path)
 
 
-def _commit_generation(path: Path, manifest: dict, written: Sequence[Path]) -> None:
+def _commit_generation(path: Path, manifest: dict, written: Sequence[Path], previous_manifest: dict | None) -> None:
     """Flush the generation's new files, record every data file's size and checksum, then swap the manifest (the commit).
 
     Files kept from the previous generation keep their recorded checksums (they are immutable): only new files are hashed.
     """
     for file in written:
         fsync_path(file)
-    previous = {}
-    if (path / MANIFEST).is_file():
-        try:
-            previous = read_manifest(path).get("checksums", {})
-        except IndexFileError:
-            previous = {}
+    previous = (previous_manifest or {}).get("checksums", {})
     fresh = {p.name for p in written}
     names = data_files(manifest)
     known = {name: previous[name] for name in names if name in previous and name not in fresh}
@@ -811,8 +814,10 @@ def _commit_generation(path: Path, manifest: dict, written: Sequence[Path]) -> N
     settle_folder(path)
 
 
-def _drop_files(path: Path, old_manifest: dict, new_manifest: dict) -> None:
+def _drop_files(path: Path, old_manifest: dict | None, new_manifest: dict) -> None:
     """Remove the files the previous manifest named and the new one does not: garbage once the new manifest is in place."""
+    if old_manifest is None:
+        return
     for name in set(data_files(old_manifest)) - set(data_files(new_manifest)):
         (path / name).unlink(missing_ok=True)
 
@@ -845,9 +850,10 @@ def _copy_rows(target: Path, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim
 
 
 def _rewrite_segments(path: Path, existing: Index, groups: list[tuple[list[Segment], list[np.ndarray]]], next_manifest: dict,
-                      retrain: bool = False) -> tuple[list[dict], list[Path]]:  # fmt: skip
-    """Write one new segment per group of (segments, kept local rows of each); returns their records and the files written."""
-    records, written = [], []
+                      written: list[Path], retrain: bool = False) -> list[dict]:  # fmt: skip
+    """Write one new segment per group of (segments, kept local rows of each), adding its files to ``written``;
+    returns their records."""
+    records = []
     next_id = _next_segment_id(existing.manifest)
     shared = next_manifest["files"]
     requested = existing.manifest.get("index_type_requested", existing.manifest.get("index_type", "auto"))
@@ -866,13 +872,12 @@ def _rewrite_segments(path: Path, existing: Index, groups: list[tuple[list[Segme
         factory = auto_index_type(len(vectors)) if requested == "auto" else requested
         if not retrain and len(segments) == 1 and segments[0].record.get("index_type"):
             factory = segments[0].record["index_type"]
-        index, extra = _segment_faiss(path, searched, factory, next_manifest, shared, next_manifest["generation"], retrain)
-        written += extra
+        index = _segment_faiss(path, searched, factory, next_manifest, shared, next_manifest["generation"], written, retrain)
         _write_faiss(index, path / names["faiss"])
         records.append({"id": next_id, "count": len(vectors), "scenes": list(dict.fromkeys(frame["scene_id"])), "index_type": factory,
                         "files": names})  # fmt: skip
         next_id += 1
-    return records, written
+    return records
 
 
 def remove_from_index(path: str | os.PathLike, scene_ids: Sequence[str] = (), dates: Sequence[str] = ()) -> tuple[Index, list[str]]:
@@ -908,19 +913,14 @@ def remove_from_index(path: str | os.PathLike, scene_ids: Sequence[str] = (), da
         elif local.any():
             kept_segments.append(("new", len(groups)))
             groups.append(([segment], [np.flatnonzero(local)]))
-    written: list[Path] = []
-    try:
-        records, written = _rewrite_segments(path, existing, groups, manifest)
+    with _new_files() as written:
+        records = _rewrite_segments(path, existing, groups, manifest, written)
         manifest.update({
             "count": int(keep.sum()),
             "scenes": [s for s in existing.manifest["scenes"] if s["scene_id"] not in removed],
             "segments": [value if kind == "kept" else records[value] for kind, value in kept_segments],
         })  # fmt: skip
-        _commit_generation(path, manifest, written)
-    except BaseException:
-        for file in written:
-            file.unlink(missing_ok=True)
-        raise
+        _commit_generation(path, manifest, written, existing.manifest)
     _drop_files(path, existing.manifest, manifest)
     return Index.open(path), removed
 
@@ -942,16 +942,11 @@ def compact_index(path: str | os.PathLike) -> tuple[Index, int]:
         return existing, 0
     manifest = {**existing.manifest, "generation": existing.manifest["generation"] + 1, "files": shared_files(existing.manifest)}
     requested = existing.manifest.get("index_type_requested", "auto")
-    written: list[Path] = []
-    try:
+    with _new_files() as written:
         groups = [(existing.segments, [np.arange(s.count) for s in existing.segments])]
-        records, written = _rewrite_segments(path, existing, groups, manifest, retrain=True)
+        records = _rewrite_segments(path, existing, groups, manifest, written, retrain=True)
         manifest.update({"segments": records, "index_type": records[0]["index_type"], "index_type_requested": requested})
-        _commit_generation(path, manifest, written)
-    except BaseException:
-        for file in written:
-            file.unlink(missing_ok=True)
-        raise
+        _commit_generation(path, manifest, written, existing.manifest)
     _drop_files(path, existing.manifest, manifest)
     return Index.open(path), len(existing.segments)
 

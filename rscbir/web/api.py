@@ -189,15 +189,23 @@ def change_query(index: Index, lon: float, lat: float, dates: tuple[str, str], k
     return export.to_geojson(query_change(index, lon, lat, dates, k, exclude_radius=exclude_radius))
 
 
+def scene_boxes(index: Index) -> dict[str, tuple[float, float, float, float]]:
+    """Each scene's lon/lat box (west, south, east, north): the bounds of its patches."""
+    bounds = index.catalog.geometry.bounds.groupby(index.catalog["scene_id"].to_numpy())
+    table = bounds.agg({"minx": "min", "miny": "min", "maxx": "max", "maxy": "max"})
+    return {scene_id: tuple(float(v) for v in row) for scene_id, row in zip(table.index, table.to_numpy())}
+
+
 def footprints(index: Index) -> dict:
-    """One lon/lat box per scene (the bounds of its patches), with its id and date."""
-    features = []
-    for scene_id, rows in index.catalog.groupby("scene_id"):
-        west, south, east, north = (float(v) for v in rows.total_bounds)
+    """One lon/lat box per scene, with its id, date and patch count."""
+    boxes, features = scene_boxes(index), []
+    for record in index.manifest["scenes"]:
+        scene_id, date = record["scene_id"], record.get("date")
+        west, south, east, north = boxes[scene_id]
         ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
         features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                         "properties": {"scene_id": scene_id, "date": rows["date"].iloc[0], "patches": int(len(rows)),
-                                        "tooltip": f"{scene_id} ({rows['date'].iloc[0]})"}})  # fmt: skip
+                         "properties": {"scene_id": scene_id, "date": date, "patches": record.get("patches"),
+                                        "tooltip": f"{scene_id} ({date})"}})  # fmt: skip
     return {"type": "FeatureCollection", "features": features}
 
 

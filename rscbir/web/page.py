@@ -19,7 +19,7 @@ import dash_leaflet as dl
 from dash import ALL, Input, Output, State, ctx, dcc, html
 
 from rscbir.errors import RscbirError
-from rscbir.web.api import LiveIndex, change_query, footprints, install, point_query
+from rscbir.web.api import LiveIndex, change_query, footprints, install, point_query, scene_boxes
 
 HIT_STYLE = {"color": "#00e5ff", "weight": 2, "fillOpacity": 0.15}
 QUERY_STYLE = {"color": "#ff1744", "weight": 3, "fillOpacity": 0.0}
@@ -91,12 +91,12 @@ def _fit_zoom(west: float, south: float, east: float, north: float, width_px: in
 
 def _scene_layers(live: LiveIndex, date: str | None) -> list:
     index = live.get()
+    boxes = scene_boxes(index)
     layers = []
     for record in index.manifest["scenes"]:
         if date and record.get("date") != date:
             continue
-        rows = index.catalog[index.catalog["scene_id"] == record["scene_id"]]
-        west, south, east, north = (float(v) for v in rows.total_bounds)
+        west, south, east, north = boxes[record["scene_id"]]
         layers.append(dl.TileLayer(url=f"/api/tiles/{record['scene_id']}/{{z}}/{{x}}/{{y}}.png", bounds=[[south, west], [north, east]],
                                    maxZoom=22, maxNativeZoom=19, className="imagery", id=f"imagery-{record['scene_id']}"))  # fmt: skip
     return layers

@@ -82,13 +82,14 @@ def contact_sheet(index: Index, result: QueryResult, path: str | os.PathLike, th
     scenes: dict[str, Scene] = {}
     if result.query_patch is not None and len(result.query_patch):
         q = result.query_patch.iloc[0]
+        if "transform" not in result.query_patch.columns:  # a query's light row: read its pixel window
+            q = index.catalog_rows(index.rows_of([q["patch_id"]])).iloc[0]
         tiles.append((patch_pixels(index, q, scenes), f"query {q['date'] or ''}"))
     elif query_image is not None:
         with Image.open(query_image) as image:
             tiles.append((np.asarray(image.convert("RGB")), "query image"))
-    catalog_rows = index.catalog.set_index("patch_id")
-    for hit in result.hits.itertuples():
-        row = catalog_rows.loc[hit.patch_id]
+    rows = index.catalog_rows(index.rows_of(list(result.hits["patch_id"])))  # pixel windows of the hits only
+    for hit, (_, row) in zip(result.hits.itertuples(), rows.iterrows()):
         tiles.append((patch_pixels(index, row, scenes), f"#{hit.rank} {hit.score:.3f} {hit.date or ''}"))
     columns = min(6, max(1, len(tiles)))
     rows = -(-len(tiles) // columns)

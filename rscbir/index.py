@@ -7,12 +7,16 @@ Layout of ``INDEX_DIR``::
     segment-000003-vectors.npy          (n, dim) embeddings: appends, exact re-ranking, query by patch
     segment-000003-augmented.npy        database-side augmented vectors (what FAISS searches, --augment)
     segment-000003-faiss.index          the segment's FAISS index (inner product on L2-normalised vectors)
+    segment-000003-lookup.npy, -cells.npy   what a query needs of the catalog, memory-mapped (rscbir.lookup)
     pca-000001.npz, trained-000001.faiss   shared: the PCA, the trained empty index of IVF/PQ types
     .staging/                           per-scene embedding stores of a run in progress (resume)
 
 An append embeds the new scenes into one new segment and swaps ``index.json``;
 it never rewrites an existing segment. Ids run through the segments in manifest
-order; a search asks every segment and merges by score. :func:`compact_index`
+order; a search asks every segment and merges by score. Opening maps the
+vectors, FAISS indexes and lookups into memory without reading them, and a query
+reads only the pages it touches: the whole catalog is loaded only when asked for
+(:attr:`Index.catalog`: change, removal, compaction). :func:`compact_index`
 merges segments (automatically past ``MAX_SEGMENTS``). Every change writes its
 new files, fsyncs them, and only then replaces ``index.json`` (temporary file +
 rename): a kill -9 at any moment leaves the previous complete index readable;
@@ -25,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -40,12 +45,15 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
 
 from rscbir.atomic import atomic_path, fsync_path, settle_folder
 from rscbir.catalog import read_catalog
 from rscbir.embed import EmbeddingStore, EmbedOptions, Runner, embed_scenes
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, QueryError
 from rscbir.grid import Grid, common_grid
+from rscbir.lookup import SegmentLookup
 from rscbir.manifest import FORMAT, MANIFEST, check_sizes, data_files, file_records, read_manifest, segment_records, shared_files
 from rscbir.models.features import FeatureModel, ModelConfig
 from rscbir.models.whitening import PCAWhitening
@@ -193,6 +201,7 @@ class Segment:
     augmented: np.ndarray | None
     faiss_index: faiss.Index
     record: dict
+    lookup: SegmentLookup
 
     @property
     def count(self) -> int:
@@ -201,6 +210,33 @@ class Segment:
     @property
     def search_vectors(self) -> np.ndarray:
         return self.augmented if self.augmented is not None else self.vectors
+
+
+def _read_segment_catalog(path: Path, record: dict) -> gpd.GeoDataFrame:
+    target = path / record["files"]["catalog"]
+    try:
+        return read_catalog(target)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IndexFileError(f"{target}: unreadable or corrupt ({first}); rebuild the index with `rscbir index`") from None
+
+
+def _catalog_rows(target: Path, local: np.ndarray) -> gpd.GeoDataFrame:
+    """Rows ``local`` of a segment's GeoParquet catalog, in that order, reading only the row groups that hold them."""
+    try:
+        parquet = pq.ParquetFile(target)
+        ends = np.cumsum([parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)])
+        groups = np.searchsorted(ends, local, side="right")
+        tables, firsts = [], []
+        for group in np.unique(groups):
+            first = int(ends[group - 1]) if group else 0
+            tables.append(parquet.read_row_group(int(group)).take(pa.array(local[groups == group] - first)))
+            firsts.append(np.flatnonzero(groups == group))
+        table = pa.concat_tables(tables).replace_schema_metadata(parquet.schema_arrow.metadata)
+        frame = gpd.GeoDataFrame.from_arrow(table)
+    except (OSError, ValueError, RuntimeError, pa.ArrowException) as exc:
+        raise IndexFileError(f"{target}: unreadable or corrupt ({exc}); rebuild the index with `rscbir index`") from None
+    return frame.iloc[np.argsort(np.concatenate(firsts))].reset_index(drop=True)
 
 
 def _one_chunk(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
@@ -223,13 +259,14 @@ class Index:
     """An index folder opened for reading (and appending with :func:`build_index`).
 
     The index is a manifest plus immutable segments: an append adds a segment and never
-    rewrites the others; :func:`compact_index` merges them. Row ``i`` of :attr:`catalog` is
-    id ``i`` of :attr:`vectors` and of :meth:`search`, across every segment.
+    rewrites the others; :func:`compact_index` merges them. Ids run through the segments in
+    manifest order: id ``i`` is row ``i`` of :attr:`catalog` and of :attr:`vectors`.
+    Queries use the segments' memory-mapped lookups (:meth:`patches`, :meth:`rows_of`,
+    :meth:`in_box`); :attr:`catalog` reads every row and is for whole-index work.
     """
 
     path: Path
     manifest: dict
-    catalog: gpd.GeoDataFrame
     segments: list[Segment]
 
     @property
@@ -249,42 +286,57 @@ class Index:
         """The vectors FAISS ranks: augmented ones when the index was built with ``--augment``."""
         return _joined([s.search_vectors for s in self.segments])
 
+    @functools.cached_property
+    def catalog(self) -> gpd.GeoDataFrame:
+        """Every patch row (GeoParquet of each segment) with its id in ``vector``: read on first use, then kept."""
+        frames = []
+        for segment in self.segments:
+            frame = _read_segment_catalog(self.path, segment.record)
+            frame["vector"] = np.arange(segment.offset, segment.offset + len(frame), dtype=np.int64)
+            frames.append(frame)
+        catalog = frames[0] if len(frames) == 1 else gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
+        return _one_chunk(catalog)
+
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Index":
-        """Open ``path``; raises :class:`IndexFileError` naming the file when it is not a complete index."""
+        """Open ``path``; raises :class:`IndexFileError` naming the file when it is not a complete index.
+
+        Vectors, FAISS indexes and lookups are memory-mapped: opening reads no patch, whatever the size.
+        """
         path = Path(path)
         manifest = read_manifest(path)
         check_sizes(path, manifest)
-        segments, frames, offset = [], [], 0
+        segments, offset = [], 0
         for record in segment_records(manifest):
             files = record["files"]
-            current = files["catalog"]
+            current = files["vectors"]
             try:
-                frame = read_catalog(path / current)
-                current = files["vectors"]
                 vectors = np.load(path / current, mmap_mode="r")
                 augmented = None
                 if files.get("augmented"):
                     current = files["augmented"]
                     augmented = np.load(path / current, mmap_mode="r")
                 current = files["faiss"]
-                index = faiss.read_index(str(path / current))
+                index = faiss.read_index(str(path / current), faiss.IO_FLAG_MMAP_IFC)
+                if files.get("lookup") and record.get("lookup"):
+                    current = files["lookup"]
+                    lookup = SegmentLookup.load(path, files, record["lookup"])
+                else:  # a segment written before lookups existed: built from its catalog, in memory
+                    current = files["catalog"]
+                    lookup = SegmentLookup.from_catalog(_read_segment_catalog(path, record))
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise IndexFileError(f"{path / current}: unreadable or corrupt ({first}); rebuild the index with `rscbir index`") from None
-            if not (len(frame) == len(vectors) == index.ntotal == record["count"]) or (augmented is not None and len(augmented) != len(vectors)):
-                raise IndexFileError(f"{path}: segment {record['id']} parts disagree ({len(frame)} patches, {len(vectors)} vectors, "
+            if not (len(lookup) == len(vectors) == index.ntotal == record["count"]) or (augmented is not None and len(augmented) != len(vectors)):
+                raise IndexFileError(f"{path}: segment {record['id']} parts disagree ({len(lookup)} patches, {len(vectors)} vectors, "
                                      f"{index.ntotal} in FAISS, {record['count']} recorded); rebuild it")  # fmt: skip
             tune_search(index)
-            frame["vector"] = np.arange(offset, offset + len(frame), dtype=np.int64)
-            frames.append(frame)
-            segments.append(Segment(int(record["id"]), offset, vectors, augmented, index, record))
-            offset += len(frame)
+            segments.append(Segment(int(record["id"]), offset, vectors, augmented, index, record, lookup))
+            offset += len(vectors)
         if offset != manifest["count"]:
             raise IndexFileError(f"{path}: segments hold {offset} patches, the manifest says {manifest['count']}; rebuild it")
-        catalog = frames[0] if len(frames) == 1 else gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
-        return cls(path, manifest, _one_chunk(catalog), segments)
+        return cls(path, manifest, segments)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -329,13 +381,117 @@ class Index:
         return records
 
     def __len__(self) -> int:
-        return len(self.catalog)
+        return int(self.manifest["count"])
 
     def rows_of(self, patch_ids: Sequence[str]) -> np.ndarray:
-        """Catalog rows (= ids) of ``patch_ids``, -1 for an id not in the index; a hash lookup built once per open."""
-        if "_rows_by_patch" not in self.__dict__:
-            self.__dict__["_rows_by_patch"] = pd.Index(self.catalog["patch_id"].to_numpy())
-        return self.__dict__["_rows_by_patch"].get_indexer(list(patch_ids))
+        """Ids of ``patch_ids`` (``scene:row:col``), -1 for one not in the index: a binary search in its scene's ids."""
+        found = np.full(len(patch_ids), -1, dtype=np.int64)
+        for n, patch_id in enumerate(patch_ids):
+            scene_id, _, rest = str(patch_id).rpartition(":")
+            scene_id, _, row = scene_id.rpartition(":")
+            if not (row.lstrip("-").isdigit() and rest.lstrip("-").isdigit()):
+                continue
+            for segment in self._segments_of(scene_id):
+                local = segment.lookup.find(scene_id, int(row), int(rest))
+                if local >= 0:
+                    found[n] = segment.offset + local
+                    break
+        return found
+
+    def _segments_of(self, scene_id: str) -> list[Segment]:
+        return [s for s in self.segments if scene_id in s.lookup.ranges]
+
+    def _by_segment(self, ids: np.ndarray) -> Iterator[tuple[Segment, np.ndarray, np.ndarray]]:
+        """(segment, positions in ``ids``, local ids) for each segment holding some of ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        for segment in self.segments:
+            mine = np.flatnonzero((ids >= segment.offset) & (ids < segment.offset + segment.count))
+            if len(mine):
+                yield segment, mine, ids[mine] - segment.offset
+
+    def patches(self, ids: Sequence[int]) -> gpd.GeoDataFrame:
+        """patch_id, scene_id, date, row, col and footprint (EPSG:4326) of ``ids``, in that order, read from the lookups."""
+        ids = np.asarray(ids, dtype=np.int64)
+        scene, row, col = (np.zeros(len(ids), np.int64) for _ in range(3))
+        names, geometry = np.empty(len(ids), object), np.empty(len(ids), object)
+        for segment, mine, local in self._by_segment(ids):
+            order = np.argsort(local)  # memory maps read fastest in file order
+            records = np.asarray(segment.lookup.patches[local[order]])
+            at = mine[order]
+            names[at] = np.asarray(segment.lookup.scene_ids, dtype=object)[records["scene"]]
+            row[at], col[at] = records["row"], records["col"]
+            corners = records["corners"].reshape(-1, 4, 2)
+            geometry[at] = shapely.polygons(np.concatenate([corners, corners[:, :1]], axis=1))
+        dates = self._scene_dates
+        return gpd.GeoDataFrame(
+            {
+                "patch_id": np.array([f"{s}:{r}:{c}" for s, r, c in zip(names, row, col)], dtype=object),
+                "scene_id": names,
+                "date": np.array([dates.get(s) for s in names], dtype=object),
+                "row": row,
+                "col": col,
+            },
+            geometry=geometry,
+            crs="EPSG:4326",
+        )
+
+    def catalog_rows(self, ids: Sequence[int]) -> gpd.GeoDataFrame:
+        """Full catalog rows of ``ids`` (pixel window, transform, CRS ...), in that order: read from the row groups
+        of the segments' GeoParquet that hold them, unless the whole catalog is already loaded."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if "catalog" in self.__dict__:
+            return self.catalog.iloc[ids].reset_index(drop=True)
+        parts, where = [], []
+        for segment, mine, local in self._by_segment(ids):
+            parts.append(_catalog_rows(self.path / segment.record["files"]["catalog"], local))
+            parts[-1]["vector"] = local + segment.offset
+            where.append(mine)
+        if not parts:
+            return self.patches(ids).iloc[:0]
+        frame = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs="EPSG:4326")
+        return frame.iloc[np.argsort(np.concatenate(where))].reset_index(drop=True)
+
+    @functools.cached_property
+    def _scene_dates(self) -> dict:
+        return {s["scene_id"]: s.get("date") for s in self.manifest["scenes"]}
+
+    def centres(self, ids: Sequence[int]) -> np.ndarray:
+        """(n, 2) lon/lat centres of the patches ``ids``."""
+        out = np.zeros((len(ids), 2))
+        for segment, mine, local in self._by_segment(np.asarray(ids)):
+            out[mine] = segment.lookup.centres(local)
+        return out
+
+    def in_box(self, bbox: tuple[float, float, float, float]) -> np.ndarray:
+        """Sorted ids of the patches whose footprint box meets the lon/lat ``bbox`` (west, south, east, north)."""
+        found = [s.offset + s.lookup.in_box(*bbox) for s in self.segments]
+        return np.concatenate(found) if found else np.empty(0, np.int64)
+
+    def covering(self, lon: float, lat: float) -> np.ndarray:
+        """Ids of the patches whose footprint covers (lon, lat)."""
+        found = [s.offset + s.lookup.covering(lon, lat) for s in self.segments]
+        return np.concatenate(found) if found else np.empty(0, np.int64)
+
+    def within(self, lon: float, lat: float, metres: float) -> np.ndarray:
+        """Ids of the patches whose centre lies within ``metres`` of (lon, lat)."""
+        found = [s.offset + s.lookup.within(lon, lat, metres) for s in self.segments]
+        return np.concatenate(found) if found else np.empty(0, np.int64)
+
+    def scene_mask(self, scene_ids: Sequence[str]) -> np.ndarray:
+        """Bool mask over all ids: the patches of ``scene_ids``."""
+        return np.concatenate([s.lookup.scene_mask(scene_ids) for s in self.segments])
+
+    def scene_bounds(self) -> dict[str, tuple[float, float, float, float]]:
+        """Each scene's (west, south, east, north): the box of its patch footprints."""
+        return {scene: box for s in self.segments for scene, box in s.lookup.scene_bounds.items()}
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) of every patch footprint."""
+        boxes = np.array([s.lookup.bounds for s in self.segments if s.count], dtype=float).reshape(-1, 4)
+        if not len(boxes):
+            return (np.nan,) * 4
+        return (float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max()))
 
     def co_located(self, before_id: str, after_id: str) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, np.ndarray, np.ndarray]:
         """Catalog rows and stored vectors of the patches indexed in both scenes at the same (row, col).
@@ -613,7 +769,8 @@ def _index_pca(existing: Index | None, new_stores, options: EmbedOptions) -> PCA
 
 def _segment_names(segment_id: int, augmented: bool) -> dict:
     stem = f"segment-{segment_id:06d}"
-    names = {"catalog": f"{stem}-catalog.parquet", "vectors": f"{stem}-vectors.npy", "faiss": f"{stem}-faiss.index"}
+    names = {"catalog": f"{stem}-catalog.parquet", "vectors": f"{stem}-vectors.npy", "faiss": f"{stem}-faiss.index",
+             "lookup": f"{stem}-lookup.npy", "cells": f"{stem}-cells.npy"}
     if augmented:
         names["augmented"] = f"{stem}-augmented.npy"
     return names
@@ -623,15 +780,18 @@ def _next_segment_id(manifest: dict | None) -> int:
     return 1 + max((int(s["id"]) for s in segment_records(manifest)), default=0) if manifest else 1
 
 
-def _write_catalog(frame: pd.DataFrame, target: Path) -> None:
-    """A segment's patch rows as GeoParquet, in row groups of 64k so a reader can fetch rows by id."""
+def _write_catalog(frame: pd.DataFrame, folder: Path, names: dict) -> dict:
+    """A segment's patch rows as GeoParquet (row groups of 64k, so a reader can fetch rows by id) and its lookup
+    arrays; returns the lookup's manifest record."""
     frame = gpd.GeoDataFrame(frame.drop(columns=["vector"], errors="ignore"), geometry="geometry", crs="EPSG:4326")
-    frame.to_parquet(target, index=False, row_group_size=65536)
+    frame.to_parquet(folder / names["catalog"], index=False, row_group_size=65536)
+    return SegmentLookup.from_catalog(frame).save(folder, names)
 
 
 def _write_new_vectors_and_catalog(path: Path, names: dict, new_stores, dtype, pca: PCAWhitening | None,
-                                   centre_scenes: bool = False) -> np.ndarray:  # fmt: skip
-    """The new segment's vectors (memory-mapped, after PCA) and catalog, from the staged scenes."""
+                                   centre_scenes: bool = False) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """The new segment's vectors (memory-mapped, after PCA), catalog and lookup, from the staged scenes; returns the
+    vectors and the lookup's manifest record."""
     count = sum(len(s.vectors) for _, s, _ in new_stores)
     dim = pca.dim if pca is not None else new_stores[0][1].vectors.shape[1]
     vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=dtype, shape=(count, dim))
@@ -652,8 +812,7 @@ def _write_new_vectors_and_catalog(path: Path, names: dict, new_stores, dtype, p
         frames.append(store.catalog)
         offset += len(store.vectors)
     vectors.flush()
-    _write_catalog(pd.concat(frames, ignore_index=True), path / names["catalog"])
-    return vectors
+    return vectors, _write_catalog(pd.concat(frames, ignore_index=True), path, names)
 
 
 def _write_new_augmented(target: Path, everything: np.ndarray, first_new: int, k: int, existing: Index | None = None) -> np.ndarray:
@@ -755,7 +914,7 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
     manifest = {"trained_type": old_manifest.get("trained_type")} if old_manifest else {}
     with _new_files() as written:
         written += [path / name for name in names.values()]
-        vectors = _write_new_vectors_and_catalog(path, names, new_stores, options.numpy_dtype, pca, centre_scenes)
+        vectors, lookup = _write_new_vectors_and_catalog(path, names, new_stores, options.numpy_dtype, pca, centre_scenes)
         total = old_count + len(vectors)
         requested = existing.manifest["index_type_requested"] if (existing is not None and index_type == "auto") else index_type
         factory = auto_index_type(total) if requested == "auto" else requested
@@ -770,7 +929,7 @@ def _write_generation(path, existing, new_stores, config, tiling, options, index
         index = _segment_faiss(path, searched, factory, manifest, shared, generation, written)
         _write_faiss(index, path / names["faiss"])
         segment = {"id": segment_id, "count": len(vectors), "scenes": [r["scene_id"] for r, _, _ in new_stores],
-                   "index_type": factory, "files": names}  # fmt: skip
+                   "index_type": factory, "files": names, "lookup": lookup}  # fmt: skip
         manifest.update({
             "format": FORMAT,
             "version": VERSION,
@@ -822,7 +981,7 @@ def _drop_files(path: Path, old_manifest: dict | None, new_manifest: dict) -> No
         (path / name).unlink(missing_ok=True)
 
 
-DATA_FILE = re.compile(r"^(segment-\d+-(catalog\.parquet|vectors\.npy|augmented\.npy|faiss\.index)|trained-\d+\.faiss|pca-\d+\.npz"
+DATA_FILE = re.compile(r"^(segment-\d+-(catalog\.parquet|vectors\.npy|augmented\.npy|faiss\.index|lookup\.npy|cells\.npy)|trained-\d+\.faiss|pca-\d+\.npz"
                        r"|(catalog|vectors|augmented|faiss)-\d+\.(parquet|npy|index))$")  # fmt: skip
 
 
@@ -866,16 +1025,16 @@ def _rewrite_segments(path: Path, existing: Index, groups: list[tuple[list[Segme
         searched = vectors
         if augmented:
             searched = _copy_rows(path / names["augmented"], [(s.augmented, rows) for s, rows in zip(segments, kept)], dim, dtype)
-        frames = [existing.catalog.iloc[s.offset + rows] for s, rows in zip(segments, kept)]
+        frames = [_read_segment_catalog(path, s.record).iloc[rows] for s, rows in zip(segments, kept)]  # one segment at a time
         frame = pd.concat(frames, ignore_index=True)
-        _write_catalog(frame, path / names["catalog"])
+        lookup = _write_catalog(frame, path, names)
         factory = auto_index_type(len(vectors)) if requested == "auto" else requested
         if not retrain and len(segments) == 1 and segments[0].record.get("index_type"):
             factory = segments[0].record["index_type"]
         index = _segment_faiss(path, searched, factory, next_manifest, shared, next_manifest["generation"], written, retrain)
         _write_faiss(index, path / names["faiss"])
         records.append({"id": next_id, "count": len(vectors), "scenes": list(dict.fromkeys(frame["scene_id"])), "index_type": factory,
-                        "files": names})  # fmt: skip
+                        "files": names, "lookup": lookup})  # fmt: skip
         next_id += 1
     return records
 
@@ -903,7 +1062,7 @@ def remove_from_index(path: str | os.PathLike, scene_ids: Sequence[str] = (), da
     removed = [sid for sid, s in known.items() if sid in scene_ids or s.get("date") in wanted_dates]
     if len(removed) == len(known):
         raise IndexFileError(f"{path}: that would remove every scene; delete the folder to remove the whole index")
-    keep = ~existing.catalog["scene_id"].isin(removed).to_numpy()
+    keep = ~existing.scene_mask(removed)
     manifest = {**existing.manifest, "generation": existing.manifest["generation"] + 1, "files": shared_files(existing.manifest)}
     kept_segments, groups = [], []
     for segment in existing.segments:

@@ -37,7 +37,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
-SEGMENT_KEYS = ("catalog", "vectors", "augmented", "faiss")  # the files of one segment
+SEGMENT_KEYS = ("catalog", "vectors", "augmented", "faiss", "lookup", "cells")  # the files of one segment
 
 
 def segment_records(manifest: dict) -> list[dict]:

@@ -29,7 +29,7 @@ import torch
 from pyproj import Transformer
 from rasterio.errors import RasterioError
 
-from rscbir.catalog import metres_from, patch_centres
+from rscbir.catalog import metres_from
 from rscbir.errors import FeedbackError, OutsideCoverageError, QueryError
 from rscbir.images import load_image
 from rscbir.index import Index
@@ -50,25 +50,27 @@ class Filters:
     exclude_radius: float | None = None  # metres around the query patch centre
 
     def mask(self, index: Index, centre: tuple[float, float] | None) -> np.ndarray | None:
-        catalog = index.catalog
-        keep = np.ones(len(catalog), dtype=bool)
-        if self.bbox is not None:  # the catalog's R-tree (built once per opened index) finds the few patches in a box
-            inside = np.zeros(len(catalog), dtype=bool)
-            inside[catalog.sindex.query(shapely.box(*self.bbox), predicate="intersects")] = True
+        """Bool mask over the index's ids, None when every patch may be returned; from the segments' lookups,
+        so a box, a date or a radius reads only the patches it names."""
+        keep = np.ones(len(index), dtype=bool)
+        if self.bbox is not None:
+            inside = np.zeros(len(index), dtype=bool)
+            inside[index.in_box(self.bbox)] = True
             keep &= inside
         if self.dates:
             wanted = {normalise_date(d) for d in self.dates}
-            known = set(catalog["date"].dropna())
+            known = {s.get("date") for s in index.manifest["scenes"]} - {None}
             if not wanted & known:
                 raise QueryError(f"no indexed patch has date {', '.join(sorted(wanted))}; the index holds {', '.join(sorted(known)) or 'no dates'}")
-            keep &= catalog["date"].isin(wanted).to_numpy()
+            keep &= index.scene_mask([s["scene_id"] for s in index.manifest["scenes"] if s.get("date") in wanted])
         if self.scenes:
-            unknown = set(self.scenes) - set(catalog["scene_id"])
+            indexed = [s["scene_id"] for s in index.manifest["scenes"]]
+            unknown = set(self.scenes) - set(indexed)
             if unknown:
-                raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(set(catalog['scene_id'])))}")
-            keep &= catalog["scene_id"].isin(self.scenes).to_numpy()
+                raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(indexed))}")
+            keep &= index.scene_mask(self.scenes)
         if self.exclude_radius and centre is not None:
-            keep &= metres_from(catalog, *centre) > self.exclude_radius
+            keep[index.within(*centre, self.exclude_radius)] = False
         return None if keep.all() else keep
 
 
@@ -86,16 +88,14 @@ def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> i
 
     Among overlapping patches (stride < patch size) the one whose centre is nearest wins.
     """
-    catalog = index.catalog
-    point = shapely.Point(lon, lat)
-    covering = np.flatnonzero(catalog.geometry.covers(point).to_numpy())
+    covering = index.covering(lon, lat)
     if len(covering) == 0:
-        west, south, east, north = catalog.total_bounds if len(catalog) else (np.nan,) * 4
+        west, south, east, north = index.bounds
         raise OutsideCoverageError(
             f"point ({lon:.6f}, {lat:.6f}) lies outside every indexed patch; the index covers "
             f"lon {west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}"
         )
-    dates = catalog["date"].to_numpy()[covering]
+    dates = index.patches(covering)["date"].to_numpy()
     if date is not None:
         wanted = normalise_date(date)
         covering = covering[dates == wanted]
@@ -106,7 +106,7 @@ def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> i
         if valid.any():
             latest = max(d for d in dates if d is not None)
             covering = covering[dates == latest]
-    centres = patch_centres(catalog.iloc[covering])
+    centres = index.centres(covering)
     return int(covering[np.argmin((centres[:, 0] - lon) ** 2 + (centres[:, 1] - lat) ** 2)])
 
 
@@ -162,10 +162,10 @@ def read_feedback(path: str | os.PathLike, index: Index) -> Feedback:
     if "patch_id" in table.columns and table["patch_id"].notna().all():
         ids = table["patch_id"].astype(str).tolist()
     elif {"lon", "lat"} <= set(table.columns):
-        ids = [index.catalog["patch_id"].iloc[patch_at(index, lon, lat)] for lon, lat in zip(table["lon"], table["lat"])]
+        ids = list(index.patches([patch_at(index, lon, lat) for lon, lat in zip(table["lon"], table["lat"])])["patch_id"])
     elif isinstance(table, gpd.GeoDataFrame) and table.geometry.notna().all():
         points = table.geometry.to_crs("EPSG:4326").representative_point()
-        ids = [index.catalog["patch_id"].iloc[patch_at(index, p.x, p.y)] for p in points]
+        ids = list(index.patches([patch_at(index, p.x, p.y) for p in points])["patch_id"])
     else:
         raise FeedbackError(f"{path}: rows need a `patch_id`, `lon`/`lat` columns or a geometry")
     return Feedback(tuple(i for i, label in zip(ids, labels) if label == 1), tuple(i for i, label in zip(ids, labels) if label == 0))
@@ -205,16 +205,9 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
     scores, ids = index.search(search_vector, k, allowed)
     keep = ids[0] >= 0
     found = ids[0][keep]
-    catalog = index.catalog  # each column taken alone: a take of the whole frame copies every column of the hits
-    hits = gpd.GeoDataFrame(
-        {
-            "rank": np.arange(1, keep.sum() + 1),
-            "score": scores[0][keep].astype(float),
-            **{name: catalog[name].array.take(found).to_numpy() for name in ("patch_id", "scene_id", "date", "row", "col")},
-        },
-        geometry=catalog.geometry.array.take(found),
-        crs="EPSG:4326",
-    )
+    hits = index.patches(found)  # the hits' rows from the memory-mapped lookups, not the catalog
+    hits.insert(0, "score", scores[0][keep].astype(float))
+    hits.insert(0, "rank", np.arange(1, keep.sum() + 1))
     return hits
 
 
@@ -234,9 +227,9 @@ def query_point(index: Index, lon: float, lat: float, k: int = 10, query_date: s
     """
     row = patch_at(index, lon, lat, query_date)
     vector = np.asarray(index.vectors[row], dtype=np.float32)[None]
-    centre = tuple(patch_centres(index.catalog.iloc[[row]])[0])
+    centre = tuple(index.centres([row])[0])
     hits = _rank(index, vector, k, filters, centre, row, expansion, feedback)
-    patch = index.catalog.iloc[[row]]
+    patch = index.patches([row])
     query = {"type": "point", "lon": lon, "lat": lat, "patch_id": patch["patch_id"].iloc[0], "date": patch["date"].iloc[0], "k": k}
     return QueryResult(hits, _describe(query, expansion, feedback), patch)
 
@@ -261,9 +254,9 @@ def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Fil
     if len(matches) == 0:
         raise QueryError(f"no patch {patch_id!r} in {index.path}")
     row = int(matches[0])
-    centre = tuple(patch_centres(index.catalog.iloc[[row]])[0])
+    centre = tuple(index.centres([row])[0])
     hits = _rank(index, np.asarray(index.vectors[row], dtype=np.float32)[None], k, filters, centre, row, expansion, feedback)
-    return QueryResult(hits, _describe({"type": "patch", "patch_id": patch_id, "k": k}, expansion, feedback), index.catalog.iloc[[row]])
+    return QueryResult(hits, _describe({"type": "patch", "patch_id": patch_id, "k": k}, expansion, feedback), index.patches([row]))
 
 
 def query_image(index: Index, path: str | os.PathLike, k: int = 10, filters: Filters = Filters(),

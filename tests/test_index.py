@@ -37,7 +37,7 @@ def folder_digest(path: Path) -> dict:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
 
 
-PARTS = ["augmented.npy", "catalog.parquet", "faiss.index", "vectors.npy"]
+PARTS = ["augmented.npy", "catalog.parquet", "cells.npy", "faiss.index", "lookup.npy", "vectors.npy"]
 
 
 def test_build_append_and_skip(tmp_path):

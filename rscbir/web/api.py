@@ -191,9 +191,7 @@ def change_query(index: Index, lon: float, lat: float, dates: tuple[str, str], k
 
 def scene_boxes(index: Index) -> dict[str, tuple[float, float, float, float]]:
     """Each scene's lon/lat box (west, south, east, north): the bounds of its patches."""
-    bounds = index.catalog.geometry.bounds.groupby(index.catalog["scene_id"].to_numpy())
-    table = bounds.agg({"minx": "min", "miny": "min", "maxx": "max", "maxy": "max"})
-    return {scene_id: tuple(float(v) for v in row) for scene_id, row in zip(table.index, table.to_numpy())}
+    return index.scene_bounds()
 
 
 def footprints(index: Index) -> dict:
@@ -239,10 +237,10 @@ def change_tile(change: PairChange, z: int, x: int, y: int) -> bytes:
 
 
 def thumbnail(index: Index, patch_id: str, side: int = 96) -> bytes:
-    rows = index.catalog.index[index.catalog["patch_id"] == patch_id]
-    if len(rows) == 0:
+    rows = index.rows_of([patch_id])
+    if rows[0] < 0:
         raise ApiError(404, f"no patch {patch_id!r} in this index")
-    pixels = export.patch_pixels(index, index.catalog.loc[rows[0]])
+    pixels = export.patch_pixels(index, index.catalog_rows(rows).iloc[0])
     buffer = io.BytesIO()
     Image.fromarray(pixels).resize((side, side), Image.NEAREST).save(buffer, format="PNG")
     return buffer.getvalue()

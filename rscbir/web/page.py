@@ -109,7 +109,7 @@ def create_app(index_dir: str | os.PathLike) -> dash.Dash:
     index = live.get()
     dates = sorted({s.get("date") for s in index.manifest["scenes"] if s.get("date")})
     can_change = bool(index.manifest.get("grid")) and len(dates) >= 2
-    west, south, east, north = (float(v) for v in index.catalog.total_bounds)
+    west, south, east, north = index.bounds
     extent = [[south, west], [north, east]]  # the map's `bounds` prop breaks dash-leaflet 1.1 on re-render: centre + zoom instead
     summary = f"{len(index)} patches, {len(index.manifest['scenes'])} scenes, dates {', '.join(dates) or 'none'}"
 

@@ -544,18 +544,41 @@ class Index:
 EXACT_FILTER_LIMIT = 20_000  # a filter allowing at most this many patches of a segment scores them exactly
 
 
+RERANK = 4  # a segment of lossy codes (SQ, PQ) fetches 4 k candidates and re-scores them on the stored vectors
+
+
+def _lossy(segment: Segment) -> bool:
+    kind = segment.record.get("index_type") or ""
+    return "SQ" in kind or "PQ" in kind
+
+
+def _rescored(segment: Segment, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of candidate local ``ids`` (-1 = none) by exact inner product with the stored vectors."""
+    valid = ids >= 0
+    flat = np.where(valid, ids, 0).ravel()
+    order = np.argsort(flat, kind="stable")  # memory maps read fastest in file order
+    rows = np.empty((len(flat), queries.shape[1]), np.float32)
+    rows[order] = segment.search_vectors[flat[order]]
+    scores = np.where(valid, np.einsum("qd,qcd->qc", queries, rows.reshape(*ids.shape, -1)), -np.inf)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    ids = np.where(np.isfinite(np.take_along_axis(scores, top, 1)), np.take_along_axis(ids, top, 1), -1)
+    return np.take_along_axis(scores, top, 1).astype(np.float32), ids
+
+
 def _search_segment(segment: Segment, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` local (scores, ids) of one segment, only among ``allowed`` rows when given."""
+    fetch = RERANK * k if _lossy(segment) else k
     if allowed is None:
-        return segment.faiss_index.search(queries, min(k, segment.count))
+        d, i = segment.faiss_index.search(queries, min(fetch, segment.count))
+        return _rescored(segment, queries, i, k) if fetch != k else (d, i)
     rows = np.flatnonzero(allowed)
     k = min(k, len(rows))
     if len(rows) > EXACT_FILTER_LIMIT:
         params, keep_alive = _selector_params(segment.faiss_index, allowed)
-        d, i = segment.faiss_index.search(queries, k, params=params)
+        d, i = segment.faiss_index.search(queries, min(fetch, len(rows)), params=params)
         del keep_alive
         if (i >= 0).sum(axis=1).min() >= k:
-            return d, i
+            return _rescored(segment, queries, i, k) if fetch != k else (d, i)
     # few allowed rows (a bbox, a date), or a graph search that ran out under the filter: score them exactly
     block = np.asarray(segment.search_vectors[rows], dtype=np.float32)
     sims = queries @ block.T

@@ -8,7 +8,7 @@ patches (100 x 100 at 320 m) laid side by side, ten dates. The index is written 
 segment writer (`rscbir.index._write_generation`), so files, manifest, FAISS types and search are
 the real ones; only the CNN pass is skipped.
 
-    python benchmarks/bench_index_scale.py [--sizes 1000000] [--augment 5]
+    python benchmarks/bench_index_scale.py [--sizes 1000000] [--augment 5] [--segments 10] [--fill jitter|gaussian]
 """
 
 from __future__ import annotations
@@ -89,19 +89,45 @@ from rscbir.index import Index
 index = Index.open(sys.argv[1])
 opened = time.perf_counter() - start
 from rscbir.query import Filters, QueryExpansion, query_patch
-query_patch(index, index.catalog["patch_id"].iloc[12345], 10, Filters(), QueryExpansion(0))
+query_patch(index, index.patches([12345])["patch_id"].iloc[0], 10, Filters(), QueryExpansion(0))
 print(json.dumps({"open_s": opened, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+def fill(real: np.ndarray, n: int, nn_distance: float, rng, kind: str) -> np.ndarray:
+    """``n`` synthetic vectors: jittered copies of real ones, or (``gaussian``) draws from a Gaussian with the real
+    vectors' mean and covariance, a structureless worst case for any approximate search."""
+    if kind == "gaussian":
+        out = rng.multivariate_normal(real.mean(axis=0), np.cov(real.T), n).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+    return jitter(real, n, nn_distance, rng)
+
+
+def exact_top(vectors, queries: np.ndarray, k: int = 10, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (scores, ids) of ``queries`` over ``vectors`` read a chunk at a time (no copy of all)."""
+    best_scores = np.full((len(queries), k), -np.inf, np.float32)
+    best_ids = np.full((len(queries), k), -1, np.int64)
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start : start + chunk], np.float32)
+        sims = queries @ block.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        scores = np.concatenate([best_scores, np.take_along_axis(sims, top, 1)], axis=1)
+        ids = np.concatenate([best_ids, top + start], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores, best_ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    return best_scores, best_ids
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--augment", type=int, default=5)
+    parser.add_argument("--segments", type=int, default=1, help="build as this many appends of equal size (one per date)")
+    parser.add_argument("--fill", choices=["jitter", "gaussian"], default="jitter")
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
     from rscbir.embed import EmbedOptions
-    from rscbir.index import Index, _write_generation, build_faiss
+    from rscbir.index import Index, _write_generation
     from rscbir.models.load import load_feature_model
     from rscbir.query import Filters, QueryExpansion, query_patch
     from rscbir.tiling import TilingConfig
@@ -115,15 +141,20 @@ def main() -> None:
         folder = WORK / f"scale_{size}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-        vectors = np.concatenate([real, jitter(real, size - len(real), nn_distance, rng)])[:size].astype(np.float32)
-        stores = scenes_for(vectors, 0)
-        start = time.perf_counter()
-        _write_generation(folder, None, stores, config, TilingConfig("320m"), options, "auto", None, args.augment)
-        build_s = time.perf_counter() - start
+        per, existing, build_s, scene = size // args.segments, None, 0.0, 0
+        for part in range(args.segments):  # one append per date, the vectors generated a segment at a time
+            count = per if part < args.segments - 1 else size - per * part
+            head = real[:count] if part == 0 and args.fill == "jitter" else real[:0]
+            vectors = np.concatenate([head, fill(real, count - len(head), nn_distance, rng, args.fill)]).astype(np.float32)
+            stores = scenes_for(vectors, scene)
+            scene += len(stores)
+            start = time.perf_counter()
+            existing = _write_generation(folder, existing, stores, config, TilingConfig("320m"), options, "auto", None, args.augment)
+            build_s += time.perf_counter() - start
+            print(f"segment {part + 1}/{args.segments}: {len(existing)} patches, {build_s:.0f} s", flush=True)
+            del stores, vectors
         built_bytes = folder_bytes(folder)
-        del stores
-        extra = jitter(real, size // 100, nn_distance, rng)
-        more = scenes_for(extra, size // (SCENE * SCENE) + 1)
+        more = scenes_for(fill(real, size // 100, nn_distance, rng, args.fill), scene + 1)
         existing = Index.open(folder)
         before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
         start = time.perf_counter()
@@ -136,33 +167,31 @@ def main() -> None:
                                env={**os.environ, "PYTHONPATH": str(HERE.parent)})  # fmt: skip
         opened = json.loads(child.stdout.strip().splitlines()[-1])
         index = Index.open(folder)
-        ids = index.catalog["patch_id"].to_numpy()
         picks = rng.integers(0, len(index), args.queries)
+        rows = index.patches(picks)
+        ids, bounds = rows["patch_id"].to_numpy(), rows.geometry.bounds.to_numpy()
         times = []
-        for row in picks:
+        for patch_id in ids:
             start = time.perf_counter()
-            query_patch(index, ids[row], 10, Filters(), QueryExpansion(0))
+            query_patch(index, patch_id, 10, Filters(), QueryExpansion(0))
             times.append(time.perf_counter() - start)
-        bounds = index.catalog.geometry.bounds.to_numpy()
         boxed, hits_ok = [], 0
-        for row in picks:
-            w, s, e, n = bounds[row]
+        for patch_id, (w, s, e, n) in zip(ids, bounds):
             box = (w - 3 * STEP, s - 3 * STEP, e + 3 * STEP, n + 3 * STEP)  # about 7 x 7 patches of one date, some more
             start = time.perf_counter()
-            result = query_patch(index, ids[row], 10, Filters(bbox=box), QueryExpansion(0))
+            result = query_patch(index, patch_id, 10, Filters(bbox=box), QueryExpansion(0))
             boxed.append(time.perf_counter() - start)
             hits_ok += len(result.hits) == 10
-        queries = jitter(real, args.queries, nn_distance, rng)
-        searched = np.asarray(index.search_vectors, np.float32)
-        truth_scores, truth = build_faiss(searched, "Flat").search(queries, 10)
+        queries = fill(real, args.queries, nn_distance, rng, args.fill)
+        truth_scores, truth = exact_top(index.search_vectors, queries)
         found_scores, found = index.search(queries, 10)
         recall = float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
         # synthetic fill puts ~170 near-copies around each real vector, so the true top 10 are often ties:
         # also count a hit as right when it scores at least the true 10th (a tie the exact search broke otherwise)
         score_recall = float(np.mean(found_scores >= truth_scores[:, -1:] - 1e-6))
-        del searched
+        types = list(dict.fromkeys(segment.record["index_type"] for segment in index.segments))
         results.append({
-            "size": size, "segments": len(index.segments), "type": index.manifest["index_type"], "build_s": build_s,
+            "size": size, "segments": len(index.segments), "type": " + ".join(types), "build_s": build_s,
             "index_mib": built_bytes / 2**20, "append_s": append_s, "append_written_mib": written / 2**20,
             "append_share_bytes": written / built_bytes, "append_share_time": append_s / build_s, "old_files_untouched": untouched,
             "open_s": opened["open_s"], "peak_rss_mib": opened["peak_rss_mib"],
@@ -177,15 +206,18 @@ def main() -> None:
     lines = [
         f"\n## Index at scale: segments ({dt.date.today().isoformat()})\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `python benchmarks/bench_index_scale.py --sizes "
-        f"{' '.join(map(str, args.sizes))} --augment {args.augment}`. {len(real)} real Lite0 vectors (NAIP, 128-d) + synthetic fill; "
-        "synthetic catalog rows with the real schema. Build = one segment; append = 1 % more patches as a new segment. "
+        f"{' '.join(map(str, args.sizes))} --augment {args.augment} --segments {args.segments} --fill {args.fill}`. "
+        + (f"{len(real)} real Lite0 vectors (NAIP, 128-d) + synthetic fill (jittered copies); " if args.fill == "jitter" else
+           "Gaussian vectors with the real Lite0 vectors' mean and covariance (a structureless worst case); ")
+        + f"synthetic catalog rows with the real schema. Build = {args.segments} append(s) of equal size, one segment each "
+        "(build s is their sum); append = 1 % more patches as a new segment. "
         "Open + one query in a fresh process (peak RSS). Queries by patch id, k=10, no query expansion, catalog rows "
         "of the hits included; bbox queries keep a box of about 7 x 7 patches around the example. Recall@10 against "
-        "exact search over the searched vectors, 200 jittered real queries.\n",
-        "| patches | FAISS | build s | index MiB | append s (share of build) | append MiB written (share of index) | old files untouched "
+        "exact search over the searched vectors, 200 queries drawn like the fill.\n",
+        "| patches | segments | FAISS | build s | index MiB | append s (share of build) | append MiB written (share of index) | old files untouched "
         "| open s | peak RSS MiB | query p50 / p95 ms | bbox query p50 / p95 ms | bbox k hits | recall@10 ids / scores |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-        *(f"| {r['size']} | {r['type']} | {r['build_s']:.0f} | {r['index_mib']:.0f} | {r['append_s']:.1f} ({100 * r['append_share_time']:.1f} %) "
+        "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r['size']} | {r['segments']} | {r['type']} | {r['build_s']:.0f} | {r['index_mib']:.0f} | {r['append_s']:.1f} ({100 * r['append_share_time']:.1f} %) "
           f"| {r['append_written_mib']:.1f} ({100 * r['append_share_bytes']:.1f} %) | {r['old_files_untouched']} | {r['open_s']:.1f} "
           f"| {r['peak_rss_mib']:.0f} | {r['query_p50_ms']:.1f} / {r['query_p95_ms']:.1f} | {r['bbox_p50_ms']:.1f} / {r['bbox_p95_ms']:.1f} "
           f"| {100 * r['bbox_k_hits']:.0f} % | {r['recall_at_10']:.3f} / {r['score_recall_at_10']:.3f} |" for r in results),

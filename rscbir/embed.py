@@ -11,12 +11,7 @@ Who runs the model is a *runner*: :class:`LocalRunner` in this process (the
 default) or :class:`rscbir.scale.DaskRunner` on a cluster; both return the
 same store.
 
-A store folder holds::
-
-    catalog.parquet   patch rows (see rscbir.catalog); row i <-> vector i
-    vectors.npy       (N, dim) float16 or float32, L2-normalised
-    model.json        ModelConfig + tiling + per-scene scaling: how to embed again
-    pca.npz           PCA, when ``dim`` was reduced
+The store's layout and reader live in :mod:`rscbir.store`.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol, Sequence
 
@@ -35,22 +29,19 @@ from rasterio.enums import Resampling
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rscbir.atomic import atomic_dir
-from rscbir.catalog import concat, read_catalog, records_to_frame
-from rscbir.errors import OutputError, StoreError
+from rscbir.catalog import concat, records_to_frame
+from rscbir.errors import OutputError
 from rscbir.grid import Grid
 from rscbir.images import load_image
-from rscbir.models.features import FeatureModel, ModelConfig
+from rscbir.models.features import FeatureModel
 from rscbir.models.runtime import forward_for
-from rscbir.modes import Device, Runtime, VectorDtype
+from rscbir.modes import Runtime
 from rscbir.models.whitening import PCAWhitening
 from rscbir.scene import Scene
+from rscbir.store import DEFAULT_DIM, STORE_VERSION, EmbeddingStore, EmbedOptions
 from rscbir.tiling import TilingConfig, aligned_grid, iter_patches, make_record
 
 log = logging.getLogger(__name__)
-STORE_VERSION = 1
-# Centred PCA to 128-d fitted on the corpus: RSSCN7 mAP 0.511 -> 0.532 on the design half, and vectors 15x shorter
-# than the 1904-d multi-stage features (benchmarks/results.md).
-DEFAULT_DIM = 128
 
 
 class PatchStream(IterableDataset):
@@ -69,29 +60,6 @@ class PatchStream(IterableDataset):
         for patch in iter_patches(self.scene, self.tiling, self.grid, resampling=self.resampling, rows=rows):
             record = patch.record
             yield record.row, record.col, record.nodata_fraction, torch.from_numpy(self.scene.scale(patch.data))
-
-
-@dataclass(frozen=True)
-class EmbedOptions:
-    """How to run inference and store the vectors."""
-
-    batch_size: int = 16  # larger batches run slower on small CPUs (cache), see benchmarks/results.md
-    workers: int | None = None  # reader processes; None: 0 on <= 2 cores (they only steal CPU there), else 2
-    runtime: Runtime = Runtime.AUTO
-    dtype: VectorDtype = VectorDtype.FLOAT16
-    dim: int | None = DEFAULT_DIM  # centred PCA to this many dimensions (None: keep the model's)
-    whiten: float = 0.0  # whitening power: 0 centred PCA, 0.5 full whitening
-    resampling: Resampling = Resampling.bilinear
-    progress: bool = False
-    device: Device = Device.AUTO
-
-    def __post_init__(self) -> None:
-        for name, kind in (("runtime", Runtime), ("dtype", VectorDtype), ("device", Device)):
-            object.__setattr__(self, name, kind(getattr(self, name)))
-
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype.value)
 
 
 def embed_batches(forward, loader: DataLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -232,37 +200,5 @@ def embed_images(model: FeatureModel, paths: Sequence[Path], batch_size: int = 1
     return np.concatenate(out)
 
 
-@dataclass
-class EmbeddingStore:
-    """An embedding store folder, opened read-only."""
-
-    path: Path
-    meta: dict
-    catalog: gpd.GeoDataFrame
-    vectors: np.ndarray  # memory-mapped
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> "EmbeddingStore":
-        """Open a store; raises :class:`StoreError` when it is incomplete or inconsistent."""
-        path = Path(path)
-        try:
-            meta = json.loads((path / "model.json").read_text())
-            catalog = read_catalog(path / "catalog.parquet")
-            vectors = np.load(path / "vectors.npy", mmap_mode="r")
-        except (OSError, ValueError, KeyError) as exc:
-            raise StoreError(f"{path}: not a readable embedding store ({exc}); re-run `rscbir embed`") from None
-        if len(catalog) != len(vectors):
-            raise StoreError(f"{path}: catalog has {len(catalog)} rows but {len(vectors)} vectors; re-run `rscbir embed`")
-        return cls(path, meta, catalog, vectors)
-
-    @property
-    def model_config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.meta["model"])
-
-    @property
-    def tiling(self) -> TilingConfig:
-        return TilingConfig.from_dict(self.meta["tiling"])
-
-    @property
-    def pca(self) -> PCAWhitening | None:
-        return PCAWhitening.load(self.path / "pca.npz") if self.meta.get("pca_dim") else None
+__all__ = ["embed_scenes", "embed_images", "embed_batches", "LocalRunner", "Runner", "PatchStream",
+           "EmbeddingStore", "EmbedOptions", "DEFAULT_DIM", "STORE_VERSION"]  # the last four live in rscbir.store

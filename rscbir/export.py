@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import geopandas as gpd
 import numpy as np
@@ -22,12 +22,15 @@ from scipy import ndimage
 
 from rscbir.atomic import atomic_path
 from rscbir.catalog import patch_grid
-from rscbir.change import ChangeMethod, ChangeScores
 from rscbir.errors import OutputError
 from rscbir.grid import Grid
 from rscbir.index import Index
+from rscbir.modes import ChangeMethod
 from rscbir.query import QueryResult
 from rscbir.scene import Scene
+
+if TYPE_CHECKING:  # writing a query's results needs no deep-learning framework
+    from rscbir.change import ChangeScores
 
 PROPERTIES = ["rank", "score", "patch_id", "scene_id", "date", "row", "col"]
 

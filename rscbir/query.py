@@ -25,15 +25,12 @@ import numpy as np
 import pandas as pd
 import rasterio
 import shapely
-import torch
 from pyproj import Transformer
 from rasterio.errors import RasterioError
 
 from rscbir.catalog import metres_from
 from rscbir.errors import FeedbackError, OutsideCoverageError, QueryError
-from rscbir.images import load_image
 from rscbir.index import Index
-from rscbir.models.load import model_from_config
 from rscbir.rerank import QueryExpansion, feedback_vector
 from rscbir.scene import Scaling, apply_scaling, normalise_date
 from rscbir.thresholds import Threshold
@@ -52,26 +49,35 @@ class Filters:
     def mask(self, index: Index, centre: tuple[float, float] | None) -> np.ndarray | None:
         """Bool mask over the index's ids, None when every patch may be returned; from the segments' lookups,
         so a box, a date or a radius reads only the patches it names."""
-        keep = np.ones(len(index), dtype=bool)
+        keep = None  # masks start from zeros (pages the kernel maps lazily) and only touch the ids they allow
+
+        def narrow(mask: np.ndarray) -> None:
+            nonlocal keep
+            keep = mask if keep is None else keep & mask
+
         if self.bbox is not None:
             inside = np.zeros(len(index), dtype=bool)
             inside[index.in_box(self.bbox)] = True
-            keep &= inside
+            narrow(inside)
         if self.dates:
             wanted = {normalise_date(d) for d in self.dates}
             known = {s.get("date") for s in index.manifest["scenes"]} - {None}
             if not wanted & known:
                 raise QueryError(f"no indexed patch has date {', '.join(sorted(wanted))}; the index holds {', '.join(sorted(known)) or 'no dates'}")
-            keep &= index.scene_mask([s["scene_id"] for s in index.manifest["scenes"] if s.get("date") in wanted])
+            narrow(index.scene_mask([s["scene_id"] for s in index.manifest["scenes"] if s.get("date") in wanted]))
         if self.scenes:
             indexed = [s["scene_id"] for s in index.manifest["scenes"]]
             unknown = set(self.scenes) - set(indexed)
             if unknown:
                 raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(indexed))}")
-            keep &= index.scene_mask(self.scenes)
+            narrow(index.scene_mask(self.scenes))
         if self.exclude_radius and centre is not None:
-            keep[index.within(*centre, self.exclude_radius)] = False
-        return None if keep.all() else keep
+            near = index.within(*centre, self.exclude_radius)
+            if len(near):
+                if keep is None:
+                    keep = np.ones(len(index), dtype=bool)
+                keep[near] = False
+        return keep
 
 
 @dataclass
@@ -275,6 +281,11 @@ def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise QueryError(f"{path}: no such image file")
+    import torch  # only an image query runs the model: point, patch and change queries never load torch
+
+    from rscbir.images import load_image
+    from rscbir.models.load import model_from_config
+
     config = index.model_config
     bands = list(config.input_bands)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):

@@ -26,7 +26,7 @@ Example:
 @options.dim_option
 @click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
 @click.option("--index-type", default="auto", show_default=True, metavar="FACTORY",
-              help="FAISS factory string (Flat, HNSW32, IVF1024,PQ32 ...); auto: Flat up to 100k vectors, HNSW32 beyond.")  # fmt: skip
+              help="FAISS factory string (Flat, HNSW32, IVF1024,PQ32 ...); auto: Flat up to 100k vectors, HNSW32 up to 1M, IVF-SQ8 beyond.")  # fmt: skip
 @options.augment_option
 @click.option("--centre-scenes", is_flag=True,
               help="Subtract each scene's mean vector: what a whole date shares (light, season) no longer hides the same ground.")

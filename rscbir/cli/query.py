@@ -51,14 +51,15 @@ def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, date
     from rscbir import query as q
     from rscbir.atomic import all_or_nothing
     from rscbir.index import Index
-    from rscbir.models.load import configure_threads
-
     given = [name for name, value in (("--image", image), ("--lonlat", lonlat), ("--xy", xy), ("--patch-id", patch_id)) if value]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --image, --lonlat, --xy or --patch-id")
     if xy and not crs:
         raise click.UsageError("--xy needs --crs (e.g. --crs EPSG:26914)")
-    configure_threads()
+    if image:  # only an image query runs the model (and loads torch)
+        from rscbir.models.load import configure_threads
+
+        configure_threads()
     opened = Index.open(index_dir)
     filters = q.Filters(bbox=tuple(bbox) if bbox else None, dates=tuple(dates), scenes=tuple(scenes), exclude_radius=exclude_radius)
     feedback = q.read_feedback(feedback_file, opened) if feedback_file else q.Feedback()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rscbir.errors import ModelError
+from rscbir.models.config import ModelConfig
 from rscbir.models.backbones import Backbone, first_conv
 from rscbir.modes import Pooling
 
@@ -110,39 +111,6 @@ class GeM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p).flatten(1)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that decides how a patch becomes a vector; recorded with every store and index."""
-
-    backbone: str
-    weights: str  # file the trunk weights came from
-    weights_sha256: str
-    pooling: str
-    input_bands: tuple[str, ...]
-    rgb: tuple[int, ...]
-    input_size: int | None
-    dim: int
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    stages: int = 1  # the last N stage outputs pooled and concatenated (1: the last feature map only)
-    views: int = 1  # flips/rotations averaged at embedding time (1, 2, 4 or 8)
-
-    def fingerprint(self) -> dict:
-        """The fields that must match for two vectors to be comparable."""
-        keys = ("backbone", "weights_sha256", "pooling", "input_bands", "rgb", "input_size", "dim", "checkpoint_sha256",
-                "stages", "views")
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, doc: dict) -> "ModelConfig":
-        doc = dict(doc)
-        doc["input_bands"], doc["rgb"] = tuple(doc["input_bands"]), tuple(doc["rgb"])
-        return cls(**doc)
 
 
 class GridPool(nn.Module):

@@ -1,0 +1,96 @@
+"""The on-disk embedding store and the options it is written with.
+
+A store folder holds::
+
+    catalog.parquet   patch rows (see rscbir.catalog); row i <-> vector i
+    vectors.npy       (N, dim) float16 or float32, L2-normalised
+    model.json        ModelConfig + tiling + per-scene scaling: how to embed again
+    pca.npz           PCA, when ``dim`` was reduced
+
+:mod:`rscbir.embed` writes stores; reading one (and an index) needs no deep-learning framework.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+from rasterio.enums import Resampling
+
+from rscbir.catalog import read_catalog
+from rscbir.errors import StoreError
+from rscbir.models.config import ModelConfig
+from rscbir.models.whitening import PCAWhitening
+from rscbir.modes import Device, Runtime, VectorDtype
+from rscbir.tiling import TilingConfig
+
+STORE_VERSION = 1
+# Centred PCA to 128-d fitted on the corpus: RSSCN7 mAP 0.511 -> 0.532 on the design half, and vectors 15x shorter
+# than the 1904-d multi-stage features (benchmarks/results.md).
+DEFAULT_DIM = 128
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How to run inference and store the vectors."""
+
+    batch_size: int = 16  # larger batches run slower on small CPUs (cache), see benchmarks/results.md
+    workers: int | None = None  # reader processes; None: 0 on <= 2 cores (they only steal CPU there), else 2
+    runtime: Runtime = Runtime.AUTO
+    dtype: VectorDtype = VectorDtype.FLOAT16
+    dim: int | None = DEFAULT_DIM  # centred PCA to this many dimensions (None: keep the model's)
+    whiten: float = 0.0  # whitening power: 0 centred PCA, 0.5 full whitening
+    resampling: Resampling = Resampling.bilinear
+    progress: bool = False
+    device: Device = Device.AUTO
+
+    def __post_init__(self) -> None:
+        for name, kind in (("runtime", Runtime), ("dtype", VectorDtype), ("device", Device)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype.value)
+
+
+@dataclass
+class EmbeddingStore:
+    """An embedding store folder, opened read-only."""
+
+    path: Path
+    meta: dict
+    catalog: gpd.GeoDataFrame
+    vectors: np.ndarray  # memory-mapped
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "EmbeddingStore":
+        """Open a store; raises :class:`StoreError` when it is incomplete or inconsistent."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "model.json").read_text())
+            catalog = read_catalog(path / "catalog.parquet")
+            vectors = np.load(path / "vectors.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{path}: not a readable embedding store ({exc}); re-run `rscbir embed`") from None
+        if len(catalog) != len(vectors):
+            raise StoreError(f"{path}: catalog has {len(catalog)} rows but {len(vectors)} vectors; re-run `rscbir embed`")
+        return cls(path, meta, catalog, vectors)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.meta["model"])
+
+    @property
+    def tiling(self) -> TilingConfig:
+        return TilingConfig.from_dict(self.meta["tiling"])
+
+    @property
+    def pca(self) -> PCAWhitening | None:
+        return PCAWhitening.load(self.path / "pca.npz") if self.meta.get("pca_dim") else None
+
+
+__all__ = ["EmbedOptions", "EmbeddingStore", "DEFAULT_DIM", "STORE_VERSION"]

@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=1, help="build as this many appends of equal size (one per date)")
     parser.add_argument("--fill", choices=["jitter", "gaussian"], default="jitter")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--keep", action="store_true", help="keep the built index in benchmarks/_work (to look into it)")
     args = parser.parse_args()
     from rscbir.embed import EmbedOptions
     from rscbir.index import Index, _write_generation
@@ -201,7 +202,8 @@ def main() -> None:
         })  # fmt: skip
         print(json.dumps(results[-1]), flush=True)
         del index
-        shutil.rmtree(folder, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
     lines = [
         f"\n## Index at scale: segments ({dt.date.today().isoformat()})\n",

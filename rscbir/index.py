@@ -7,7 +7,7 @@ Layout of ``INDEX_DIR``::
     segment-000003-vectors.npy          (n, dim) embeddings: appends, exact re-ranking, query by patch
     segment-000003-augmented.npy        database-side augmented vectors (what FAISS searches, --augment)
     segment-000003-faiss.index          the segment's FAISS index (inner product on L2-normalised vectors)
-    segment-000003-lookup.npy, -cells.npy   what a query needs of the catalog, memory-mapped (rscbir.lookup)
+    segment-000003-lookup.npy, -cells.npy   what a query needs of the catalog (rscbir.lookup)
     pca-000001.npz, trained-000001.faiss   shared: the PCA, the trained empty index of IVF/PQ types
     .staging/                           per-scene embedding stores of a run in progress (resume)
 
@@ -26,6 +26,7 @@ embedded into ``.staging/``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -56,6 +57,7 @@ from rscbir.catalog import read_catalog
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError, QueryError
 from rscbir.grid import Grid, common_grid
 from rscbir.lookup import SegmentLookup
+from rscbir.rows import NpyRows
 from rscbir.manifest import FORMAT, MANIFEST, check_sizes, data_files, file_records, read_manifest, segment_records, shared_files
 from rscbir.models.config import ModelConfig
 from rscbir.models.whitening import PCAWhitening
@@ -223,6 +225,8 @@ class Segment:
     faiss_index: faiss.Index
     record: dict
     lookup: SegmentLookup
+    vector_file: NpyRows  # the same rows read with pread: a query's few rows without mapping the file
+    search_file: NpyRows
 
     @property
     def count(self) -> int:
@@ -282,8 +286,8 @@ class Index:
     The index is a manifest plus immutable segments: an append adds a segment and never
     rewrites the others; :func:`compact_index` merges them. Ids run through the segments in
     manifest order: id ``i`` is row ``i`` of :attr:`catalog` and of :attr:`vectors`.
-    Queries use the segments' memory-mapped lookups (:meth:`patches`, :meth:`rows_of`,
-    :meth:`in_box`); :attr:`catalog` reads every row and is for whole-index work.
+    Queries read a few records with ``pread`` (:meth:`patches`, :meth:`rows_of`, :meth:`in_box`,
+    :meth:`vector_rows`); :attr:`catalog` reads every row and is for whole-index work.
     """
 
     path: Path
@@ -323,7 +327,8 @@ class Index:
     def open(cls, path: str | os.PathLike) -> "Index":
         """Open ``path``; raises :class:`IndexFileError` naming the file when it is not a complete index.
 
-        Vectors, FAISS indexes and lookups are memory-mapped: opening reads no patch, whatever the size.
+        Vectors and FAISS indexes are memory-mapped and lookups opened for ``pread``: opening reads no patch,
+        whatever the size.
         """
         path = Path(path)
         manifest = read_manifest(path)
@@ -353,7 +358,9 @@ class Index:
                 raise IndexFileError(f"{path}: segment {record['id']} parts disagree ({len(lookup)} patches, {len(vectors)} vectors, "
                                      f"{index.ntotal} in FAISS, {record['count']} recorded); rebuild it")  # fmt: skip
             tune_search(index)
-            segments.append(Segment(int(record["id"]), offset, vectors, augmented, index, record, lookup))
+            vector_file = NpyRows(path / files["vectors"])
+            search_file = NpyRows(path / files["augmented"]) if augmented is not None else vector_file
+            segments.append(Segment(int(record["id"]), offset, vectors, augmented, index, record, lookup, vector_file, search_file))
             offset += len(vectors)
         if offset != manifest["count"]:
             raise IndexFileError(f"{path}: segments hold {offset} patches, the manifest says {manifest['count']}; rebuild it")
@@ -437,7 +444,7 @@ class Index:
         names, geometry = np.empty(len(ids), object), np.empty(len(ids), object)
         for segment, mine, local in self._by_segment(ids):
             order = np.argsort(local)  # memory maps read fastest in file order
-            records = np.asarray(segment.lookup.patches[local[order]])
+            records = segment.lookup.patches[local[order]]
             at = mine[order]
             names[at] = np.asarray(segment.lookup.scene_ids, dtype=object)[records["scene"]]
             row[at], col[at] = records["row"], records["col"]
@@ -453,6 +460,15 @@ class Index:
             "geometry": from_shapely(geometry, crs=WGS84),
         })  # fmt: skip
         return gpd.GeoDataFrame(table, geometry="geometry")  # a third faster than passing geometry= and crs= (0.5 vs 0.8 ms)
+
+    def vector_rows(self, ids: Sequence[int], search: bool = False) -> np.ndarray:
+        """``(len(ids), dim)`` float32 stored vectors of ``ids`` (``search``: the augmented ones FAISS ranks), read
+        with ``pread``: a query's few rows without mapping gigabytes of vectors into the process."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.empty((len(ids), int(self.manifest["dim"])), np.float32)
+        for segment, mine, local in self._by_segment(ids):
+            out[mine] = (segment.search_file if search else segment.vector_file)[local]
+        return out
 
     def catalog_rows(self, ids: Sequence[int]) -> gpd.GeoDataFrame:
         """Full catalog rows of ``ids`` (pixel window, transform, CRS ...), in that order: read from the row groups
@@ -543,14 +559,20 @@ class Index:
         ids = np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
         if k <= 0:
             return scores, ids
-        found_scores, found_ids = [], []
+        asked = []
         for segment in self.segments:
             local = None if allowed is None else allowed[segment.offset : segment.offset + segment.count]
-            if local is not None and not local.any():
-                continue
+            if local is None or local.any():
+                asked.append((segment, local))
+
+        def one(job: tuple[Segment, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+            segment, local = job
             d, i = _search_segment(segment, queries, k, local)
-            found_scores.append(d)
-            found_ids.append(np.where(i >= 0, i + segment.offset, -1))
+            return d, np.where(i >= 0, i + segment.offset, -1)
+
+        # FAISS and pread release the GIL: segments are searched side by side (11 segments at 10M: p50 9.8 -> 7.0 ms)
+        found = list(_segment_pool().map(one, asked)) if len(asked) > 1 else [one(asked[0])]
+        found_scores, found_ids = [d for d, _ in found], [i for _, i in found]
         d, i = np.concatenate(found_scores, axis=1), np.concatenate(found_ids, axis=1)
         d = np.where(i >= 0, d, -np.inf)
         order = np.argsort(-d, axis=1, kind="stable")[:, :k]
@@ -558,6 +580,11 @@ class Index:
         ids[:, : order.shape[1]] = np.take_along_axis(i, order, 1)
         ids[~np.isfinite(scores)] = -1
         return scores, ids
+
+
+@functools.lru_cache(maxsize=1)
+def _segment_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="rscbir-segment")
 
 
 EXACT_FILTER_LIMIT = 20_000  # a filter allowing at most this many patches of a segment scores them exactly
@@ -577,7 +604,7 @@ def _rescored(segment: Segment, queries: np.ndarray, ids: np.ndarray, k: int) ->
     flat = np.where(valid, ids, 0).ravel()
     order = np.argsort(flat, kind="stable")  # memory maps read fastest in file order
     rows = np.empty((len(flat), queries.shape[1]), np.float32)
-    rows[order] = segment.search_vectors[flat[order]]
+    rows[order] = segment.search_file[flat[order]]
     scores = np.where(valid, np.einsum("qd,qcd->qc", queries, rows.reshape(*ids.shape, -1)), -np.inf)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     ids = np.where(np.isfinite(np.take_along_axis(scores, top, 1)), np.take_along_axis(ids, top, 1), -1)

@@ -10,8 +10,8 @@ written beside its GeoParquet catalog:
                            the ids in that order; a box query reads the cells it covers, never
                            the other patches
 
-Both are opened with ``mmap_mode="r"``: opening costs nothing per patch and a query reads only the
-pages of its hits, so memory stays bounded at any index size. The segment record in the manifest
+Both are read with ``pread`` (:class:`rscbir.rows.NpyRows`): opening costs nothing per patch and a
+query copies only the records it touches, so memory stays bounded at any index size. The segment record in the manifest
 holds the scene list with each scene's id ranges, the cell size and the footprint reach.
 Segments written before these files existed get the same arrays built in memory from the catalog.
 """
@@ -29,6 +29,8 @@ import numpy as np
 import shapely
 from pyproj import Geod
 
+from rscbir.rows import NpyRows
+
 PATCH = np.dtype([("scene", "<i4"), ("row", "<i4"), ("col", "<i4"), ("box", "<f4", (4,)), ("corners", "<f8", (8,))])
 CELLS_PER_PATCH = 4  # a cell spans about this many patch widths: a small box reads a few cells of ~16 patches
 _GEOD = Geod(ellps="WGS84")
@@ -44,8 +46,8 @@ def _outward(values: np.ndarray, direction: float) -> np.ndarray:
 class SegmentLookup:
     """The lookup arrays of one segment; ids are local (0 .. count-1)."""
 
-    patches: np.ndarray  # PATCH records, in id order
-    cells: np.ndarray  # (2, n) int64: sorted cell keys, the ids in that order
+    patches: np.ndarray | NpyRows  # PATCH records, in id order
+    cells: np.ndarray | NpyRows  # (2, n) int64: sorted cell keys, the ids in that order
     scene_ids: list[str]  # scene code -> scene id
     ranges: dict[str, list[tuple[int, int]]]  # scene id -> [start, stop) id ranges
     cell: float  # degrees
@@ -109,10 +111,9 @@ class SegmentLookup:
 
     @classmethod
     def load(cls, folder: Path, names: dict, doc: dict) -> "SegmentLookup":
-        """Memory-map a segment's lookup files (``names``) described by its manifest ``doc``."""
-        patches = np.load(folder / names["lookup"], mmap_mode="r")
-        cells = np.load(folder / names["cells"], mmap_mode="r")
-        if patches.dtype != PATCH or cells.dtype != np.int64 or cells.shape != (2, len(patches)):
+        """Open a segment's lookup files (``names``) described by its manifest ``doc``; nothing is read yet."""
+        patches, cells = NpyRows(folder / names["lookup"]), NpyRows(folder / names["cells"])
+        if patches.dtype != PATCH or cells.dtype != np.int64 or tuple(cells.shape) != (2, len(patches)):
             raise ValueError(f"unexpected lookup layout {patches.dtype} {cells.dtype} {cells.shape}")
         ranges = {s: [tuple(r) for r in spans] for s, spans in doc["ranges"].items()}
         scene_bounds = {s: tuple(b) for s, b in doc["scene_bounds"].items()}
@@ -149,14 +150,14 @@ class SegmentLookup:
         columns = _columns(self.cell)
         x0, x1 = (int(math.floor((v + 180.0) / self.cell)) for v in (w, e))
         y0, y1 = (int(math.floor((v + 90.0) / self.cell)) for v in (s, n))
-        keys, rows = self.cells[0], np.arange(y0, y1 + 1, dtype=np.int64) * columns
-        los, his = np.searchsorted(keys, rows + x0, "left"), np.searchsorted(keys, rows + x1, "right")
-        found = [np.asarray(self.cells[1, lo:hi]) for lo, hi in zip(los, his) if hi > lo]
+        rows = np.arange(y0, y1 + 1, dtype=np.int64) * columns
+        los, his = self._search_keys(rows + x0, "left"), self._search_keys(rows + x1, "right")
+        found = [self._cell_ids(lo, hi) for lo, hi in zip(los, his) if hi > lo]
         if not found:
             return np.empty(0, np.int64)
         ids = np.concatenate(found).astype(np.int64)
         ids.sort()
-        box = np.asarray(self.patches["box"][ids])
+        box = self.patches[ids]["box"]
         meets = (box[:, 0] <= east) & (box[:, 2] >= west) & (box[:, 1] <= north) & (box[:, 3] >= south)
         ids, box = ids[meets], box[meets]
         # a footprint whose box pokes out of the query box may still miss it (footprints are not axis-aligned in lon/lat)
@@ -168,13 +169,27 @@ class SegmentLookup:
 
     def footprints(self, ids: np.ndarray) -> np.ndarray:
         """Shapely polygons of local ``ids`` (EPSG:4326)."""
-        corners = np.asarray(self.patches["corners"][ids], np.float64).reshape(-1, 4, 2)
+        corners = self.patches[ids]["corners"].astype(np.float64).reshape(-1, 4, 2)
         return shapely.polygons(np.concatenate([corners, corners[:, :1]], axis=1)) if len(corners) else np.empty(0, object)
 
     def centres(self, ids: np.ndarray) -> np.ndarray:
         """(n, 2) lon/lat centres of the footprints' boxes of local ``ids`` (as :func:`rscbir.catalog.patch_centres`)."""
-        corners = np.asarray(self.patches["corners"][ids], np.float64).reshape(-1, 4, 2)
+        corners = self.patches[ids]["corners"].astype(np.float64).reshape(-1, 4, 2)
         return (corners.min(axis=1) + corners.max(axis=1)) / 2
+
+    def _search_keys(self, values: np.ndarray, side: str) -> np.ndarray:
+        """np.searchsorted of ``values`` in the sorted cell keys; on a file, ~20 reads of one key each."""
+        if isinstance(self.cells, np.ndarray):
+            return np.searchsorted(self.cells[0], values, side)
+        keys = _Keys(self.cells)
+        search = bisect.bisect_left if side == "left" else bisect.bisect_right
+        return np.array([search(keys, int(v)) for v in values], dtype=np.int64)
+
+    def _cell_ids(self, lo: int, hi: int) -> np.ndarray:
+        if isinstance(self.cells, np.ndarray):
+            return np.asarray(self.cells[1, lo:hi])
+        n = self.cells.shape[1]
+        return self.cells.elements(n + int(lo), n + int(hi))
 
     def covering(self, lon: float, lat: float) -> np.ndarray:
         """Local ids of the patches whose footprint covers (lon, lat)."""
@@ -201,6 +216,19 @@ class SegmentLookup:
             for start, stop in self.ranges.get(scene, ()):
                 mask[start:stop] = True
         return mask
+
+
+class _Keys:
+    """The first row of a (2, n) cells file as a sequence for :mod:`bisect`."""
+
+    def __init__(self, cells: NpyRows) -> None:
+        self.cells = cells
+
+    def __len__(self) -> int:
+        return self.cells.shape[1]
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.cells.elements(i, i + 1)[0])
 
 
 def _row_major(patches: np.ndarray, start: int, stop: int) -> bool:

@@ -184,8 +184,7 @@ def query_vector(index: Index, vector: np.ndarray, expansion: QueryExpansion = Q
     vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     if feedback:
         positives, negatives = feedback.rows(index)
-        marked_right = np.asarray(index.vectors[np.sort(positives)], dtype=np.float32)
-        marked_wrong = np.asarray(index.vectors[np.sort(negatives)], dtype=np.float32)
+        marked_right, marked_wrong = index.vector_rows(positives), index.vector_rows(negatives)
         return feedback_vector(np.vstack([vector, marked_right]), marked_wrong)[None]
     if not expansion.enabled or len(index) < 2:
         return vector
@@ -194,7 +193,7 @@ def query_vector(index: Index, vector: np.ndarray, expansion: QueryExpansion = Q
     if exclude_row is not None:
         keep &= ids[0] != exclude_row  # the query patch itself is not its own neighbour
     ids, scores = ids[0][keep][: expansion.k], scores[0][keep][: expansion.k]
-    neighbours = np.asarray(index.search_vectors[np.sort(ids)], dtype=np.float32)[np.argsort(np.argsort(ids))]
+    neighbours = index.vector_rows(ids, search=True)
     return expansion.expand(vector, neighbours[None], scores[None])
 
 
@@ -232,7 +231,7 @@ def query_point(index: Index, lon: float, lat: float, k: int = 10, query_date: s
     re-ranks by the patches marked right and wrong instead.
     """
     row = patch_at(index, lon, lat, query_date)
-    vector = np.asarray(index.vectors[row], dtype=np.float32)[None]
+    vector = index.vector_rows([row])
     centre = tuple(index.centres([row])[0])
     hits = _rank(index, vector, k, filters, centre, row, expansion, feedback)
     patch = index.patches([row])
@@ -261,7 +260,7 @@ def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Fil
         raise QueryError(f"no patch {patch_id!r} in {index.path}")
     row = int(matches[0])
     centre = tuple(index.centres([row])[0])
-    hits = _rank(index, np.asarray(index.vectors[row], dtype=np.float32)[None], k, filters, centre, row, expansion, feedback)
+    hits = _rank(index, index.vector_rows([row]), k, filters, centre, row, expansion, feedback)
     return QueryResult(hits, _describe({"type": "patch", "patch_id": patch_id, "k": k}, expansion, feedback), index.patches([row]))
 
 

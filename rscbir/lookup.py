@@ -67,10 +67,10 @@ class SegmentLookup:
         patches["scene"] = codes
         patches["row"] = frame["row"].to_numpy(np.int32)
         patches["col"] = frame["col"].to_numpy(np.int32)
-        rings = shapely.get_coordinates(shapely.get_exterior_ring(frame.geometry.values))
-        per = len(rings) // max(n, 1)
-        corners = rings.reshape(n, per, 2)[:, :4, :] if n else np.zeros((0, 4, 2))
-        if n and per != 5:  # not a four-corner footprint: keep its box corners
+        rings = shapely.get_exterior_ring(frame.geometry.values)
+        four_corners = bool(n) and bool((shapely.get_num_coordinates(rings) == 5).all())
+        corners = shapely.get_coordinates(rings).reshape(n, 5, 2)[:, :4, :] if four_corners else np.zeros((0, 4, 2))
+        if n and not four_corners:  # a footprint that is not a reprojected box (never written by rscbir): its bounds
             b = frame.geometry.bounds.to_numpy()
             corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], axis=1)
         patches["corners"] = corners.reshape(n, 8)

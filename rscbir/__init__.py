@@ -17,9 +17,12 @@ one module per step, each importing only the ones listed before it:
 * :mod:`rscbir.tiling` - patch layout and streaming patches
 * :mod:`rscbir.catalog` - the patch table in EPSG:4326
 * :mod:`rscbir.models` - backbones, feature model, PCA, checkpoints, runtimes, fine-tuning
+* :mod:`rscbir.store` - the embedding store on disk (read without torch)
 * :mod:`rscbir.embed` - patches to vectors in an embedding store
 * :mod:`rscbir.scale` - the same embedding as Dask tasks
-* :mod:`rscbir.index` - catalog + vectors + FAISS in one folder
+* :mod:`rscbir.rows` - a query's few rows of a large ``.npy``, read with ``pread``
+* :mod:`rscbir.lookup` - per-segment lookups that answer queries without the catalog
+* :mod:`rscbir.index` - catalog + vectors + FAISS + lookups in one folder, as segments
 * :mod:`rscbir.query` - queries by point, patch or image; change retrieval
 * :mod:`rscbir.change` - change scores and changed areas
 * :mod:`rscbir.export` - GeoJSON, CSV, GeoTIFF, PNG and HTML writers

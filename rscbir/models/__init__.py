@@ -1,5 +1,6 @@
 """Pretrained backbones, feature heads and fine-tuning.
 
+* :mod:`rscbir.models.config` - ModelConfig: what decides how a patch becomes a vector (no torch)
 * :mod:`rscbir.models.backbones` - registry and weight loading (real files only)
 * :mod:`rscbir.models.features` - band mapping, pooling, L2 normalisation, per-stage feature maps
 * :mod:`rscbir.models.whitening` - PCA to a shorter vector

@@ -34,6 +34,7 @@ from rscbir.rows import NpyRows
 PATCH = np.dtype([("scene", "<i4"), ("row", "<i4"), ("col", "<i4"), ("box", "<f4", (4,)), ("corners", "<f8", (8,))])
 CELLS_PER_PATCH = 4  # a cell spans about this many patch widths: a small box reads a few cells of ~16 patches
 _GEOD = Geod(ellps="WGS84")
+BISECT_LIMIT = 64  # cell rows a box query finds by binary search in the file; more read the keys whole (8 B a patch)
 
 
 def _outward(values: np.ndarray, direction: float) -> np.ndarray:
@@ -144,6 +145,8 @@ class SegmentLookup:
         b = self.bounds
         if not len(self) or west > b[2] or east < b[0] or south > b[3] or north < b[1]:
             return np.empty(0, np.int64)
+        if west <= b[0] and south <= b[1] and east >= b[2] and north >= b[3]:  # the box holds the whole segment
+            return np.arange(len(self), dtype=np.int64)
         # cells whose centre could belong to a patch reaching into the box
         w, s, e, n = max(west - self.reach, b[0] - self.cell), max(south - self.reach, b[1] - self.cell), \
             min(east + self.reach, b[2] + self.cell), min(north + self.reach, b[3] + self.cell)  # fmt: skip
@@ -181,6 +184,8 @@ class SegmentLookup:
         """np.searchsorted of ``values`` in the sorted cell keys; on a file, ~20 reads of one key each."""
         if isinstance(self.cells, np.ndarray):
             return np.searchsorted(self.cells[0], values, side)
+        if len(values) > BISECT_LIMIT:  # a box many cells tall: one read of every key beats ~20 reads per cell row
+            return np.searchsorted(self.cells.elements(0, self.cells.shape[1]), values, side)
         keys = _Keys(self.cells)
         search = bisect.bisect_left if side == "left" else bisect.bisect_right
         return np.array([search(keys, int(v)) for v in values], dtype=np.int64)

@@ -35,8 +35,10 @@ def boxes_around(catalog, rng, count=40):
 
 
 @pytest.mark.parametrize("which", ["segmented", "naip_index"])
-def test_lookup_answers_equal_the_catalog(which, request):
+@pytest.mark.parametrize("bisect_limit", [64, 0])  # cell rows found by binary search in the file, or by one read of all keys
+def test_lookup_answers_equal_the_catalog(which, bisect_limit, request, monkeypatch):
     """Box, point, radius, id and row lookups give exactly what the GeoDataFrame catalog gives."""
+    monkeypatch.setattr("rscbir.lookup.BISECT_LIMIT", bisect_limit)
     index = request.getfixturevalue(which)
     index = Index.open(index) if not isinstance(index, Index) else index
     catalog = Index.open(index.path).catalog

@@ -870,6 +870,34 @@ def _write_catalog(frame: pd.DataFrame, folder: Path, names: dict) -> dict:
     return SegmentLookup.from_catalog(frame).save(folder, names)
 
 
+def _merge_catalogs(path: Path, parts: list[tuple[Segment, np.ndarray]], names: dict) -> dict:
+    """The catalog and lookup of the kept ``rows`` of each segment, in order (compaction, removal), streamed: one
+    segment's Arrow table in memory at a time, the lookup merged from the segments' lookups. Returns its record."""
+    lookup = SegmentLookup.merge([(segment.lookup, rows) for segment, rows in parts])
+    writer = None
+    try:
+        for segment, rows in parts:
+            source = path / segment.record["files"]["catalog"]
+            try:
+                table = pq.read_table(source).take(pa.array(rows))
+            except (OSError, pa.ArrowException) as exc:
+                raise IndexFileError(f"{source}: unreadable or corrupt ({exc}); rebuild the index with `rscbir index`") from None
+            if writer is None:  # GeoParquet metadata of the first part, with the merged bbox
+                meta = dict(table.schema.metadata or {})
+                if b"geo" in meta:
+                    geo = json.loads(meta[b"geo"])
+                    for column in geo.get("columns", {}).values():
+                        if "bbox" in column:
+                            column["bbox"] = list(lookup.bounds)
+                    meta[b"geo"] = json.dumps(geo).encode()
+                writer = pq.ParquetWriter(path / names["catalog"], table.schema.with_metadata(meta))
+            writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=65536)
+    finally:
+        if writer is not None:
+            writer.close()
+    return lookup.save(path, names)
+
+
 def _write_new_vectors_and_catalog(path: Path, names: dict, new_stores, dtype, pca: PCAWhitening | None,
                                    centre_scenes: bool = False) -> tuple[np.ndarray, dict]:  # fmt: skip
     """The new segment's vectors (memory-mapped, after PCA), catalog and lookup, from the staged scenes; returns the
@@ -1110,15 +1138,13 @@ def _rewrite_segments(path: Path, existing: Index, groups: list[tuple[list[Segme
         searched = vectors
         if augmented:
             searched = _copy_rows(path / names["augmented"], [(s.augmented, rows) for s, rows in zip(segments, kept)], dim, dtype)
-        frames = [_read_segment_catalog(path, s.record).iloc[rows] for s, rows in zip(segments, kept)]  # one segment at a time
-        frame = pd.concat(frames, ignore_index=True)
-        lookup = _write_catalog(frame, path, names)
+        lookup = _merge_catalogs(path, list(zip(segments, kept)), names)
         factory = auto_index_type(len(vectors)) if requested == "auto" else requested
         if not retrain and len(segments) == 1 and segments[0].record.get("index_type"):
             factory = segments[0].record["index_type"]
         index = _segment_faiss(path, searched, factory, next_manifest, shared, next_manifest["generation"], written, retrain)
         _write_faiss(index, path / names["faiss"])
-        records.append({"id": next_id, "count": len(vectors), "scenes": list(dict.fromkeys(frame["scene_id"])), "index_type": factory,
+        records.append({"id": next_id, "count": len(vectors), "scenes": list(lookup["scene_ids"]), "index_type": factory,
                         "files": names, "lookup": lookup})  # fmt: skip
         next_id += 1
     return records

@@ -78,6 +78,35 @@ class SegmentLookup:
         lo, hi = corners.min(axis=1), corners.max(axis=1)
         patches["box"] = np.column_stack([_outward(lo[:, 0], -np.inf), _outward(lo[:, 1], -np.inf),
                                           _outward(hi[:, 0], np.inf), _outward(hi[:, 1], np.inf)])  # fmt: skip
+        return cls.from_records(patches, scene_ids)
+
+    @classmethod
+    def merge(cls, parts: Sequence[tuple["SegmentLookup", np.ndarray]]) -> "SegmentLookup":
+        """The lookup of the ``rows`` of each ``(lookup, rows)`` part, in order (compaction, removal): built from
+        their records, never from the catalogs."""
+        scene_ids: list[str] = []
+        blocks = []
+        for lookup, rows in parts:
+            records = np.array(lookup.patches[rows], copy=True)
+            scene_ids += [s for s in lookup.scene_ids if s not in scene_ids]
+            remap = np.array([scene_ids.index(s) for s in lookup.scene_ids], dtype=np.int32)
+            if len(records):
+                records["scene"] = remap[records["scene"]]
+            blocks.append(records)
+        patches = np.concatenate(blocks) if blocks else np.zeros(0, PATCH)
+        used = [scene_ids[c] for c in np.unique(patches["scene"])]
+        if used != scene_ids:  # scenes whose every row was dropped: renumber the codes
+            renumber = np.array([used.index(s) if s in used else -1 for s in scene_ids], dtype=np.int32)
+            patches["scene"] = renumber[patches["scene"]]
+            scene_ids = used
+        return cls.from_records(patches, scene_ids)
+
+    @classmethod
+    def from_records(cls, patches: np.ndarray, scene_ids: list[str]) -> "SegmentLookup":
+        """The lookup of ``PATCH`` records (box and corners filled) whose scene codes index ``scene_ids``."""
+        n, codes = len(patches), patches["scene"]
+        corners = patches["corners"].reshape(n, 4, 2)
+        lo, hi = corners.min(axis=1), corners.max(axis=1)
         ranges: dict[str, list[tuple[int, int]]] = {s: [] for s in scene_ids}
         if n:
             starts = np.flatnonzero(np.diff(codes, prepend=-1))

@@ -73,9 +73,19 @@ class NpyRows:
         if not len(wanted):
             return out
         view, size = memoryview(out.reshape(-1).view(np.uint8)), self.row_bytes
-        for j, row in enumerate(wanted.tolist()):  # one pread straight into place per row (~2 us each)
-            os.preadv(self._fd, [view[j * size : (j + 1) * size]], self.offset + row * size)
+        starts = np.flatnonzero(np.diff(wanted, prepend=-2) != 1)  # runs of neighbouring rows: one pread each
+        for first, last in zip(starts.tolist(), [*starts[1:].tolist(), len(wanted)]):
+            self._read_into(view[first * size : last * size], self.offset + int(wanted[first]) * size)
         return out[back.reshape(-1)]
+
+    def _read_into(self, target: memoryview, offset: int) -> None:
+        """Fill ``target`` from the file at ``offset`` (a read may return less than asked: past 2 GiB, on signals)."""
+        done = 0
+        while done < len(target):
+            got = os.preadv(self._fd, [target[done:]], offset + done)
+            if got == 0:
+                raise OSError(f"{self.path}: file ended at byte {offset + done}, before the rows asked for")
+            done += got
 
     def elements(self, start: int, stop: int) -> np.ndarray:
         """Elements ``start:stop`` of the flattened array (e.g. one row of a 2-D file)."""

@@ -24,6 +24,18 @@ def segmented(tmp_path):
     return Index.open(appended(tmp_path, scenes(tmp_path, 4)))
 
 
+@pytest.fixture
+def compacted(tmp_path, segmented):
+    """The four segments merged into one by compaction, after removing a scene: the lookup is merged from the
+    segments' lookups (never rebuilt from the catalog), so it must still agree with the catalog."""
+    from rscbir.index import compact_index, remove_from_index
+
+    copy = tmp_path / "compacted"
+    shutil.copytree(segmented.path, copy)
+    remove_from_index(copy, ["s1_20200102"])
+    return compact_index(copy)[0]
+
+
 def boxes_around(catalog, rng, count=40):
     """Random lon/lat boxes: inside, across and outside the indexed area, from a sliver to the whole."""
     west, south, east, north = catalog.total_bounds
@@ -34,7 +46,7 @@ def boxes_around(catalog, rng, count=40):
         yield (float(x0), float(y0), float(x0 + size * w), float(y0 + size * h))
 
 
-@pytest.mark.parametrize("which", ["segmented", "naip_index"])
+@pytest.mark.parametrize("which", ["segmented", "compacted", "naip_index"])
 @pytest.mark.parametrize("bisect_limit", [64, 0])  # cell rows found by binary search in the file, or by one read of all keys
 def test_lookup_answers_equal_the_catalog(which, bisect_limit, request, monkeypatch):
     """Box, point, radius, id and row lookups give exactly what the GeoDataFrame catalog gives."""

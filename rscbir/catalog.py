@@ -105,8 +105,12 @@ def patch_grid(row: pd.Series) -> Grid:
 
 def metres_from(frame: gpd.GeoDataFrame, lon: float, lat: float) -> np.ndarray:
     """Geodesic distance in metres from (lon, lat) to each patch centre of a catalog (WGS84 ellipsoid)."""
-    centres = patch_centres(frame)
-    return _GEOD.inv(np.full(len(frame), lon), np.full(len(frame), lat), centres[:, 0], centres[:, 1])[2]
+    return geodesic_metres(lon, lat, patch_centres(frame))
+
+
+def geodesic_metres(lon: float, lat: float, points: np.ndarray) -> np.ndarray:
+    """Geodesic distance in metres from (lon, lat) to each (lon, lat) row of ``points`` (WGS84 ellipsoid)."""
+    return _GEOD.inv(np.full(len(points), lon), np.full(len(points), lat), points[:, 0], points[:, 1])[2]
 
 
 def geodesic_areas(geometries: gpd.GeoSeries) -> list[float]:

@@ -83,16 +83,16 @@ def contact_sheet(index: Index, result: QueryResult, path: str | os.PathLike, th
     """A PNG: the query then the top hits, each labelled with rank, score and date."""
     tiles: list[tuple[np.ndarray, str]] = []
     scenes: dict[str, Scene] = {}
-    if result.query_patch is not None and len(result.query_patch):
-        q = result.query_patch.iloc[0]
-        if "transform" not in result.query_patch.columns:  # a query's light row: read its pixel window
-            q = index.catalog_rows(index.rows_of([q["patch_id"]])).iloc[0]
+    has_query = result.query_patch is not None and len(result.query_patch)
+    wanted = [result.query_patch["patch_id"].iloc[0]] if has_query else []
+    rows = index.catalog_rows(index.rows_of(wanted + list(result.hits["patch_id"])))  # pixel windows of these patches only
+    if has_query:
+        q = rows.iloc[0]
         tiles.append((patch_pixels(index, q, scenes), f"query {q['date'] or ''}"))
     elif query_image is not None:
         with Image.open(query_image) as image:
             tiles.append((np.asarray(image.convert("RGB")), "query image"))
-    rows = index.catalog_rows(index.rows_of(list(result.hits["patch_id"])))  # pixel windows of the hits only
-    for hit, (_, row) in zip(result.hits.itertuples(), rows.iterrows()):
+    for hit, (_, row) in zip(result.hits.itertuples(), rows.iloc[len(wanted) :].iterrows()):
         tiles.append((patch_pixels(index, row, scenes), f"#{hit.rank} {hit.score:.3f} {hit.date or ''}"))
     columns = min(6, max(1, len(tiles)))
     rows = -(-len(tiles) // columns)

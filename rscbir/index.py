@@ -13,10 +13,10 @@ Layout of ``INDEX_DIR``::
 
 An append embeds the new scenes into one new segment and swaps ``index.json``;
 it never rewrites an existing segment. Ids run through the segments in manifest
-order; a search asks every segment and merges by score. Opening maps the
-vectors, FAISS indexes and lookups into memory without reading them, and a query
-reads only the pages it touches: the whole catalog is loaded only when asked for
-(:attr:`Index.catalog`: change, removal, compaction). :func:`compact_index`
+order; a search asks every segment and merges by score. Opening reads no patch
+(vectors and IVF lists are memory-mapped, HNSW graphs read whole), a query reads
+its few rows and lookup records with ``pread``, and the whole catalog is loaded
+only when asked for (:attr:`Index.catalog`: change detection). :func:`compact_index`
 merges segments (automatically past ``MAX_SEGMENTS``). Every change writes its
 new files, fsyncs them, and only then replaces ``index.json`` (temporary file +
 rename): a kill -9 at any moment leaves the previous complete index readable;
@@ -244,13 +244,21 @@ def _read_flags(record: dict) -> int:
     return 0 if (record.get("index_type") or "").startswith("HNSW") else faiss.IO_FLAG_MMAP_IFC
 
 
+def _corrupt(target: Path, exc: BaseException) -> IndexFileError:
+    """The error for an index file that cannot be read: the file, the first line of the cause, what to do."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return IndexFileError(f"{target}: unreadable or corrupt ({first}); rebuild the index with `rscbir index`")
+
+
+UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, pa.ArrowException)  # what numpy, FAISS and Arrow raise for a bad file
+
+
 def _read_segment_catalog(path: Path, record: dict) -> gpd.GeoDataFrame:
     target = path / record["files"]["catalog"]
     try:
         return read_catalog(target)
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IndexFileError(f"{target}: unreadable or corrupt ({first}); rebuild the index with `rscbir index`") from None
+    except UNREADABLE as exc:
+        raise _corrupt(target, exc) from None
 
 
 def _catalog_rows(target: Path, local: np.ndarray) -> gpd.GeoDataFrame:
@@ -266,20 +274,9 @@ def _catalog_rows(target: Path, local: np.ndarray) -> gpd.GeoDataFrame:
             firsts.append(np.flatnonzero(groups == group))
         table = pa.concat_tables(tables).replace_schema_metadata(parquet.schema_arrow.metadata)
         frame = gpd.GeoDataFrame.from_arrow(table)
-    except (OSError, ValueError, RuntimeError, pa.ArrowException) as exc:
-        raise IndexFileError(f"{target}: unreadable or corrupt ({exc}); rebuild the index with `rscbir index`") from None
+    except UNREADABLE as exc:
+        raise _corrupt(target, exc) from None
     return frame.iloc[np.argsort(np.concatenate(firsts))].reset_index(drop=True)
-
-
-def _one_chunk(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Arrow-backed string columns as one chunk each: taking the rows of a few hits from a column of several
-    chunks costs a pass over all of it (0.12 ms vs 0.01 ms at 100k rows, 10x that at 1M)."""
-    for name in frame.columns:
-        array = frame[name].array
-        chunked = getattr(array, "_pa_array", None)
-        if chunked is not None and chunked.num_chunks > 1:
-            frame[name] = type(array)(pa.chunked_array([chunked.combine_chunks()]))
-    return frame
 
 
 def _joined(parts: list):
@@ -327,15 +324,15 @@ class Index:
             frame["vector"] = np.arange(segment.offset, segment.offset + len(frame), dtype=np.int64)
             frames.append(frame)
         catalog = frames[0] if len(frames) == 1 else gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
-        return _one_chunk(catalog)
+        return catalog
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Index":
         """Open ``path``; raises :class:`IndexFileError` naming the file when it is not a complete index.
 
-        Vectors and FAISS indexes are memory-mapped and lookups opened for ``pread``: opening reads no patch,
-        whatever the size.
+        Vectors and IVF/Flat FAISS files are memory-mapped (HNSW graphs read whole) and lookups opened for
+        ``pread``: opening reads no patch record, whatever the size.
         """
         path = Path(path)
         manifest = read_manifest(path)
@@ -358,15 +355,15 @@ class Index:
                 else:  # a segment written before lookups existed: built from its catalog, in memory
                     current = files["catalog"]
                     lookup = SegmentLookup.from_catalog(_read_segment_catalog(path, record))
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise IndexFileError(f"{path / current}: unreadable or corrupt ({first}); rebuild the index with `rscbir index`") from None
+                current = files["vectors"]
+                vector_file = NpyRows(path / current)
+                search_file = NpyRows(path / files["augmented"]) if augmented is not None else vector_file
+            except UNREADABLE as exc:
+                raise _corrupt(path / current, exc) from None
             if not (len(lookup) == len(vectors) == index.ntotal == record["count"]) or (augmented is not None and len(augmented) != len(vectors)):
                 raise IndexFileError(f"{path}: segment {record['id']} parts disagree ({len(lookup)} patches, {len(vectors)} vectors, "
                                      f"{index.ntotal} in FAISS, {record['count']} recorded); rebuild it")  # fmt: skip
             tune_search(index)
-            vector_file = NpyRows(path / files["vectors"])
-            search_file = NpyRows(path / files["augmented"]) if augmented is not None else vector_file
             segments.append(Segment(int(record["id"]), offset, vectors, augmented, index, record, lookup, vector_file, search_file))
             offset += len(vectors)
         if offset != manifest["count"]:
@@ -449,10 +446,8 @@ class Index:
         ids = np.asarray(ids, dtype=np.int64)
         scene, row, col = (np.zeros(len(ids), np.int64) for _ in range(3))
         names, geometry = np.empty(len(ids), object), np.empty(len(ids), object)
-        for segment, mine, local in self._by_segment(ids):
-            order = np.argsort(local)  # memory maps read fastest in file order
-            records = segment.lookup.patches[local[order]]
-            at = mine[order]
+        for segment, at, local in self._by_segment(ids):
+            records = segment.lookup.patches[local]
             names[at] = np.asarray(segment.lookup.scene_ids, dtype=object)[records["scene"]]
             row[at], col[at] = records["row"], records["col"]
             corners = records["corners"].reshape(-1, 4, 2)
@@ -612,7 +607,6 @@ EXACT_FILTER_LIMIT = 20_000  # a filter allowing at most this many patches of a 
 
 
 RERANK = 4  # lossy codes (SQ, PQ): the best 4 k candidates of all segments are re-scored on the stored vectors
-PREAD_LIMIT = 2_000  # exact scoring of at most this many filtered rows reads them with pread, more through the map
 
 
 def _lossy(segment: Segment) -> bool:
@@ -637,8 +631,7 @@ def _search_segment(segment: Segment, queries: np.ndarray, k: int, allowed: np.n
         if (i >= 0).sum(axis=1).min() >= k:
             return d, i, not lossy
     # few allowed rows (a bbox, a date), or a graph search that ran out under the filter: score them exactly
-    block = segment.search_file[rows] if len(rows) <= PREAD_LIMIT else np.asarray(segment.search_vectors[rows])
-    sims = queries @ np.asarray(block, dtype=np.float32).T
+    sims = queries @ np.asarray(segment.search_file[rows], dtype=np.float32).T
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, top, 1), rows[top], True
 
@@ -880,8 +873,8 @@ def _merge_catalogs(path: Path, parts: list[tuple[Segment, np.ndarray]], names: 
             source = path / segment.record["files"]["catalog"]
             try:
                 table = pq.read_table(source).take(pa.array(rows))
-            except (OSError, pa.ArrowException) as exc:
-                raise IndexFileError(f"{source}: unreadable or corrupt ({exc}); rebuild the index with `rscbir index`") from None
+            except UNREADABLE as exc:
+                raise _corrupt(source, exc) from None
             if writer is None:  # GeoParquet metadata of the first part, with the merged bbox
                 meta = dict(table.schema.metadata or {})
                 if b"geo" in meta:

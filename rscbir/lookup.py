@@ -1,4 +1,4 @@
-"""What a query asks of the catalog, answered from small memory-mapped arrays instead of the whole table.
+"""What a query asks of the catalog, answered from small per-segment arrays instead of the whole table.
 
 A query needs, for the few patches it touches, their id, scene, date, row, col and footprint; and
 for a filter, which ids lie in a box, on a date, in a scene. Each segment keeps two files for that,
@@ -27,13 +27,12 @@ from typing import Sequence
 import geopandas as gpd
 import numpy as np
 import shapely
-from pyproj import Geod
 
+from rscbir.catalog import geodesic_metres
 from rscbir.rows import NpyRows
 
 PATCH = np.dtype([("scene", "<i4"), ("row", "<i4"), ("col", "<i4"), ("box", "<f4", (4,)), ("corners", "<f8", (8,))])
 CELLS_PER_PATCH = 4  # a cell spans about this many patch widths: a small box reads a few cells of ~16 patches
-_GEOD = Geod(ellps="WGS84")
 BISECT_LIMIT = 64  # cell rows a box query finds by binary search in the file; more read the keys whole (8 B a patch)
 
 
@@ -234,14 +233,12 @@ class SegmentLookup:
 
     def within(self, lon: float, lat: float, metres: float) -> np.ndarray:
         """Local ids of the patches whose centre lies within ``metres`` of (lon, lat) (geodesic)."""
-        dlat = metres / 110_574.0 + 1e-9
+        dlat = metres / 110_574.0 + 1e-9  # a box that holds the circle, then the geodesic distance
         dlon = metres / max(111_320.0 * math.cos(math.radians(min(abs(lat) + dlat, 89.9))), 1.0) + 1e-9
         ids = self.in_box(lon - dlon - self.reach, lat - dlat - self.reach, lon + dlon + self.reach, lat + dlat + self.reach)
         if not len(ids):
             return ids
-        centres = self.centres(ids)
-        distance = _GEOD.inv(np.full(len(ids), lon), np.full(len(ids), lat), centres[:, 0], centres[:, 1])[2]
-        return ids[distance <= metres]
+        return ids[geodesic_metres(lon, lat, self.centres(ids)) <= metres]
 
     def scene_mask(self, scene_ids: Sequence[str]) -> np.ndarray:
         """Bool mask of the segment's ids in ``scene_ids``."""

@@ -210,7 +210,7 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
     scores, ids = index.search(search_vector, k, allowed)
     keep = ids[0] >= 0
     found = ids[0][keep]
-    hits = index.patches(found)  # the hits' rows from the memory-mapped lookups, not the catalog
+    hits = index.patches(found)  # the hits' rows from the segments' lookups, not the catalog
     hits.insert(0, "score", scores[0][keep].astype(float))
     hits.insert(0, "rank", np.arange(1, keep.sum() + 1))
     return hits

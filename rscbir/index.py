@@ -87,7 +87,7 @@ GRAPH_LIMIT = 1_000_000  # past this many vectors "auto" stops adding HNSW graph
 def auto_index_type(count: int) -> str:
     """FAISS factory string for ``count`` vectors: exact up to 100k, HNSW32 up to 1M, IVF-SQ8 beyond.
 
-    Measured at 1M (docs/scaling.md): HNSW32 holds its graph in memory (272 MiB opened, 748 MiB
+    Measured at 1M (benchmarks/bench_index_types.py, docs/scaling.md): HNSW32 holds its graph in memory (272 MiB opened, 748 MiB
     file); IVF4096,SQ8 opens in 2 MiB from a 132 MiB file, builds faster, and with the candidates
     re-ranked on the stored vectors reaches the same recall at a larger nprobe.
     """

@@ -123,7 +123,8 @@ def describe_index(path: str | os.PathLike) -> dict:
     path = Path(path)
     manifest = read_manifest(path)
     model = manifest["model"]
-    scenes = [{"scene_id": s["scene_id"], "date": s.get("date"), "patches": s.get("patches")} for s in manifest["scenes"]]
+    scenes = [{"scene_id": s["scene_id"], "date": s.get("date"), "date_source": s.get("date_source", "not recorded"),
+               "patches": s.get("patches")} for s in manifest["scenes"]]  # fmt: skip
     files = data_files(manifest)
     size = sum((path / name).stat().st_size for name in files if (path / name).is_file()) + (path / MANIFEST).stat().st_size
     segments = segment_records(manifest)
@@ -162,7 +163,7 @@ def describe_text(doc: dict) -> str:
         f"{doc['bytes_on_disk'] / 2**20:.1f} MiB on disk",
         "  grid       " + (f"aligned, {grid['width']} x {grid['height']} px, {_crs_name(grid['crs'])}" if grid else "each scene its own"),
     ]
-    lines += [f"  scene      {s['scene_id']} ({s['date'] or 'undated'}): {s['patches']} patches" for s in doc["scenes"]]
+    lines += [f"  scene      {s['scene_id']} ({s['date'] or 'undated'}, date from {s['date_source']}): {s['patches']} patches" for s in doc["scenes"]]
     return "\n".join(lines)
 
 

@@ -29,14 +29,13 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from rscbir.errors import BandError, CRSError, DateError, InvalidSceneError, NoOverlapError, ScalingError
+from rscbir.dates import DATE_TAGS, acquisition_date, normalise_date, parse_date
+from rscbir.errors import BandError, CRSError, InvalidSceneError, NoOverlapError, ScalingError
 from rscbir.grid import Grid, intersect_bounds
 
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".dat", ".nc")
-_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
-_DATE_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "TIFFTAG_DATETIME")
 _S2_BAND = re.compile(r"^B(\d{1,2})([A-Z]?)$", re.IGNORECASE)
 
 
@@ -126,6 +125,7 @@ class Scene:
     date: dt.date | None = None
     scaling: Scaling = field(default_factory=Scaling)
     location: str = ""
+    date_source: str = "none"  # where ``date`` was read (rscbir.dates)
     _stats: np.ndarray | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ opening
@@ -150,8 +150,9 @@ class Scene:
         bands : sequence of str or int, optional
             Band names or 1-based indexes to keep, in that order.
         date : str or date, optional
-            Acquisition date (``YYYYMMDD`` or ``YYYY-MM-DD``). Defaults to a
-            date in the file name, then to TIFF date tags.
+            Acquisition date (``YYYYMMDD`` or ``YYYY-MM-DD``). Default: read by
+            :func:`rscbir.dates.acquisition_date` (a ``dates.txt`` sidecar, acquisition
+            tags, the sensing date in a known file name; never a processing time).
         scene_id : str, optional
             Defaults to the file stem, or ``<parent>_<folder>`` for folders.
         scaling : Scaling or str, optional
@@ -171,7 +172,7 @@ class Scene:
                 grids[path] = _checked_grid(ds, path)
                 dtypes.extend(ds.dtypes)
                 nodatas.append(ds.nodata)
-                tags.update({k: v for k, v in ds.tags().items() if k in _DATE_TAGS})
+                tags.update({k: v for k, v in ds.tags().items() if k in DATE_TAGS})
                 names = _band_names_for(path, ds, len(paths) > 1, band_names)
                 sources.extend(BandSource(path, i + 1, n) for i, n in enumerate(names))
         if len(paths) > 1:
@@ -184,15 +185,17 @@ class Scene:
         if isinstance(scaling, str):
             scaling = Scaling.parse(scaling)
         dtype = np.result_type(*dtypes)
+        acquired = acquisition_date(location, paths, tags, date)
         return cls(
             scene_id=scene_id or _default_scene_id(location, paths),
             sources=sources,
             grid=grid,
             dtype=np.dtype(dtype),
             nodata=nodatas[0],
-            date=parse_date(date, location) if date else _date_from(location, paths, tags),
+            date=acquired.date,
             scaling=(scaling or Scaling()).resolve(dtype),
             location=location,
+            date_source=acquired.source,
         )
 
     # --------------------------------------------------------------- properties
@@ -219,6 +222,7 @@ class Scene:
             "scene_id": self.scene_id,
             "location": self.location,
             "date": self.date.isoformat() if self.date else None,
+            "date_source": self.date_source,
             "bands": self.band_names,
             "sources": [[s.path, s.index, s.name] for s in self.sources],
             "scaling": self.scaling.to_dict(),
@@ -237,7 +241,8 @@ class Scene:
         stats = np.asarray(doc["band_stats"], dtype=np.float64) if doc.get("band_stats") else None
         from dataclasses import replace
 
-        return replace(base, sources=sources, scaling=scaling.resolve(base.dtype), _stats=stats)
+        return replace(base, sources=sources, scaling=scaling.resolve(base.dtype), _stats=stats,
+                       date_source=doc.get("date_source", "recorded in the index"))
 
     def describe(self) -> dict:
         """What rscbir sees in this scene (id, date, bands, dtype, nodata, grid, scaling, files), JSON-ready."""
@@ -245,6 +250,7 @@ class Scene:
         return {
             "scene_id": self.scene_id,
             "date": self.date.isoformat() if self.date else None,
+            "date_source": self.date_source,
             "bands": self.band_names,
             "dtype": str(self.dtype),
             "nodata": self.nodata,
@@ -504,41 +510,6 @@ def apply_scaling(data: np.ndarray, scaling: Scaling, stats: np.ndarray | None =
         low, high = stats[:, 0, None, None], stats[:, 1, None, None]
         out = np.clip((out - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
     return out
-
-
-def parse_date(value: str | dt.date, location: str = "date") -> dt.date:
-    """A date from ``YYYYMMDD``, ``YYYY-MM-DD`` or ``YYYY:MM:DD`` (TIFF tags)."""
-    if isinstance(value, dt.date):
-        return value
-    text = str(value).strip()
-    for fmt in ("%Y%m%d", "%Y-%m-%d", "%Y:%m:%d"):
-        try:
-            return dt.datetime.strptime(text[: len(dt.date(2000, 1, 1).strftime(fmt))], fmt).date()
-        except ValueError:
-            continue
-    raise DateError(f"{location}: cannot read date {value!r}; use YYYYMMDD or YYYY-MM-DD")
-
-
-def normalise_date(value: str | dt.date) -> str:
-    """``YYYY-MM-DD`` from any date spelling :func:`parse_date` reads (the form catalogs store)."""
-    return parse_date(value).isoformat()
-
-
-def _date_from(location: str, paths: Iterable[str], tags: dict[str, str]) -> dt.date | None:
-    for text in [Path(location).name, *(Path(p).name for p in paths)]:
-        match = _DATE_IN_NAME.search(text)
-        if match:
-            try:
-                return dt.date(*(int(g) for g in match.groups()))
-            except ValueError:
-                continue
-    for key in _DATE_TAGS:
-        if key in tags:
-            try:
-                return parse_date(tags[key], location)
-            except DateError:
-                continue
-    return None
 
 
 def _percentiles(source: BandSource, nodata: float | None, low: float, high: float, max_side: int = 1024) -> tuple[float, float]:

@@ -97,7 +97,7 @@ def scene_options(func):
         click.option("--band-names", callback=split_list, metavar="LIST", help="Names for the bands of multi-band files (e.g. R,G,B,NIR)."),
         click.option("--scale", default=None, metavar="RULE", help="Scaling to float: auto (default), none, divide:10000 or percentile:2,98."),
         click.option("--date", "dates", multiple=True, metavar="YYYYMMDD",
-                     help="Acquisition date, once per scene in order. Default: a date in the file name or TIFF tags."),
+                     help="Acquisition date, once per scene in order. Default: a dates.txt sidecar, acquisition tags or a sensing date in a known file name."),
     ])  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import rasterio
 from affine import Affine
 from PIL import Image, ImageDraw
@@ -33,11 +34,32 @@ if TYPE_CHECKING:  # writing a query's results needs no deep-learning framework
     from rscbir.change import ChangeScores
 
 PROPERTIES = ["rank", "score", "patch_id", "scene_id", "date", "row", "col"]
+PLACE_PROPERTIES = ["dates", "matched_patches"]  # the same ground on other dates (one hit per place)
+
+
+def result_rows(result: QueryResult) -> gpd.GeoDataFrame:
+    """The hits, then the patches the user marked (rank empty, ``label`` 1 right / 0 wrong), so a result
+    written out and read back as ``--feedback`` keeps every earlier mark; new hits have an empty label."""
+    hits = result.hits.copy()
+    for name in PLACE_PROPERTIES:
+        if name not in hits.columns:
+            hits[name] = [[] for _ in range(len(hits))]
+    hits["label"] = None
+    columns = [*PROPERTIES, *PLACE_PROPERTIES, "label", "geometry"]
+    frames = [hits[columns]]
+    if result.marks is not None and len(result.marks):
+        marks = result.marks.copy()
+        marks["rank"] = None
+        marks["dates"] = marks["date"].map(lambda d: [d] if d else [])
+        marks["matched_patches"] = marks["patch_id"].map(lambda p: [p])
+        marks["label"] = marks["label"].astype(object)
+        frames.append(marks[columns])
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs="EPSG:4326")
 
 
 def to_geojson(result: QueryResult) -> dict:
     """A FeatureCollection (RFC 7946, lon/lat) of the hits; the query rides along as a foreign member."""
-    doc = json.loads(result.hits[[*PROPERTIES, "geometry"]].to_json(drop_id=True))
+    doc = json.loads(result_rows(result).to_json(drop_id=True))
     doc["query"] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in result.query.items()}
     if result.query_patch is not None and len(result.query_patch):
         doc["query"]["geometry"] = json.loads(result.query_patch[["geometry"]].to_json())["features"][0]["geometry"]
@@ -46,11 +68,14 @@ def to_geojson(result: QueryResult) -> dict:
 
 def to_csv(result: QueryResult) -> str:
     """CSV of the hits with the patch centre as lon/lat and the polygon as WKT."""
-    frame = result.hits[PROPERTIES].copy()
-    bounds = result.hits.geometry.bounds.to_numpy() if len(result.hits) else np.zeros((0, 4))
+    rows = result_rows(result)
+    frame = rows[[*PROPERTIES, *PLACE_PROPERTIES, "label"]].copy()
+    for name in PLACE_PROPERTIES:
+        frame[name] = frame[name].map(" ".join)
+    bounds = rows.geometry.bounds.to_numpy() if len(rows) else np.zeros((0, 4))
     frame["lon"] = (bounds[:, 0] + bounds[:, 2]) / 2  # box centre: patches are small, lon/lat is fine
     frame["lat"] = (bounds[:, 1] + bounds[:, 3]) / 2
-    frame["wkt"] = result.hits.geometry.to_wkt().to_numpy() if len(result.hits) else []
+    frame["wkt"] = rows.geometry.to_wkt().to_numpy() if len(rows) else []
     return frame.to_csv(index=False)
 
 
@@ -80,7 +105,8 @@ def patch_pixels(index: Index, row, scenes: dict[str, Scene] | None = None) -> n
 
 
 def contact_sheet(index: Index, result: QueryResult, path: str | os.PathLike, thumb: int = 128, query_image=None) -> Path:
-    """A PNG: the query then the top hits, each labelled with rank, score and date."""
+    """A PNG: the query then the top hits, each labelled with rank, score, date and grid row:col (the
+    ``row:col`` end of its patch id, so marks can be matched to the sheet)."""
     tiles: list[tuple[np.ndarray, str]] = []
     scenes: dict[str, Scene] = {}
     has_query = result.query_patch is not None and len(result.query_patch)
@@ -93,7 +119,7 @@ def contact_sheet(index: Index, result: QueryResult, path: str | os.PathLike, th
         with Image.open(query_image) as image:
             tiles.append((np.asarray(image.convert("RGB")), "query image"))
     for hit, (_, row) in zip(result.hits.itertuples(), rows.iloc[len(wanted) :].iterrows()):
-        tiles.append((patch_pixels(index, row, scenes), f"#{hit.rank} {hit.score:.3f} {hit.date or ''}"))
+        tiles.append((patch_pixels(index, row, scenes), f"#{hit.rank} {hit.score:.3f} {hit.date or ''} {hit.row}:{hit.col}"))
     columns = min(6, max(1, len(tiles)))
     rows = -(-len(tiles) // columns)
     label = 16

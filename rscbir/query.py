@@ -34,6 +34,7 @@ from rscbir.index import Index
 from rscbir.rerank import QueryExpansion, feedback_vector
 from rscbir.scene import Scaling, apply_scaling, normalise_date
 from rscbir.thresholds import Threshold
+from rscbir import validate
 
 
 
@@ -45,6 +46,13 @@ class Filters:
     dates: tuple[str, ...] = ()
     scenes: tuple[str, ...] = ()
     exclude_radius: float | None = None  # metres around the query patch centre
+
+    def __post_init__(self) -> None:
+        if self.bbox is not None:
+            object.__setattr__(self, "bbox", validate.bbox(self.bbox))
+        object.__setattr__(self, "dates", validate.dates(self.dates))
+        if self.exclude_radius is not None and not validate.finite(self.exclude_radius, "exclude radius") >= 0:
+            raise QueryError(f"exclude radius must be >= 0 metres, not {self.exclude_radius}")
 
     def mask(self, index: Index, centre: tuple[float, float] | None) -> np.ndarray | None:
         """Bool mask over the index's ids, None when every patch may be returned; from the segments' lookups,
@@ -66,10 +74,13 @@ class Filters:
                 raise QueryError(f"no indexed patch has date {', '.join(sorted(wanted))}; the index holds {', '.join(sorted(known)) or 'no dates'}")
             narrow(index.scene_mask([s["scene_id"] for s in index.manifest["scenes"] if s.get("date") in wanted]))
         if self.scenes:
-            indexed = [s["scene_id"] for s in index.manifest["scenes"]]
+            indexed = {s["scene_id"]: s.get("date") for s in index.manifest["scenes"]}
             unknown = set(self.scenes) - set(indexed)
             if unknown:
                 raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(indexed))}")
+            if self.dates and not {indexed[s] for s in self.scenes} & set(self.dates):
+                raise QueryError(f"no scene of {', '.join(self.scenes)} has date {', '.join(self.dates)}: "
+                                 "--date and --scene together keep only patches that match both")  # fmt: skip
             narrow(index.scene_mask(self.scenes))
         if self.exclude_radius and centre is not None:
             near = index.within(*centre, self.exclude_radius)
@@ -87,6 +98,7 @@ class QueryResult:
     hits: gpd.GeoDataFrame  # rank, score, patch_id, scene_id, date, row, col, geometry (EPSG:4326)
     query: dict = field(default_factory=dict)
     query_patch: gpd.GeoDataFrame | None = None  # the example patch, for point / patch queries
+    marks: gpd.GeoDataFrame | None = None  # patches marked right (label 1) or wrong (label 0), not counted as hits
 
 
 def patch_at(index: Index, lon: float, lat: float, date: str | None = None) -> int:
@@ -125,7 +137,10 @@ class Feedback:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "positives", tuple(dict.fromkeys(self.positives)))
-        object.__setattr__(self, "negatives", tuple(dict.fromkeys(n for n in self.negatives if n not in self.positives)))
+        object.__setattr__(self, "negatives", tuple(dict.fromkeys(self.negatives)))
+        both = sorted(set(self.positives) & set(self.negatives))
+        if both:
+            raise FeedbackError(f"patch {', '.join(both[:5])} is marked both right and wrong; keep one mark per patch")
         if self.negatives and not self.positives:
             raise FeedbackError("feedback with only negatives: mark at least one patch right (--positive) as well")
 
@@ -135,6 +150,9 @@ class Feedback:
     def add(self, positives: Sequence[str] = (), negatives: Sequence[str] = ()) -> "Feedback":
         """This feedback plus another round of marks (a later mark of the same patch wins)."""
         positives, negatives = tuple(positives), tuple(negatives)
+        both = sorted(set(positives) & set(negatives))
+        if both:
+            raise FeedbackError(f"patch {', '.join(both[:5])} is marked both right and wrong; keep one mark per patch")
         keep_pos = tuple(p for p in self.positives if p not in negatives) + positives
         keep_neg = tuple(n for n in self.negatives if n not in positives) + negatives
         return Feedback(keep_pos, keep_neg)
@@ -151,7 +169,7 @@ class Feedback:
 def read_feedback(path: str | os.PathLike, index: Index) -> Feedback:
     """Marks from a file: GeoJSON or CSV rows with a ``label`` of 1 (right) or 0 (wrong) and either a
     ``patch_id`` or a location (GeoJSON geometry, or ``lon``/``lat`` columns), e.g. a previous
-    query's output with a label column added."""
+    query's output (which lists the marks it used) with labels filled in. Rows with no label are ignored."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".csv":
@@ -162,9 +180,14 @@ def read_feedback(path: str | os.PathLike, index: Index) -> Feedback:
         raise FeedbackError(f"{path}: not a readable CSV or GeoJSON file ({exc})") from None
     if "label" not in table.columns:
         raise FeedbackError(f"{path}: no `label` column; mark each row 1 (right) or 0 (wrong)")
+    blank = table["label"].isna() | (table["label"].astype(str).str.strip() == "")
+    table = table[~blank.to_numpy()]  # rows the user left unmarked
     labels = pd.to_numeric(table["label"], errors="coerce")
     if not labels.isin([0, 1]).all():
-        raise FeedbackError(f"{path}: `label` must be 1 (right) or 0 (wrong) on every row")
+        bad = table["label"][~labels.isin([0, 1]).to_numpy()].iloc[0]
+        raise FeedbackError(f"{path}: `label` {bad!r}: mark a row 1 (right) or 0 (wrong), or leave it empty")
+    if table.empty:
+        return Feedback()
     if "patch_id" in table.columns and table["patch_id"].notna().all():
         ids = table["patch_id"].astype(str).tolist()
     elif {"lon", "lat"} <= set(table.columns):
@@ -198,25 +221,87 @@ def query_vector(index: Index, vector: np.ndarray, expansion: QueryExpansion = Q
 
 
 def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, exclude_row: int | None = None,
-          expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> gpd.GeoDataFrame:  # fmt: skip
+          expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None,
+          places: bool = True) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:  # fmt: skip
+    """(new answers, marked patches): the ``k`` best patches not already marked, one per ground place with
+    ``places``; the marked patches come back apart, each with its ``label``."""
     allowed = filters.mask(index, centre)
     if exclude_row is not None and filters.exclude_radius:
         allowed = np.ones(len(index), bool) if allowed is None else allowed
         allowed[exclude_row] = False
-    if feedback and feedback.negatives:  # patches marked wrong are not shown again
+    marked_rows = np.concatenate(feedback.rows(index)) if feedback else np.zeros(0, np.int64)
+    if len(marked_rows):  # patches marked right or wrong are not new answers
         allowed = np.ones(len(index), bool) if allowed is None else allowed
-        allowed[feedback.rows(index)[1]] = False
+        allowed[marked_rows] = False
     search_vector = query_vector(index, vector, expansion, feedback, exclude_row)
-    scores, ids = index.search(search_vector, k, allowed)
-    keep = ids[0] >= 0
-    found = ids[0][keep]
-    hits = index.patches(found)  # the hits' rows from the segments' lookups, not the catalog
-    hits.insert(0, "score", scores[0][keep].astype(float))
-    hits.insert(0, "rank", np.arange(1, keep.sum() + 1))
-    return hits
+    marks = _marks(index, search_vector, feedback) if feedback else _empty_hits(index)
+    dates = len({s.get("date") or s["scene_id"] for s in index.manifest["scenes"]})
+    fetch = k * dates if places and dates > 1 else k
+    while True:
+        scores, ids = index.search(search_vector, min(fetch, len(index)), allowed)
+        keep = ids[0] >= 0
+        hits = index.patches(ids[0][keep])  # the hits' rows from the segments' lookups, not the catalog
+        hits.insert(0, "score", scores[0][keep].astype(float))
+        if places and dates > 1:
+            hits = distinct_places(hits, marks)
+        if len(hits) >= k or fetch >= len(index):
+            break
+        fetch *= 4
+    hits = hits.iloc[:k].reset_index(drop=True)
+    if "dates" not in hits.columns:
+        hits["dates"], hits["matched_patches"] = hits["date"].map(lambda d: [d] if d else []), hits["patch_id"].map(lambda p: [p])
+    hits.insert(0, "rank", np.arange(1, len(hits) + 1))
+    return hits, marks
 
 
-def _describe(query: dict, expansion: QueryExpansion, feedback: Feedback | None) -> dict:
+def distinct_places(hits: gpd.GeoDataFrame, occupied: gpd.GeoDataFrame | None = None) -> gpd.GeoDataFrame:
+    """One hit per ground place, best score first: a hit whose centre lies within half a patch of a better hit's
+    centre is that place on another date, listed in the better hit's ``dates`` and ``matched_patches``. Hits at the
+    place of an ``occupied`` patch (one the user marked) are dropped."""
+    bounds = hits.geometry.bounds.to_numpy() if len(hits) else np.zeros((0, 4))
+    centres = np.column_stack([(bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2])
+    halves = np.column_stack([(bounds[:, 2] - bounds[:, 0]) / 2, (bounds[:, 3] - bounds[:, 1]) / 2])
+    taken = []
+    if occupied is not None and len(occupied):
+        ob = occupied.geometry.bounds.to_numpy()
+        taken = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, (b[2] - b[0]) / 2, (b[3] - b[1]) / 2, None) for b in ob]
+    groups: list[list[int]] = []
+    for i, ((x, y), (hx, hy)) in enumerate(zip(centres, halves)):
+        for tx, ty, thx, thy, group in taken:
+            if abs(x - tx) < thx and abs(y - ty) < thy:
+                if group is not None:
+                    groups[group].append(i)
+                break
+        else:
+            taken.append((x, y, hx, hy, len(groups)))
+            groups.append([i])
+    best = hits.iloc[[g[0] for g in groups]].copy() if groups else hits.iloc[:0].copy()
+    dates, patch_ids = hits["date"].to_numpy(), hits["patch_id"].to_numpy()
+    best["dates"] = [[dates[i] for i in g if dates[i]] for g in groups]
+    best["matched_patches"] = [[patch_ids[i] for i in g] for g in groups]
+    return best
+
+
+def _empty_hits(index: Index) -> gpd.GeoDataFrame:
+    frame = index.patches([])
+    frame.insert(0, "score", np.zeros(0))
+    frame["label"] = np.zeros(0, dtype=np.int64)
+    return frame
+
+
+def _marks(index: Index, search_vector: np.ndarray, feedback: Feedback) -> gpd.GeoDataFrame:
+    """The marked patches with their ``label`` (1 right, 0 wrong) and their score under the new ranking."""
+    positives, negatives = feedback.rows(index)
+    rows = np.concatenate([positives, negatives]).astype(np.int64)
+    frame = index.patches(rows)
+    vectors = index.vector_rows(rows, search=True) if len(rows) else np.zeros((0, search_vector.shape[1]), np.float32)
+    frame.insert(0, "score", (vectors @ search_vector[0]).astype(float) if len(rows) else np.zeros(0))
+    frame["label"] = [1] * len(positives) + [0] * len(negatives)
+    return frame
+
+
+def _describe(query: dict, expansion: QueryExpansion, feedback: Feedback | None, places: bool = True) -> dict:
+    query["places"] = places
     query["expansion"] = {"k": expansion.k, "alpha": expansion.alpha} if expansion.enabled and not feedback else None
     if feedback:
         query["feedback"] = {"positives": list(feedback.positives), "negatives": list(feedback.negatives)}
@@ -224,35 +309,40 @@ def _describe(query: dict, expansion: QueryExpansion, feedback: Feedback | None)
 
 
 def query_point(index: Index, lon: float, lat: float, k: int = 10, query_date: str | None = None, filters: Filters = Filters(),
-                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
+                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None, *,
+                places: bool = True) -> QueryResult:  # fmt: skip
     """The ``k`` patches most like the patch covering (lon, lat).
 
     ``expansion`` (on by default) adds the query's nearest neighbours to it; ``feedback``
     re-ranks by the patches marked right and wrong instead.
     """
+    lon, lat = validate.lonlat(lon, lat)
     row = patch_at(index, lon, lat, query_date)
     vector = index.vector_rows([row])
     centre = tuple(index.centres([row])[0])
-    hits = _rank(index, vector, k, filters, centre, row, expansion, feedback)
+    hits, marks = _rank(index, vector, k, filters, centre, row, expansion, feedback, places)
     patch = index.patches([row])
     query = {"type": "point", "lon": lon, "lat": lat, "patch_id": patch["patch_id"].iloc[0], "date": patch["date"].iloc[0], "k": k}
-    return QueryResult(hits, _describe(query, expansion, feedback), patch)
+    return QueryResult(hits, _describe(query, expansion, feedback, places), patch, marks)
 
 
 def query_xy(index: Index, x: float, y: float, crs: str, k: int = 10, query_date: str | None = None, filters: Filters = Filters(),
-             expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
+             expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None, *,
+                places: bool = True) -> QueryResult:  # fmt: skip
     """Like :func:`query_point` with coordinates in any CRS."""
+    x, y = validate.xy(x, y)
     try:
         lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(x, y)
     except Exception as exc:  # pyproj raises CRSError or ProjError
         raise QueryError(f"cannot transform ({x}, {y}) from {crs}: {exc}") from None
-    result = query_point(index, lon, lat, k, query_date, filters, expansion, feedback)
+    result = query_point(index, lon, lat, k, query_date, filters, expansion, feedback, places=places)
     result.query.update({"x": x, "y": y, "crs": crs})
     return result
 
 
 def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Filters(),
-                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
+                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None, *,
+                places: bool = True) -> QueryResult:  # fmt: skip
     """The ``k`` patches most like an indexed patch, by id (``scene:row:col``)."""
     matches = index.rows_of([patch_id])
     matches = matches[matches >= 0]
@@ -260,16 +350,18 @@ def query_patch(index: Index, patch_id: str, k: int = 10, filters: Filters = Fil
         raise QueryError(f"no patch {patch_id!r} in {index.path}")
     row = int(matches[0])
     centre = tuple(index.centres([row])[0])
-    hits = _rank(index, index.vector_rows([row]), k, filters, centre, row, expansion, feedback)
-    return QueryResult(hits, _describe({"type": "patch", "patch_id": patch_id, "k": k}, expansion, feedback), index.patches([row]))
+    hits, marks = _rank(index, index.vector_rows([row]), k, filters, centre, row, expansion, feedback, places)
+    query = _describe({"type": "patch", "patch_id": patch_id, "k": k}, expansion, feedback, places)
+    return QueryResult(hits, query, index.patches([row]), marks)
 
 
 def query_image(index: Index, path: str | os.PathLike, k: int = 10, filters: Filters = Filters(),
-                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None) -> QueryResult:  # fmt: skip
+                expansion: QueryExpansion = QueryExpansion(), feedback: Feedback | None = None, *,
+                places: bool = True) -> QueryResult:  # fmt: skip
     """The ``k`` patches most like an image chip (PNG/JPEG RGB, or a GeoTIFF with the index's bands)."""
     vector = embed_chip(index, path)
-    hits = _rank(index, vector, k, filters, None, None, expansion, feedback)
-    return QueryResult(hits, _describe({"type": "image", "image": str(path), "k": k}, expansion, feedback))
+    hits, marks = _rank(index, vector, k, filters, None, None, expansion, feedback, places)
+    return QueryResult(hits, _describe({"type": "image", "image": str(path), "k": k}, expansion, feedback, places), marks=marks)
 
 
 def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:

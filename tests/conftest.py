@@ -75,3 +75,22 @@ def naip_index(tmp_path_factory):
                                       "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
+
+
+NAIP_DATES = ["20090818", "20100629", "20120731", "20140720", "20150926", "20160816", "20170827", "20180716", "20190904", "20200831"]
+
+
+@pytest.fixture(scope="session")
+def naip10_index(tmp_path_factory):
+    """All 10 NAIP dates of one tile, aligned, 320 m patches: the archive case (the same ground ten times)."""
+    from click.testing import CliRunner
+
+    from rscbir.cli import cli
+
+    if not DATA.is_dir():
+        pytest.skip(f"real data folder {DATA} is absent")
+    out = tmp_path_factory.mktemp("naip10") / "naip10_index"
+    files = [str(DATA / NAIP.format(d)) for d in NAIP_DATES]
+    result = CliRunner().invoke(cli, ["-q", "index", *files, "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out

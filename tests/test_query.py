@@ -203,12 +203,14 @@ def test_feedback_ranks_a_positives_neighbours_above_a_negatives(blob_index, tmp
     other blob (the positive's neighbour) to the top, where plain ranking leaves it near the bottom."""
     from rscbir.query import Feedback
 
-    plain = list(query_patch(blob_index, "site_20200101:0:0", k=31).hits["patch_id"])
+    plain = list(query_patch(blob_index, "site_20200101:0:0", k=31, places=False).hits["patch_id"])
     assert plain.index("site_20200101:1:1") > 10
     marks = Feedback(positives=("site_20210101:2:2",), negatives=("site_20200101:3:3",))
-    refined = query_patch(blob_index, "site_20200101:0:0", k=31, feedback=marks)
+    refined = query_patch(blob_index, "site_20200101:0:0", k=31, feedback=marks, places=False)
     ranked = list(refined.hits["patch_id"])
-    assert set(ranked[:2]) == {"site_20210101:2:2", "site_20200101:1:1"}
+    assert ranked[0] == "site_20200101:1:1"  # the positive's neighbour is the first new answer
+    assert "site_20210101:2:2" not in ranked  # marked right: listed as a mark, not counted again as an answer
+    assert dict(zip(refined.marks["patch_id"], refined.marks["label"])) == {"site_20210101:2:2": 1, "site_20200101:3:3": 0}
     assert "site_20200101:3:3" not in ranked  # marked wrong: not shown again
     assert refined.query["feedback"] == {"positives": ["site_20210101:2:2"], "negatives": ["site_20200101:3:3"]}
     # a second round accumulates; a later mark of the same patch wins
@@ -230,7 +232,11 @@ def test_feedback_from_the_command_line_and_files(blob_index, tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(second.read_text())
     assert doc["query"]["feedback"]["positives"] == [marked["patch_id"].iloc[0], "site_20210101:2:2"]
-    assert not set(marked["patch_id"].iloc[1:]) & {f["properties"]["patch_id"] for f in doc["features"]}
+    answers = [f["properties"] for f in doc["features"] if f["properties"]["label"] is None]
+    assert not set(marked["patch_id"].iloc[1:]) & {p["patch_id"] for p in answers}
+    # the marks used ride along, so the file fed back next round keeps them
+    assert {f["properties"]["patch_id"]: f["properties"]["label"] for f in doc["features"] if f["properties"]["label"] is not None} == \
+        {**{p: 0 for p in marked["patch_id"].iloc[1:]}, marked["patch_id"].iloc[0]: 1, "site_20210101:2:2": 1}
     csv = tmp_path / "marks.csv"
     csv.write_text("patch_id,label\nsite_20210101:2:2,1\n")
     assert CliRunner().invoke(cli, ["query", str(blob_index.path), "--patch-id", "site_20200101:0:0", "--feedback", str(csv)]).exit_code == 0
@@ -251,3 +257,73 @@ def test_bad_feedback_exit_2(blob_index, tmp_path, args, message):
     result = CliRunner().invoke(cli, ["query", str(blob_index.path), "--patch-id", "site_20200101:0:0", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_feedback_file_with_unlabelled_rows_keeps_marks_over_rounds(blob_index, tmp_path):
+    """A user marks only the hits they are sure of; each round's output lists the marks it used, so round 3
+    still holds round 1's marks (and a round-1 wrong mark never comes back as an answer)."""
+    run = lambda *args: CliRunner().invoke(cli, ["query", str(blob_index.path), "--patch-id", "site_20200101:0:0", "-k", "5", *args])
+    first = tmp_path / "r1.geojson"
+    assert run("-o", str(first)).exit_code == 0
+    doc = json.loads(first.read_text())
+    right, wrong = doc["features"][1]["properties"]["patch_id"], doc["features"][2]["properties"]["patch_id"]
+    doc["features"][1]["properties"]["label"], doc["features"][2]["properties"]["label"] = 1, 0  # the rest left empty
+    first.write_text(json.dumps(doc))
+    second = tmp_path / "r2.geojson"
+    result = run("--feedback", str(first), "-o", str(second))
+    assert result.exit_code == 0, result.output
+    doc = json.loads(second.read_text())
+    answers = [f["properties"] for f in doc["features"] if f["properties"]["label"] is None]
+    assert len(answers) == 5 and not {right, wrong} & {a["patch_id"] for a in answers}  # marked: no slot taken
+    new = answers[0]["patch_id"]
+    for feature in doc["features"]:
+        if feature["properties"]["patch_id"] == new:
+            feature["properties"]["label"] = 1
+    second.write_text(json.dumps(doc))
+    third = tmp_path / "r3.geojson"
+    assert run("--feedback", str(second), "-o", str(third)).exit_code == 0
+    doc = json.loads(third.read_text())
+    marks = {f["properties"]["patch_id"]: f["properties"]["label"] for f in doc["features"] if f["properties"]["label"] is not None}
+    assert marks == {right: 1, wrong: 0, new: 1}
+    assert set(doc["query"]["feedback"]["positives"]) == {right, new} and doc["query"]["feedback"]["negatives"] == [wrong]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--patch-id", "site_20200101:0:0", "--positive", "site_20210101:2:2", "--negative", "site_20210101:2:2"], "both right and wrong"),
+        (["--lonlat", "nan", "nan"], "finite"),
+        (["--xy", "nan", "5", "--crs", "EPSG:26914"], "finite"),
+        (["--patch-id", "site_20200101:0:0", "--bbox", "nan", "0", "1", "1"], "finite"),
+        (["--patch-id", "site_20200101:0:0", "--bbox", "10", "0", "1", "1"], "west must be < east"),
+        (["--lonlat", "200", "10"], "not a point on Earth"),
+        (["--patch-id", "site_20200101:0:0", "--date", "20210101", "--scene", "site_20200101"], "match both"),
+        (["--patch-id", "site_20200101:0:0", "--date", "2021-13-01"], "cannot read date"),
+    ],
+)
+def test_impossible_query_options_exit_2(blob_index, args, message):
+    result = CliRunner().invoke(cli, ["query", str(blob_index.path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_one_hit_per_place_lists_the_other_dates(blob_index):
+    """Two dates of one aligned scene: by default each place comes once, with the dates it matched on."""
+    result = query_patch(blob_index, "site_20200101:0:0", k=8, expansion=QueryExpansion(0))
+    places = list(zip(result.hits["row"], result.hits["col"]))
+    assert len(places) == len(set(places)) == 8
+    assert any(len(d) == 2 for d in result.hits["dates"])
+    every = query_patch(blob_index, "site_20200101:0:0", k=8, expansion=QueryExpansion(0), places=False)
+    assert len(set(zip(every.hits["row"], every.hits["col"]))) < 8  # the old answer: the same place twice
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_lake_shore_query_on_ten_dates_returns_ten_places(naip10_index, tmp_path):
+    out = tmp_path / "hits.geojson"
+    result = CliRunner().invoke(cli, ["query", str(naip10_index), "--lonlat", "-99.14969", "47.02472", "-k", "10",
+                                      "--exclude-radius", "500", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    hits = [f["properties"] for f in json.loads(out.read_text())["features"]]
+    assert len(hits) == 10 and len({(h["row"], h["col"]) for h in hits}) == 10
+    assert all(h["date"] == h["dates"][0] for h in hits) and sum(len(h["dates"]) for h in hits) > 10

@@ -181,3 +181,47 @@ def progress_enabled(ctx) -> bool:
 def augment_option(func):
     return click.option("--augment", type=click.IntRange(0), default=5, show_default=True, metavar="K",
                         help="Database-side augmentation: search vectors blend each patch with its K nearest (0: off).")(func)  # fmt: skip
+
+
+# ------------------------------------------------------------------ coordinates
+def _checked(check):
+    """Click callback running one of :mod:`rscbir.validate`'s checks on a tuple option (None passes)."""
+
+    def callback(ctx, param, value):
+        if value is None or value == ():
+            return value
+        from rscbir.errors import RscbirError
+
+        try:
+            return check(value)
+        except RscbirError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _check_lonlat(value):
+    from rscbir import validate
+
+    return validate.lonlat(*value)
+
+
+def _check_xy(value):
+    from rscbir import validate
+
+    return validate.xy(*value)
+
+
+def _check_bbox(value):
+    from rscbir import validate
+
+    return validate.bbox(value)
+
+
+def _check_dates(value):
+    from rscbir import validate
+
+    return validate.dates(value)
+
+
+check_lonlat, check_xy, check_bbox, check_dates = (_checked(f) for f in (_check_lonlat, _check_xy, _check_bbox, _check_dates))

@@ -18,14 +18,14 @@ Examples:
 )
 @click.argument("index_dir", type=click.Path(file_okay=False), metavar="INDEX_DIR")
 @click.option("--image", type=click.Path(dir_okay=False), help="Query by an example chip: PNG/JPEG (RGB) or GeoTIFF with the index's bands.")
-@click.option("--lonlat", type=float, nargs=2, metavar="LON LAT", help="Query by the indexed patch covering this point.")
-@click.option("--xy", type=float, nargs=2, metavar="X Y", help="Like --lonlat, in the CRS given by --crs.")
+@click.option("--lonlat", type=float, nargs=2, metavar="LON LAT", callback=options.check_lonlat, help="Query by the indexed patch covering this point.")
+@click.option("--xy", type=float, nargs=2, metavar="X Y", callback=options.check_xy, help="Like --lonlat, in the CRS given by --crs.")
 @click.option("--crs", default=None, help="CRS of --xy, e.g. EPSG:26914.")
 @click.option("--patch-id", default=None, help="Query by an indexed patch id (scene:row:col).")
 @click.option("--query-date", default=None, metavar="YYYYMMDD", help="Date of the query patch for --lonlat/--xy (default: --date if one, else the latest).")
 @click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True, help="Number of results.")
-@click.option("--bbox", type=float, nargs=4, metavar="W S E N", help="Only results intersecting this lon/lat box.")
-@click.option("--date", "dates", multiple=True, metavar="YYYYMMDD", help="Only results of this date (repeatable).")
+@click.option("--bbox", type=float, nargs=4, metavar="W S E N", callback=options.check_bbox, help="Only results intersecting this lon/lat box.")
+@click.option("--date", "dates", multiple=True, metavar="YYYYMMDD", callback=options.check_dates, help="Only results of this date (repeatable).")
 @click.option("--scene", "scenes", multiple=True, help="Only results of this scene id (repeatable).")
 @click.option("--exclude-radius", type=float, default=None, metavar="METRES", help="Drop results within this distance of the query patch.")
 @click.option("--qe", "qe", type=click.IntRange(0), default=10, show_default=True,
@@ -33,13 +33,17 @@ Examples:
 @click.option("--positive", "positives", multiple=True, metavar="PATCH_ID", help="Relevance feedback: a patch marked right (repeatable).")
 @click.option("--negative", "negatives", multiple=True, metavar="PATCH_ID", help="Relevance feedback: a patch marked wrong (repeatable).")
 @click.option("--feedback", "feedback_file", type=click.Path(dir_okay=False),
-              help="Marks from a GeoJSON/CSV (e.g. an earlier result) with a `label` of 1 (right) or 0 (wrong) per row.")
+              help="Marks from a GeoJSON/CSV (e.g. an earlier result, which lists the marks it used) with a `label` of "
+                   "1 (right) or 0 (wrong); rows left empty are ignored.")
+@click.option("--every-date", is_flag=True,
+              help="List every date's patch as its own hit (default in a multi-date index: one hit per ground place, "
+                   "best date first, its other matching dates in `dates`).")
 @click.option("-o", "--output", default="-", callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
 @click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True, help="Results format.")
 @click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG contact sheet of the query and the hits.")
 @click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the hits (folium).")
 def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, dates, scenes, exclude_radius, qe, positives, negatives,
-          feedback_file, output, fmt, preview, html):  # fmt: skip
+          feedback_file, every_date, output, fmt, preview, html):  # fmt: skip
     """Find the patches of INDEX_DIR most like an example: an image chip, the
     patch under a point, or an indexed patch. Results are ranked by cosine
     similarity to the query expanded by its nearest patches (--qe), as GeoJSON in
@@ -64,7 +68,7 @@ def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, date
     filters = q.Filters(bbox=tuple(bbox) if bbox else None, dates=tuple(dates), scenes=tuple(scenes), exclude_radius=exclude_radius)
     feedback = q.read_feedback(feedback_file, opened) if feedback_file else q.Feedback()
     feedback = feedback.add(positives, negatives)
-    ranking = {"expansion": q.QueryExpansion(qe), "feedback": feedback}
+    ranking = {"expansion": q.QueryExpansion(qe), "feedback": feedback, "places": not every_date}
     when = query_date or (dates[0] if len(dates) == 1 else None)
     if image:
         result = q.query_image(opened, image, k, filters, **ranking)

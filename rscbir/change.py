@@ -32,6 +32,7 @@ Writers (score GeoTIFF, preview PNG, GeoJSON) live in :mod:`rscbir.export`;
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -53,10 +54,10 @@ from rscbir.index import Index
 from rscbir.models.features import FeatureModel, stage_maps
 from rscbir.models.load import ModelOptions, model_from_config
 from rscbir.modes import ChangeMethod
-from rscbir.presets import Preset, same_bands
+from rscbir.presets import Preset, SceneOptions, load_preset, same_bands
 from rscbir.scene import Scene
 from rscbir.thresholds import Threshold, robust_spread
-from rscbir.tiling import PatchRecord, TilingConfig, aligned_grid, iter_patches
+from rscbir.tiling import EdgePolicy, PatchRecord, TilingConfig, aligned_grid, iter_patches
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ def score_change(
             "pass --bands or --preset so both read the same bands"
         )
     grid = grid or aligned_grid([before, after])
+    if pixel_maps and tiling.edge is EdgePolicy.DROP:  # a pixel map covers the image: edge patches move inward
+        tiling = dataclasses.replace(tiling, edge=EdgePolicy.FIT)
     spectral_before, spectral_after = spectral or (before, after)
     gain, offset, spread = invariant_regression(spectral_before, spectral_after, tiling, grid)
     cva_scores = {}
@@ -295,12 +298,12 @@ def robust_z(values) -> np.ndarray:
 
 
 def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: float) -> gpd.GeoDataFrame:
-    """Adjacent changed patches dissolved into polygons (EPSG:4326) with max/mean score,
-    area in m², patch count and both dates."""
+    """Adjacent changed patches dissolved into polygons (EPSG:4326) with their score (p75 of the member
+    patches), max/mean score, area in m², patch count and both dates; best score first."""
     method = ChangeMethod(method).value
     patches = scores.patches
     changed = patches[patches[method] > threshold]
-    columns = ["max_score", "mean_score", "area_m2", "patches", "date_before", "date_after", "geometry"]
+    columns = ["score", "max_score", "mean_score", "area_m2", "patches", "date_before", "date_after", "geometry"]
     if changed.empty:
         return gpd.GeoDataFrame({c: [] for c in columns[:-1]}, geometry=[], crs="EPSG:4326")
     boxes = np.asarray(shapely.box(*(changed[c].to_numpy() for c in ("minx", "miny", "maxx", "maxy"))))
@@ -312,12 +315,13 @@ def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: f
         members = tree.query(part, predicate="intersects")
         members = [m for m in members if part.contains(shapely.point_on_surface(boxes[m]))]
         values = changed[method].to_numpy()[members]
-        rows.append((float(values.max()), float(values.mean()), part, len(members)))
+        rows.append((float(values.max()), float(values.mean()), part, len(members), float(np.percentile(values, AREA_PERCENTILE))))
     local = gpd.GeoSeries([r[2] for r in rows], crs=scores.grid.crs)
     geographic = local.to_crs("EPSG:4326")
     areas = geodesic_areas(geographic)
     frame = gpd.GeoDataFrame(
         {
+            "score": [r[4] for r in rows],
             "max_score": [r[0] for r in rows],
             "mean_score": [r[1] for r in rows],
             "area_m2": areas,
@@ -328,7 +332,13 @@ def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: f
         geometry=geographic.values,
         crs="EPSG:4326",
     )
-    return frame.sort_values("max_score", ascending=False, ignore_index=True)
+    return frame.sort_values("score", ascending=False, ignore_index=True)
+
+
+# Changed areas are ranked and reported by the 75th percentile of their pixel scores (``score``), chosen on the
+# OSCD design cities over max, mean, median and p90 (benchmarks/bench_change_areas.py, results.md).
+AREA_PERCENTILE = 75.0
+AREA_SCORE = f"p{AREA_PERCENTILE:g} of the area's smoothed pixel scores"
 
 
 # ------------------------------------------------------------- index-backed change
@@ -368,15 +378,16 @@ def pixel_change_mask(scores: ChangeScores, method: ChangeMethod | str, threshol
 
 
 def changed_regions(scores: ChangeScores, mask: np.ndarray, smoothed: np.ndarray) -> gpd.GeoDataFrame:
-    """Changed areas traced from a pixel mask as polygons (EPSG:4326), each with max/mean score, area in m²,
-    pixel count and both dates."""
-    columns = ["max_score", "mean_score", "area_m2", "pixels", "date_before", "date_after"]
+    """Changed areas traced from a pixel mask as polygons (EPSG:4326), each with its ``score`` (p75 of its
+    pixels, see :func:`area_scores`), max/mean score, area in m², pixel count and both dates; best score first."""
+    columns = ["score", "max_score", "mean_score", "area_m2", "pixels", "date_before", "date_after"]
     if not mask.any():
         return gpd.GeoDataFrame({c: [] for c in columns}, geometry=[], crs="EPSG:4326")
     labels, count = ndimage.label(mask)
     index = np.arange(1, count + 1)
     maxima = ndimage.maximum(smoothed, labels, index)
     means = ndimage.mean(smoothed, labels, index)
+    robust = area_scores(smoothed, labels, count)
     sizes = ndimage.sum(mask, labels, index)
     pieces: dict[int, list] = {}
     for geometry, value in features.shapes(labels.astype(np.int32), mask=mask, transform=scores.grid.transform):
@@ -385,6 +396,7 @@ def changed_regions(scores: ChangeScores, mask: np.ndarray, smoothed: np.ndarray
     geographic = local.to_crs("EPSG:4326")
     frame = gpd.GeoDataFrame(
         {
+            "score": robust,
             "max_score": np.asarray(maxima, float),
             "mean_score": np.asarray(means, float),
             "area_m2": geodesic_areas(geographic),
@@ -395,7 +407,17 @@ def changed_regions(scores: ChangeScores, mask: np.ndarray, smoothed: np.ndarray
         geometry=geographic.values,
         crs="EPSG:4326",
     )
-    return frame.sort_values("max_score", ascending=False, ignore_index=True)
+    return frame.sort_values("score", ascending=False, ignore_index=True)
+
+
+def area_scores(smoothed: np.ndarray, labels: np.ndarray, count: int, percentile: float = AREA_PERCENTILE) -> np.ndarray:
+    """Each labelled area's ``percentile`` of its pixel scores: the score areas are ranked and reported by,
+    which one bright pixel (a glint, a colour fringe) cannot dominate the way it dominates the maximum."""
+    out = np.zeros(count, float)
+    for k, where in enumerate(ndimage.find_objects(labels), start=1):
+        if where is not None:
+            out[k - 1] = float(np.percentile(smoothed[where][labels[where] == k], percentile))
+    return out
 
 
 # Label-free cuts: pixel scores are heavy-tailed and change is rare (0.3-4 % of OSCD pixels), so an outlier rule
@@ -406,32 +428,9 @@ PATCH_THRESHOLD = "otsu"
 
 def flag_changes(scores: ChangeScores, method: ChangeMethod | str, threshold: Threshold | str | float | None = None,
                  all_patches: bool = False, rule: PixelRegularisation | None = None) -> tuple[gpd.GeoDataFrame, dict]:  # fmt: skip
-    """The changed areas and a summary of the cut.
-
-    With per-pixel scores (and not ``all_patches``) areas are traced from the pixel mask after
-    ``rule``; otherwise changed patches are dissolved (or, with ``all_patches``, every patch is listed).
-    """
-    method = ChangeMethod(method).value
-    pixel_level = bool(scores.pixels) and method in scores.pixels and not all_patches
-    threshold = Threshold.parse(threshold if threshold is not None else (PIXEL_THRESHOLD if pixel_level else PATCH_THRESHOLD))
-    if pixel_level:
-        rule = rule or PixelRegularisation()
-        mask, smoothed, cut = pixel_change_mask(scores, method, threshold, rule)
-        summary = {"method": method, "level": "pixel", "threshold_rule": str(threshold), "threshold": cut,
-                   "pixels": int(np.isfinite(smoothed).sum()), "changed_pixels": int(mask.sum()),
-                   "smooth_px": rule.smooth, "min_pixels": rule.min_pixels}  # fmt: skip
-        return changed_regions(scores, mask, smoothed), summary
-    values = scores.score(method)
-    cut = threshold.value(values)
-    if all_patches:
-        frame = scores.patches[["patch_id", "row", "col", "date_before", "date_after", "geometry", method]]
-        frame = frame.rename(columns={method: "score"})
-        frame["changed"] = frame["score"] > cut
-    else:
-        frame = changed_areas(scores, method, cut)
-    summary = {"method": method, "level": "patch", "threshold_rule": str(threshold), "threshold": cut, "patches": int(len(values)),
-               "changed_patches": int((values > cut).sum())}  # fmt: skip
-    return frame, summary
+    """The changed areas and a summary of the cut (see :func:`change_map`)."""
+    found = change_map(scores, method, threshold, rule or PixelRegularisation(), all_patches)
+    return found.areas, found.summary
 
 
 def score_scenes(
@@ -467,3 +466,78 @@ def scores_from_index(index: Index, dates: Sequence[str], method: ChangeMethod |
         frame["date_before"], frame["date_after"] = before_doc["date"], after_doc["date"]
         return ChangeScores(frame, grid, tiling, before, after)
     return score_change(before, after, model_from_config(index.model_config), tiling, grid)
+
+
+# --------------------------------------------------------------- one call
+@dataclass
+class ChangeMap:
+    """A change map: the scores, the changed areas (EPSG:4326), the summary of the cut and, at pixel
+    level, the changed-pixel mask on ``scores.grid``."""
+
+    scores: ChangeScores
+    areas: gpd.GeoDataFrame
+    summary: dict
+    mask: np.ndarray | None = None
+
+
+def detect(
+    before: Scene | str,
+    after: Scene | str,
+    method: ChangeMethod | str = ChangeMethod.FUSION,
+    *,
+    level: str = "pixel",
+    threshold: Threshold | str | float | None = None,
+    tiling: TilingConfig = TilingConfig(32),
+    preset: str | None = None,
+    bands: Sequence[str] | None = None,
+    model_options: ModelOptions = ModelOptions(),
+    rule: PixelRegularisation = PixelRegularisation(),
+    all_patches: bool = False,
+) -> ChangeMap:
+    """What changed between two scenes (paths, band-file folders or opened :class:`Scene`\\ s), in one call.
+
+    Examples
+    --------
+    >>> from rscbir.change import detect
+    >>> found = detect("../shared/data/oscd/rennes/imgs_1", "../shared/data/oscd/rennes/imgs_2", preset="sentinel2")
+    >>> found.areas.head()  # changed areas, ranked by their robust score
+    """
+    if isinstance(before, Scene) and isinstance(after, Scene):
+        scenes, loaded = [before, after], load_preset(preset) if preset else None
+    else:
+        scenes, loaded = SceneOptions(preset, tuple(bands) if bands else None).open([str(before), str(after)])
+    scores = score_scenes(scenes[0], scenes[1], tiling, method, model_options, loaded, bool(preset or bands),
+                          pixel_maps=level == "pixel")  # fmt: skip
+    return change_map(scores, method, threshold, rule, all_patches)
+
+
+def detect_in_index(index: Index, dates: Sequence[str], method: ChangeMethod | str = ChangeMethod.COSINE,
+                    threshold: Threshold | str | float | None = None, all_patches: bool = False) -> ChangeMap:  # fmt: skip
+    """What changed between two dates of an aligned index, patch by patch (``cosine``: the stored vectors, no CNN)."""
+    return change_map(scores_from_index(index, dates, method), method, threshold, all_patches=all_patches)
+
+
+def change_map(scores: ChangeScores, method: ChangeMethod | str, threshold: Threshold | str | float | None = None,
+               rule: PixelRegularisation = PixelRegularisation(), all_patches: bool = False) -> ChangeMap:  # fmt: skip
+    """Areas, summary and pixel mask of scored dates (the cut is computed once and reused for the mask)."""
+    method = ChangeMethod(method).value
+    pixel_level = bool(scores.pixels) and method in scores.pixels and not all_patches
+    rule_ = Threshold.parse(threshold if threshold is not None else (PIXEL_THRESHOLD if pixel_level else PATCH_THRESHOLD))
+    if pixel_level:
+        mask, smoothed, cut = pixel_change_mask(scores, method, rule_, rule)
+        summary = {"method": method, "level": "pixel", "threshold_rule": str(rule_), "threshold": cut,
+                   "pixels": int(np.isfinite(smoothed).sum()), "changed_pixels": int(mask.sum()),
+                   "smooth_px": rule.smooth, "min_pixels": rule.min_pixels, "area_score": AREA_SCORE}  # fmt: skip
+        return ChangeMap(scores, changed_regions(scores, mask, smoothed), summary, mask)
+    values = scores.score(method)
+    cut = rule_.value(values)
+    if all_patches:
+        frame = scores.patches[["patch_id", "row", "col", "date_before", "date_after", "geometry", method]]
+        frame = frame.rename(columns={method: "score"})
+        frame["changed"] = frame["score"] > cut
+    else:
+        frame = changed_areas(scores, method, cut)
+    summary = {"method": method, "level": "patch", "threshold_rule": str(rule_), "threshold": cut, "patches": int(len(values)),
+               "changed_patches": int((values > cut).sum()),
+               "area_score": f"p{AREA_PERCENTILE:g} of the area's patch scores"}  # fmt: skip
+    return ChangeMap(scores, frame, summary)

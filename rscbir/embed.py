@@ -156,7 +156,7 @@ def _embed_raw(scenes, grid, tiling, runner: Runner, work: Path, dtype) -> tuple
             keys = runner(scene, scene_grid, tiling, raw, work)
             order = np.lexsort((keys[:, 1], keys[:, 0]))  # row-major, whatever order workers finished in
             size, stride = tiling.pixels(scene_grid)
-            records = [make_record(scene, scene_grid, int(r), int(c), size, stride, float(f)) for r, c, f in keys[order]]
+            records = [make_record(scene, scene_grid, int(r), int(c), size, stride, float(f), tiling.edge) for r, c, f in keys[order]]
             frames.append(records_to_frame(records, scene_grid.crs))
             order_parts.append(total + order)
             total += len(keys)

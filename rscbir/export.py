@@ -120,18 +120,42 @@ def contact_sheet(index: Index, result: QueryResult, path: str | os.PathLike, th
             tiles.append((np.asarray(image.convert("RGB")), "query image"))
     for hit, (_, row) in zip(result.hits.itertuples(), rows.iloc[len(wanted) :].iterrows()):
         tiles.append((patch_pixels(index, row, scenes), f"#{hit.rank} {hit.score:.3f} {hit.date or ''} {hit.row}:{hit.col}"))
-    columns = min(6, max(1, len(tiles)))
+    return _write_png(_sheet(tiles, thumb, columns=6), path)
+
+
+def change_contact_sheet(index: Index, result: QueryResult, path: str | os.PathLike, thumb: int = 112) -> Path:
+    """A PNG for ``query-change``: the example and each hit as a before | after pair, labelled with rank,
+    similarity of the change and grid row:col."""
+    before_doc, after_doc = index.scenes_on(result.query["dates"])
+    example = result.query_patch.iloc[0]
+    places = [(example["row"], example["col"], "example")] + [
+        (h.row, h.col, f"#{h.rank} {h.score:.3f} {h.row}:{h.col}") for h in result.hits.itertuples()]  # fmt: skip
+    ids = [f"{doc['scene_id']}:{r}:{c}" for r, c, _ in places for doc in (before_doc, after_doc)]
+    rows = index.catalog_rows(index.rows_of(ids))
+    scenes: dict[str, Scene] = {}
+    tiles = []
+    for n, (_, _, caption) in enumerate(places):
+        pair = [patch_pixels(index, rows.iloc[2 * n + k], scenes) for k in (0, 1)]
+        pair = [np.asarray(Image.fromarray(p).resize((thumb, thumb), Image.NEAREST)) for p in pair]
+        tiles.append((np.concatenate([pair[0], np.full((thumb, 4, 3), 255, np.uint8), pair[1]], axis=1), caption))
+    return _write_png(_sheet(tiles, thumb, columns=3, width=2 * thumb + 4), path)
+
+
+def _sheet(tiles: list[tuple[np.ndarray, str]], thumb: int, columns: int, width: int | None = None) -> Image.Image:
+    """Tiles in a grid with a caption under each; a first tile captioned ``query``/``example`` is outlined in red."""
+    width = width or thumb
+    columns = min(columns, max(1, len(tiles)))
     rows = -(-len(tiles) // columns)
     label = 16
-    sheet = Image.new("RGB", (columns * (thumb + 6) + 6, rows * (thumb + label + 6) + 6), "white")
+    sheet = Image.new("RGB", (columns * (width + 6) + 6, rows * (thumb + label + 6) + 6), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (pixels, caption) in enumerate(tiles):
-        x, y = 6 + (i % columns) * (thumb + 6), 6 + (i // columns) * (thumb + label + 6)
-        sheet.paste(Image.fromarray(pixels).resize((thumb, thumb), Image.NEAREST), (x, y))
-        if i == 0 and caption.startswith("query"):
-            draw.rectangle([x - 3, y - 3, x + thumb + 2, y + thumb + 2], outline=(220, 30, 30), width=3)
+        x, y = 6 + (i % columns) * (width + 6), 6 + (i // columns) * (thumb + label + 6)
+        sheet.paste(Image.fromarray(pixels).resize((width, thumb), Image.NEAREST), (x, y))
+        if i == 0 and caption.startswith(("query", "example")):
+            draw.rectangle([x - 3, y - 3, x + width + 2, y + thumb + 2], outline=(220, 30, 30), width=3)
         draw.text((x, y + thumb + 2), caption, fill=(0, 0, 0))
-    return _write_png(sheet, path)
+    return sheet
 
 
 def leaflet_map(result: QueryResult, path: str | os.PathLike) -> Path:

@@ -397,10 +397,10 @@ class Index:
         raise IndexFileError(f"{self.path}: no scene {scene_id!r}; indexed: {', '.join(s['scene_id'] for s in self.manifest['scenes'])}")
 
     def scenes_on(self, dates: Sequence[str]) -> list[dict]:
-        """The scene record of each of two or more distinct dates of an aligned index (for change)."""
+        """The scene record of each of two or more distinct dates of an aligned index (for change), in date order."""
         if not self.manifest.get("grid"):
             raise QueryError(f"{self.path} was not indexed with --align; change needs every date on one grid")
-        wanted = [normalise_date(d) for d in dates]
+        wanted = sorted(normalise_date(d) for d in dates)  # earliest first, however they were given
         if len(set(wanted)) != len(wanted):
             raise QueryError(f"dates {', '.join(wanted)}: give two different dates to compare")
         records = []

@@ -70,7 +70,10 @@ class Scaling:
             raise ScalingError(f"unknown scaling {text!r}; use auto, none, divide:10000 or percentile:2,98") from None
         try:
             if mode is ScalingMode.DIVIDE:
-                return cls(mode, divisor=float(arg) if arg else 10000.0)
+                divisor = float(arg) if arg else 10000.0
+                if not (np.isfinite(divisor) and divisor > 0):
+                    raise ScalingError(f"scaling {text!r}: the divisor must be a positive number, e.g. divide:10000")
+                return cls(mode, divisor=divisor)
             if mode is ScalingMode.PERCENTILE:
                 low, high = (float(v) for v in arg.split(",")) if arg else (2.0, 98.0)
                 if not 0 <= low < high <= 100:

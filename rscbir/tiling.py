@@ -37,6 +37,7 @@ class EdgePolicy(str, enum.Enum):
 
     DROP = "drop"  # keep only whole patches
     PAD = "pad"  # cover the whole grid; pad with nodata past the edge
+    FIT = "fit"  # cover the whole grid; the last patch of a row or column moves inward to end at the edge
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,16 @@ class Patch:
     data: np.ndarray | None = None
 
 
-def make_record(scene: Scene, grid: Grid, row: int, col: int, size: int, stride: int, nodata_fraction: float) -> PatchRecord:
+def patch_offset(index: int, size: int, stride: int, extent: int, edge: EdgePolicy = EdgePolicy.DROP) -> int:
+    """Pixel offset of the ``index``-th patch along an axis of ``extent`` pixels (FIT keeps it inside)."""
+    offset = index * stride
+    return min(offset, extent - size) if edge is EdgePolicy.FIT else offset
+
+
+def make_record(scene: Scene, grid: Grid, row: int, col: int, size: int, stride: int, nodata_fraction: float,
+                edge: EdgePolicy = EdgePolicy.DROP) -> PatchRecord:  # fmt: skip
     """The record of patch (row, col) of ``scene`` on ``grid``."""
-    window = Window(col * stride, row * stride, size, size)
+    window = Window(patch_offset(col, size, stride, grid.width, edge), patch_offset(row, size, stride, grid.height, edge), size, size)
     return PatchRecord(
         patch_id=f"{scene.scene_id}:{row}:{col}",
         scene_id=scene.scene_id,
@@ -196,20 +204,20 @@ def iter_patches(
     grid = grid or scene.grid
     size, stride = config.pixels(grid)
     n_rows, n_cols = patch_layout(grid, size, stride, config.edge)
-    strip_width = (n_cols - 1) * stride + size
+    strip_width = min((n_cols - 1) * stride + size, grid.width) if config.edge is EdgePolicy.FIT else (n_cols - 1) * stride + size
     skipped = 0
     with scene.reader(grid, resampling) as reader:
         for row in range(n_rows) if rows is None else rows:
-            row_off = row * stride
+            row_off = patch_offset(row, size, stride, grid.height, config.edge)
             strip = reader.read(Window(0, row_off, strip_width, size))
             valid = reader.valid_mask(strip)
             for col in range(n_cols):
-                col_off = col * stride
+                col_off = patch_offset(col, size, stride, grid.width, config.edge)
                 missing = 1.0 - float(valid[:, col_off : col_off + size].mean())
                 if missing > config.max_nodata:
                     skipped += 1
                     continue
-                record = make_record(scene, grid, row, col, size, stride, missing)
+                record = make_record(scene, grid, row, col, size, stride, missing, config.edge)
                 data = strip[:, :, col_off : col_off + size].copy() if with_data else None
                 yield Patch(record, data)
     log.info("%s: %d x %d patch positions, %d skipped for nodata", scene.scene_id, n_rows, n_cols, skipped)

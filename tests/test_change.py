@@ -262,3 +262,92 @@ def test_eval_change_labels_of_wrong_size_or_without_change(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert "no change pixels" in report["notes"]["0.png"]
     assert report["pooled"]["fusion"]["auc"] is None or np.isnan(report["pooled"]["fusion"]["auc"])
+
+
+# ------------------------------------------------------- what a first user tripped over (issue 24)
+def test_pixel_map_covers_the_image_edges(tmp_path):
+    """A 150 x 140 px pair cut into 32 px patches leaves a strip that no whole patch covers: it is scored too."""
+    rng = np.random.default_rng(9)
+    before = np.clip(blob_image(140, 150, centre=(60, 60), sigma=12, seed=3) + rng.normal(0, 4, (3, 140, 150)), 1, 255)
+    after = np.clip(before + rng.normal(0, 4, before.shape), 1, 255).astype(np.uint8)
+    before = before.astype(np.uint8)
+    after[:, 120:140, 130:150] = 240  # a change in the bottom-right corner, in the strip `--edge drop` left out
+    a = write_raster(tmp_path / "before_20190101.tif", before, nodata=0)
+    b = write_raster(tmp_path / "after_20200101.tif", after, nodata=0)
+    result = run("change", a, b, "--preset", "rgb", "--patch-size", "32", "--input-size", "64",
+                 "--scores", tmp_path / "s.tif", "-o", tmp_path / "c.geojson")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "s.tif") as ds:
+        grid = ds.read(1)
+        assert grid.shape == (140, 150) and not np.isnan(grid).any()
+        corner = gpd.GeoSeries([shapely.box(*rasterio.windows.bounds(rasterio.windows.Window(130, 120, 20, 20), ds.transform))],
+                               crs=ds.crs).to_crs(4326).iloc[0]  # fmt: skip
+    assert gpd.read_file(tmp_path / "c.geojson").geometry.union_all().intersects(corner)
+
+
+def test_areas_are_ranked_by_a_score_one_pixel_cannot_dominate(tmp_path):
+    """A one-pixel glint far brighter than anything else must not top the list above a real new building."""
+    rng = np.random.default_rng(8)
+    before = np.clip(blob_image(128, 128, centre=(100, 30), sigma=12, seed=1).astype(float) + rng.normal(0, 4, (3, 128, 128)), 1, 255)
+    after = np.clip(before + rng.normal(0, 4, before.shape), 1, 255)
+    after[:, 30:54, 70:94] = [[[230]], [[220]], [[210]]]  # the building
+    after[:, 100, 100] = [255, 0, 255]  # the glint: one magenta pixel
+    a = write_raster(tmp_path / "before_20190101.tif", before.astype(np.uint8), nodata=0)
+    b = write_raster(tmp_path / "after_20200101.tif", after.astype(np.uint8), nodata=0)
+    out = tmp_path / "c.geojson"
+    result = run("change", a, b, "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "--method", "cva", "-o", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["change"]["area_score"].startswith("p75")
+    areas = gpd.read_file(out)
+    with rasterio.open(a) as ds:
+        building = shapely.box(*rasterio.windows.bounds(rasterio.windows.Window(70, 30, 24, 24), ds.transform))
+    building = gpd.GeoSeries([building], crs="EPSG:32618").to_crs(4326).iloc[0]
+    assert areas.geometry.iloc[0].intersects(building)
+    assert list(areas["score"]) == sorted(areas["score"], reverse=True)
+
+
+def test_change_from_python_in_one_call(tmp_path):
+    from rscbir.change import detect
+    from rscbir.models.load import ModelOptions
+
+    rng = np.random.default_rng(10)
+    before = np.clip(blob_image(128, 128, centre=(110, 15), sigma=10, seed=1) + rng.normal(0, 4, (3, 128, 128)), 1, 255)
+    after = np.clip(before + rng.normal(0, 4, before.shape), 1, 255)
+    after[:, 36:60, 68:92] = [[[240]], [[230]], [[220]]]
+    pair = (write_raster(tmp_path / "before_20190101.tif", before.astype(np.uint8), nodata=0),
+            write_raster(tmp_path / "after_20200101.tif", after.astype(np.uint8), nodata=0))  # fmt: skip
+    found = detect(*pair, preset="rgb", tiling=TilingConfig(32), model_options=ModelOptions(input_size=64))
+    assert found.summary["level"] == "pixel" and found.mask.shape == (128, 128)
+    assert found.mask[40:56, 72:88].mean() > 0.5 and found.mask[:20, :40].mean() < 0.1  # the building, not the background
+    assert found.areas.crs.to_epsg() == 4326 and found.areas["date_before"].iloc[0] == "2019-01-01"
+
+
+def test_oscd_reversed_dates_warn(real_data, tmp_path):
+    oscd = real_data / "oscd" / "rennes"
+    result = run("change", oscd / "imgs_2", oscd / "imgs_1", "--preset", "sentinel2", "--method", "cva", "--patch-size", "32",
+                 "-o", tmp_path / "c.geojson")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "BEFORE (2017-06-21) is later than AFTER (2015-08-21)" in result.output
+
+
+def test_index_change_refuses_options_it_would_ignore_and_orders_dates(naip_index, tmp_path):
+    base = ["change", "--index", naip_index, "--dates", "20200831", "20090818", "--method", "cosine"]
+    for extra, message in ((["--level", "pixel"], "--level cannot be used with --index"),
+                           (["--preset", "sentinel2"], "--preset cannot be used with --index"),
+                           (["--patch-size", "64"], "--patch-size cannot be used with --index")):  # fmt: skip
+        result = run(*base, *extra, "-o", tmp_path / "x.geojson")
+        assert result.exit_code == 2 and message in result.output and not (tmp_path / "x.geojson").exists(), result.output
+    third = run("change", "--index", naip_index, "--dates", "20090818", "20200831", "20150926", "-o", tmp_path / "x.geojson")
+    assert third.exit_code == 2 and "extra value: 20150926" in third.output
+    result = run(*base, "-o", tmp_path / "c.geojson")
+    assert result.exit_code == 0 and "comparing 2009-08-18 2020-08-31" in result.output
+    first = gpd.read_file(tmp_path / "c.geojson")
+    assert (first["date_before"] == "2009-08-18").all() and (first["date_after"] == "2020-08-31").all()
+    sheet = tmp_path / "qc.png"
+    result = run("query-change", naip_index, "--lonlat", "-99.1329", "47.0294", "--dates", "20200831", "20090818", "-k", "4",
+                 "--preview", sheet, "-o", tmp_path / "qc.geojson")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "qc.geojson").read_text())["query"]["dates"] == ["2009-08-18", "2020-08-31"]
+    with Image.open(sheet) as image:
+        assert image.width > 600 and image.height > 100  # 3 columns of before | after pairs

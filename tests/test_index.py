@@ -169,7 +169,7 @@ def test_info_describes_an_index_from_its_manifest(tmp_path):
     text = CliRunner().invoke(cli, ["info", str(out)])
     assert text.exit_code == 0, text.output
     assert "32 patches from 2 scene(s), dates 2020-01-01, 2020-01-02" in text.output
-    assert "FAISS Flat" in text.output and "scene      s1_20200102 (2020-01-02): 16 patches" in text.output
+    assert "FAISS Flat" in text.output and "scene      s1_20200102 (2020-01-02, date from name): 16 patches" in text.output
     doc = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
     assert doc["patches"] == 32 and doc["model"]["stages"] == 4 and doc["vectors"]["augment"] == 5
     assert doc["bytes_on_disk"] == sum(p.stat().st_size for p in out.iterdir() if p.is_file())

@@ -22,7 +22,7 @@ def test_quickstart_notebook_executes(real_data, tmp_path, monkeypatch):
         assert sheet.size == (6 * 134 + 6, 2 * 150 + 6)
         darkest, brightest = sheet.convert("L").getextrema()
     assert brightest - darkest > 50  # imagery, not a blank page
-    assert (tmp_path / "quickstart_hits.html").exists()
+    assert (tmp_path / "quickstart_hits.html").exists() and (tmp_path / "quickstart_change.png").exists()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert not any(o.get("output_type") == "error" for o in outputs)

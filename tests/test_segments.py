@@ -85,7 +85,7 @@ def test_bbox_query_returns_k_hits_inside_the_box(tmp_path, four_scenes):
     box = (west, south, (west + east) / 2, (south + north) / 2)
     inside = many.catalog.geometry.intersects(__import__("shapely").box(*box)).sum()
     assert inside >= 10
-    result = query_patch(many, many.catalog["patch_id"].iloc[40], 10, Filters(bbox=box), QueryExpansion(0))
+    result = query_patch(many, many.catalog["patch_id"].iloc[40], 10, Filters(bbox=box), QueryExpansion(0), places=False)
     assert len(result.hits) == 10 and result.hits.geometry.intersects(__import__("shapely").box(*box)).all()
 
 

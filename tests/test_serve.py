@@ -65,8 +65,10 @@ def test_api_date_filter_and_feedback(client):
     assert {f["properties"]["date"] for f in doc["features"]} == {"2009-08-18"}
     ids = [f["properties"]["patch_id"] for f in doc["features"]]
     marked = client.get(f"/api/query?lon={POINT[0]}&lat={POINT[1]}&k=6&date=20090818&positive={ids[1]}&negative={ids[2]}").get_json(force=True)
-    again = [f["properties"]["patch_id"] for f in marked["features"]]
+    again = [f["properties"]["patch_id"] for f in marked["features"] if f["properties"]["label"] is None]
     assert ids[2] not in again and again != ids  # the patch marked wrong is not shown again
+    assert {f["properties"]["patch_id"]: f["properties"]["label"] for f in marked["features"] if f["properties"]["label"] is not None} \
+        == {ids[1]: 1, ids[2]: 0}  # the marks come back as marks, not as answers
     assert marked["query"]["feedback"] == {"positives": [ids[1]], "negatives": [ids[2]]}
 
 

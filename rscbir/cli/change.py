@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from rscbir.cli import options
 from rscbir.modes import ChangeMethod, choices
@@ -54,43 +55,68 @@ Examples:
 def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, level, min_pixels,
            smooth, all_patches, scores_path, preview, html):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders), or two dates of an aligned
-    index (--index DIR --dates D1 D2), patch by patch on one grid, and write the changed
-    areas as GeoJSON, each with max and mean score, area in m², patch count and both dates."""
+    index (--index DIR --dates D1 D2), on one grid, and write the changed areas as GeoJSON,
+    each with its score (p75 of its pixels), max and mean score, area in m² and both dates."""
     from rscbir import change as ch
-    from rscbir import export
-    from rscbir.atomic import all_or_nothing
     from rscbir.models.load import configure_threads
     from rscbir.thresholds import Threshold
 
     rule = Threshold.parse(threshold) if threshold is not None else None
     configure_threads()
     if index_dir:
-        if scenes or not index_dates:
-            raise click.UsageError("with --index give --dates D1 D2 and no scenes")
+        _refuse_scene_options_with_index(click.get_current_context(), scenes)
         from rscbir.index import Index
 
-        scores = ch.scores_from_index(Index.open(index_dir), index_dates, method)
+        found = ch.detect_in_index(Index.open(index_dir), options.ordered_dates(index_dates), method, rule, all_patches)
     else:
         if len(scenes) != 2:
             raise click.UsageError("give BEFORE and AFTER scenes, or --index with --dates")
         (before, after), preset = scene_opts.open(scenes)
+        if before.date and after.date and before.date > after.date:
+            click.echo(f"warning: BEFORE ({before.date}) is later than AFTER ({after.date}); scores are the same, "
+                       "`date_before`/`date_after` follow the order given", err=True)  # fmt: skip
         named = bool(scene_opts.preset or scene_opts.bands)
         scores = ch.score_scenes(before, after, tiling, method, model_opts, preset, named, pixel_maps=level == "pixel")
-    frame, summary = ch.flag_changes(scores, method, rule, all_patches, ch.PixelRegularisation(smooth, min_pixels))
+        found = ch.change_map(scores, method, rule, ch.PixelRegularisation(smooth, min_pixels), all_patches)
+    _write_change(found, method, output, scores_path, preview, html, all_patches)
+
+
+def _refuse_scene_options_with_index(ctx, scenes) -> None:
+    """With --index the scenes, bands, tiling and model are the index's own: options that would change them are an error."""
+    if scenes:
+        raise click.UsageError(f"with --index, give the two dates after --dates and no scenes (extra value: {' '.join(scenes)})")
+    if not ctx.params.get("index_dates"):
+        raise click.UsageError("with --index give --dates D1 D2")
+    ignored = [f"--{name.replace('_', '-')}" for name in SCENE_ONLY
+               if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    if ignored:
+        raise click.UsageError(f"{', '.join(ignored)} cannot be used with --index: the index scores patches with its own bands, "
+                               "tiling and model; compare the scenes themselves (rscbir change BEFORE AFTER) for these")
+
+
+def _write_change(found, method, output, scores_path, preview, html, all_patches) -> None:
+    from rscbir import export
+    from rscbir.atomic import all_or_nothing
+
+    summary = found.summary
     with all_or_nothing():  # GeoJSON, score raster, preview and map appear together or not at all
-        export.write_text(json.dumps(export.change_geojson(frame, summary)), output)
+        export.write_text(json.dumps(export.change_geojson(found.areas, summary)), output)
         if scores_path:
-            export.score_raster(scores, method, scores_path)
+            export.score_raster(found.scores, method, scores_path)
         if preview:
-            mask = ch.pixel_change_mask(scores, method, summary["threshold"], ch.PixelRegularisation(smooth, min_pixels))[0] \
-                if summary["level"] == "pixel" else None
-            export.change_preview(scores, method, summary["threshold"], preview, mask=mask)
+            export.change_preview(found.scores, method, summary["threshold"], preview, mask=found.mask)
         if html:
-            export.change_map(frame, html)
+            export.change_map(found.areas, html)
     if output != "-":
         unit = "pixels" if summary["level"] == "pixel" else "patches"
         click.echo(f"{summary['changed_' + unit]} of {summary[unit]} {unit} changed ({method} > {summary['threshold']:.4g}); "
-                   f"{len(frame)} {'patches' if all_patches else 'areas'} written to {output}", err=True)  # fmt: skip
+                   f"{len(found.areas)} {'patches' if all_patches else 'areas'} written to {output}", err=True)  # fmt: skip
+
+
+# options that only mean something when the scenes are read (not with --index)
+SCENE_ONLY = ("preset", "bands", "band_names", "scale", "dates", "patch_size", "stride", "edge", "max_nodata", "resampling",
+              "backbone", "weights", "all_bands", "pooling", "input_size", "runtime", "device", "stages", "views", "level",
+              "min_pixels", "smooth")  # fmt: skip
 
 
 @click.command(
@@ -100,7 +126,8 @@ Example:
   rscbir query-change out/naip_index --lonlat -99.1329 47.0294 --dates 20090818 20200831 -k 10""",
 )
 @click.argument("index_dir", type=click.Path(file_okay=False), metavar="INDEX_DIR")
-@click.option("--lonlat", type=float, nargs=2, required=True, metavar="LON LAT", help="The example change is at this point.")
+@click.option("--lonlat", type=float, nargs=2, required=True, metavar="LON LAT", callback=options.check_lonlat,
+              help="The example change is at this point.")
 @click.option("--dates", nargs=2, required=True, metavar="D1 D2", help="Before and after dates.")
 @click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True, help="Number of results.")
 @click.option("--all-pairs", is_flag=True, help="Rank every co-located pair, not only those whose change passes --threshold.")
@@ -108,8 +135,10 @@ Example:
 @click.option("--exclude-radius", type=float, default=None, metavar="METRES", help="Drop results within this distance of the example.")
 @click.option("-o", "--output", default="-", callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
 @click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True, help="Results format.")
+@click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False),
+              help="PNG contact sheet: the example patch and each hit, before | after.")
 @click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the hits.")
-def query_change(index_dir, lonlat, dates, k, all_pairs, threshold, exclude_radius, output, fmt, html):
+def query_change(index_dir, lonlat, dates, k, all_pairs, threshold, exclude_radius, output, fmt, preview, html):
     """Places of INDEX_DIR whose change between D1 and D2 is most like the change at LON LAT
     (cosine similarity of normalised embedding differences)."""
     from rscbir import export
@@ -118,9 +147,12 @@ def query_change(index_dir, lonlat, dates, k, all_pairs, threshold, exclude_radi
     from rscbir.query import query_change as run
     from rscbir.thresholds import Threshold
 
-    result = run(Index.open(index_dir), lonlat[0], lonlat[1], dates, k, all_pairs, Threshold.parse(threshold), exclude_radius)
+    opened = Index.open(index_dir)
+    result = run(opened, lonlat[0], lonlat[1], options.ordered_dates(dates), k, all_pairs, Threshold.parse(threshold), exclude_radius)
     text = json.dumps(export.to_geojson(result)) if fmt == "geojson" else export.to_csv(result)
     with all_or_nothing():
         export.write_text(text, output)
+        if preview:
+            export.change_contact_sheet(opened, result, preview)
         if html:
             export.leaflet_map(result, html)

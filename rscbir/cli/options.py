@@ -15,7 +15,7 @@ import click
 
 from rscbir.modes import Device, Pooling, Runtime, choices
 
-EDGE_CHOICES = ["drop", "pad"]  # rscbir.tiling.EdgePolicy, spelled here so --help needs no rasterio
+EDGE_CHOICES = ["drop", "pad", "fit"]  # rscbir.tiling.EdgePolicy, spelled here so --help needs no rasterio
 
 
 def split_list(ctx, param, value):
@@ -115,7 +115,8 @@ def tiling_options(func):
                      help="Patch side in whole pixels (64) or ground units (640m, 1.28km)."),
         click.option("--stride", default=None, metavar="LEN", help="Step between patches, pixels or ground units. Default: patch size."),
         click.option("--edge", type=click.Choice(EDGE_CHOICES), default="drop", show_default=True,
-                     help="Patches crossing the right/bottom edge: drop them, or pad with nodata."),
+                     help="Patches crossing the right/bottom edge: drop them, pad with nodata, or fit (move the last patch inward). "
+                          "Pixel change maps always cover the image (drop becomes fit)."),
         click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.25, show_default=True,
                      help="Skip patches whose nodata (or all-zero) pixel fraction exceeds this."),
         click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "average"]), default="bilinear",
@@ -225,3 +226,14 @@ def _check_dates(value):
 
 
 check_lonlat, check_xy, check_bbox, check_dates = (_checked(f) for f in (_check_lonlat, _check_xy, _check_bbox, _check_dates))
+
+
+def ordered_dates(dates) -> tuple[str, ...]:
+    """Dates earliest first; a line on stderr when they were given in another order (change runs forward in time)."""
+    from rscbir import validate
+
+    given = validate.dates(dates)
+    ordered = tuple(sorted(given))
+    if ordered != given:
+        click.echo(f"note: dates given as {' '.join(given)}; comparing {' '.join(ordered)} (earliest first)", err=True)
+    return ordered

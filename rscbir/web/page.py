@@ -66,7 +66,8 @@ def _result_rows(doc: dict, marks: dict) -> list:
                     html.Img(src=f"/api/thumbs/{pid}.png", width=56, height=56, id={"type": "go", "patch": pid},
                              title="fly to this result", style={"cursor": "pointer"}),  # fmt: skip
                     html.Div(
-                        [html.B(f"#{p['rank']}"), f" score {p['score']:.3f}", html.Br(), f"{p['date'] or 'undated'}",
+                        [html.B(f"#{p['rank']}" if p.get("rank") is not None else "marked"), f" score {p['score']:.3f}", html.Br(),
+                         f"{p['date'] or 'undated'}" + (f" (+{len(p['dates']) - 1} dates)" if len(p.get("dates") or []) > 1 else ""),
                          html.Br(), html.Small(pid)],  # fmt: skip
                         id={"type": "go-text", "patch": pid}, style={"flex": 1, "minWidth": 0, "overflow": "hidden", "cursor": "pointer"},
                     ),

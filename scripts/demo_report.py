@@ -50,7 +50,9 @@ def geojson_report(path: Path) -> str:
     summary = ", ".join(f"{k}={v}" for k, v in extra.items() if k in ("method", "level", "threshold", "changed_patches", "patches", "changed_pixels", "pixels", "patch_id"))
     if extra.get("feedback"):
         summary += f", feedback: {len(extra['feedback']['positives'])} right, {len(extra['feedback']['negatives'])} wrong"
-    return f"{path.name}: {len(doc['features'])} features ({summary})"
+    marks = sum(f["properties"].get("label") is not None for f in doc["features"])
+    counted = f"{len(doc['features']) - marks} results + {marks} marks" if marks else f"{len(doc['features'])} features"
+    return f"{path.name}: {counted} ({summary})"
 
 
 def main(out: str) -> None:

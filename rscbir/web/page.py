@@ -217,8 +217,10 @@ def create_app(index_dir: str | os.PathLike) -> dash.Dash:
         query_layer = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": query_shape, "properties": {}}]} if query_shape else None
         rounds = "" if not (marks["positives"] or marks["negatives"]) else \
             f" after feedback ({len(marks['positives'])} right, {len(marks['negatives'])} wrong)"
-        status = f"{len(doc['features'])} results for {asked['patch_id']}{rounds}."
-        return _result_rows(doc, marks), doc, query_layer, doc, asked, marks, html.Span(status, id="search-summary")
+        # the list and the map show the new answers; the marks used ride along in the download (label 1 / 0)
+        answers = {**doc, "features": [f for f in doc["features"] if f["properties"].get("label") is None]}
+        status = f"{len(answers['features'])} results for {asked['patch_id']}{rounds}."
+        return _result_rows(answers, marks), answers, query_layer, doc, asked, marks, html.Span(status, id="search-summary")
 
     @app.callback(Output("marks", "data"), Output({"type": "result", "patch": ALL}, "style"),
                   Input({"type": "mark", "patch": ALL, "label": ALL}, "n_clicks"),

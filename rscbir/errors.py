@@ -95,3 +95,8 @@ class FeedbackError(RscbirError, ValueError):
 
 class LabelError(RscbirError, ValueError):
     """A labelled data set (change masks, class folders) does not fit what is evaluated."""
+
+
+class PortError(RscbirError, OSError):
+    """``rscbir serve`` cannot listen on the address and port asked for (busy, or not this machine's)."""
+

@@ -163,6 +163,19 @@ def server(naip_index):
     running.shutdown()
 
 
+def test_serve_on_a_busy_port_says_so_in_one_line(naip_index):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", str(naip_index), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{port} (the port is busy" in result.output and "nothing was written" not in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_load_8_threads_x_50_queries_all_succeed(server, naip_index):
     bounds = Index.open(naip_index).catalog.geometry.bounds.to_numpy()
     centres = (bounds[:, :2] + bounds[:, 2:]) / 2  # box centres: patches are small

@@ -9,6 +9,7 @@ and change tiles from :mod:`rscbir.web.api`.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import dash
 import dash_leaflet as dl
 from dash import ALL, Input, Output, State, ctx, dcc, html
 
-from rscbir.errors import RscbirError
+from rscbir.errors import PortError, RscbirError
 from rscbir.web.api import LiveIndex, change_query, footprints, install, point_query, scene_boxes
 
 HIT_STYLE = {"color": "#00e5ff", "weight": 2, "fillOpacity": 0.15}
@@ -264,7 +265,14 @@ class Server:
         from waitress.server import create_server
 
         self.host = host
-        self._server = create_server(create_app(index_dir).server, host=host, port=port, threads=threads, ident="rscbir")
+        app = create_app(index_dir).server
+        try:
+            self._server = create_server(app, host=host, port=port, threads=threads, ident="rscbir")
+        except OSError as exc:
+            reason = {errno.EADDRINUSE: "the port is busy: another program listens there",
+                      errno.EACCES: "this user may not open that port", errno.EADDRNOTAVAIL: "not an address of this machine",
+                      }.get(exc.errno, exc.strerror or str(exc))  # fmt: skip
+            raise PortError(f"cannot listen on {host}:{port} ({reason}); pick another with --port (--port 0: any free port)") from None
 
     @property
     def port(self) -> int:

@@ -35,7 +35,7 @@ Examples:
 )
 @click.argument("scenes", nargs=-1, metavar="[BEFORE AFTER]")
 @click.option("-o", "--output", required=True, callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="GeoJSON of changed areas (EPSG:4326).")
-@click.option("--index", "index_dir", type=click.Path(file_okay=False), help="Take both dates from an aligned index instead of scenes.")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), help="Take both dates from an aligned index instead of scenes, patch by patch: --method cosine compares the stored embeddings; other methods read the rasters again.")
 @click.option("--dates", "index_dates", nargs=2, metavar="D1 D2", help="With --index: the two dates to compare.")
 @options.scene_options
 @options.tiling_options

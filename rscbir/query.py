@@ -237,6 +237,7 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
     marks = _marks(index, search_vector, feedback) if feedback else _empty_hits(index)
     dates = len({s.get("date") or s["scene_id"] for s in index.manifest["scenes"]})
     fetch = k * dates if places and dates > 1 else k
+    most = min(len(index), max(fetch * 16, 4096))  # a bound on the widening: a query never reads the whole index
     while True:
         scores, ids = index.search(search_vector, min(fetch, len(index)), allowed)
         keep = ids[0] >= 0
@@ -244,9 +245,9 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
         hits.insert(0, "score", scores[0][keep].astype(float))
         if places and dates > 1:
             hits = distinct_places(hits, marks)
-        if len(hits) >= k or fetch >= len(index):
+        if len(hits) >= k or fetch >= most:
             break
-        fetch *= 4
+        fetch = min(fetch * 4, most)
     hits = hits.iloc[:k].reset_index(drop=True)
     if "dates" not in hits.columns:
         hits["dates"], hits["matched_patches"] = hits["date"].map(lambda d: [d] if d else []), hits["patch_id"].map(lambda p: [p])

@@ -50,8 +50,6 @@ def result_rows(result: QueryResult) -> gpd.GeoDataFrame:
     if result.marks is not None and len(result.marks):
         marks = result.marks.copy()
         marks["rank"] = None
-        marks["dates"] = marks["date"].map(lambda d: [d] if d else [])
-        marks["matched_patches"] = marks["patch_id"].map(lambda p: [p])
         marks["label"] = marks["label"].astype(object)
         frames.append(marks[columns])
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs="EPSG:4326")

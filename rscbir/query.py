@@ -149,10 +149,7 @@ class Feedback:
 
     def add(self, positives: Sequence[str] = (), negatives: Sequence[str] = ()) -> "Feedback":
         """This feedback plus another round of marks (a later mark of the same patch wins)."""
-        positives, negatives = tuple(positives), tuple(negatives)
-        both = sorted(set(positives) & set(negatives))
-        if both:
-            raise FeedbackError(f"patch {', '.join(both[:5])} is marked both right and wrong; keep one mark per patch")
+        positives, negatives = tuple(positives), tuple(negatives)  # a patch in both is refused by __post_init__
         keep_pos = tuple(p for p in self.positives if p not in negatives) + positives
         keep_neg = tuple(n for n in self.negatives if n not in positives) + negatives
         return Feedback(keep_pos, keep_neg)
@@ -250,7 +247,7 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
         fetch = min(fetch * 4, most)
     hits = hits.iloc[:k].reset_index(drop=True)
     if "dates" not in hits.columns:
-        hits["dates"], hits["matched_patches"] = hits["date"].map(lambda d: [d] if d else []), hits["patch_id"].map(lambda p: [p])
+        hits = own_place(hits)
     hits.insert(0, "rank", np.arange(1, len(hits) + 1))
     return hits, marks
 
@@ -283,11 +280,19 @@ def distinct_places(hits: gpd.GeoDataFrame, occupied: gpd.GeoDataFrame | None = 
     return best
 
 
+def own_place(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``frame`` with each patch as its own place: ``dates`` its date, ``matched_patches`` its id."""
+    frame = frame.copy()
+    frame["dates"] = [[d] if d else [] for d in frame["date"]]
+    frame["matched_patches"] = [[p] for p in frame["patch_id"]]
+    return frame
+
+
 def _empty_hits(index: Index) -> gpd.GeoDataFrame:
     frame = index.patches([])
     frame.insert(0, "score", np.zeros(0))
     frame["label"] = np.zeros(0, dtype=np.int64)
-    return frame
+    return own_place(frame)
 
 
 def _marks(index: Index, search_vector: np.ndarray, feedback: Feedback) -> gpd.GeoDataFrame:
@@ -298,7 +303,7 @@ def _marks(index: Index, search_vector: np.ndarray, feedback: Feedback) -> gpd.G
     vectors = index.vector_rows(rows, search=True) if len(rows) else np.zeros((0, search_vector.shape[1]), np.float32)
     frame.insert(0, "score", (vectors @ search_vector[0]).astype(float) if len(rows) else np.zeros(0))
     frame["label"] = [1] * len(positives) + [0] * len(negatives)
-    return frame
+    return own_place(frame)
 
 
 def _describe(query: dict, expansion: QueryExpansion, feedback: Feedback | None, places: bool = True) -> dict:

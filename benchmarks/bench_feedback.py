@@ -79,14 +79,15 @@ def evaluate(vectors: np.ndarray, labels: np.ndarray, model: str) -> tuple[float
 def main() -> None:
     from rscbir.embed import embed_images
     from rscbir.images import LabelledImages
-    from rscbir.models.load import ModelOptions, configure_threads
+    from rscbir.models.load import configure_threads, model_for_images
+    from rscbir.models.options import ModelOptions
     from rscbir.models.whitening import PCAWhitening
 
     if not (DATA / "rsscn7").is_dir():
         sys.exit(f"{DATA / 'rsscn7'} not found; set RSCBIR_DATA")
     configure_threads()
     images = LabelledImages.scan(DATA / "rsscn7")
-    raw = embed_images(ModelOptions().for_rgb_images(), images.paths)
+    raw = embed_images(model_for_images(ModelOptions()), images.paths)
     design = images.halves(0)[0]
     design_rows = np.flatnonzero(np.isin(np.asarray(images.paths, dtype=object), np.asarray(design.paths, dtype=object)))
     rows = []

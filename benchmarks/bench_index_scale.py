@@ -5,7 +5,7 @@ and *synthetic fill*: real vectors plus Gaussian noise at the median nearest-nei
 Catalog rows are synthetic too, with the schema and sizes of real ones (patch id, scene, date,
 row/col, offsets, transform, CRS, bounds, nodata fraction, a lon/lat polygon): scenes of 10,000
 patches (100 x 100 at 320 m) laid side by side, ten dates. The index is written by rscbir's own
-segment writer (`rscbir.index._write_generation`), so files, manifest, FAISS types and search are
+segment writer (`rscbir.index.build.write_generation`), so files, manifest, FAISS types and search are
 the real ones; only the CNN pass is skipped.
 
     python benchmarks/bench_index_scale.py [--sizes 1000000] [--augment 5] [--segments 10] [--fill jitter|gaussian]
@@ -35,8 +35,10 @@ SCENE = 100  # patches per side of a synthetic scene
 STEP = 0.0029  # degrees: about 320 m at 47 N
 
 
-def synthetic_scene(number: int, vectors: np.ndarray, date: str) -> tuple[dict, SimpleNamespace, None]:
-    """A staged scene as rscbir.index expects one: a manifest record, and a store of vectors + catalog rows."""
+def synthetic_scene(number: int, vectors: np.ndarray, date: str):
+    """A staged scene as rscbir.index expects one (StagedScene): a manifest record, and a store of vectors + catalog rows."""
+    from rscbir.index.writers import StagedScene
+
     import geopandas as gpd
     import shapely
 
@@ -69,7 +71,7 @@ def synthetic_scene(number: int, vectors: np.ndarray, date: str) -> tuple[dict, 
     )
     record = {"scene_id": scene_id, "location": f"synthetic/{scene_id}.tif", "date": date, "bands": ["R", "G", "B"], "sources": [],
               "scaling": {"mode": "divide", "divisor": 255.0}, "band_stats": None, "content_hash": scene_id, "patches": n}  # fmt: skip
-    return record, SimpleNamespace(vectors=vectors, catalog=catalog, meta={}), None
+    return StagedScene(record, SimpleNamespace(vectors=vectors, catalog=catalog, meta={}), None)
 
 
 def scenes_for(vectors: np.ndarray, first: int) -> list:
@@ -167,7 +169,7 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.queries, args.fill)))
         return
     from rscbir.embed import EmbedOptions
-    from rscbir.index import Index, _write_generation
+    from rscbir.index import Index, index_settings, write_generation
     from rscbir.models.load import load_feature_model
     from rscbir.tiling import TilingConfig
 
@@ -175,6 +177,7 @@ def main() -> None:
     real, nn_distance = real_corpus(128)
     config = load_feature_model(["R", "G", "B"]).config
     options = EmbedOptions(dim=None, dtype="float32")
+    settings = index_settings(config, TilingConfig("320m"), options, augment=args.augment)
     results = []
     for size in args.sizes:
         folder = WORK / f"scale_{size}"
@@ -188,7 +191,7 @@ def main() -> None:
             stores = scenes_for(vectors, scene)
             scene += len(stores)
             start = time.perf_counter()
-            existing = _write_generation(folder, existing, stores, config, TilingConfig("320m"), options, "auto", None, args.augment)
+            existing = write_generation(folder, existing, stores, settings, config, None)
             build_s += time.perf_counter() - start
             print(f"segment {part + 1}/{args.segments}: {len(existing)} patches, {build_s:.0f} s", flush=True)
             del stores, vectors
@@ -197,7 +200,7 @@ def main() -> None:
         existing = Index.open(folder)
         before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
         start = time.perf_counter()
-        _write_generation(folder, existing, more, config, TilingConfig("320m"), options, "auto", None, args.augment)
+        write_generation(folder, existing, more, settings, config, None)
         append_s = time.perf_counter() - start
         written = sum(p.stat().st_size for p in folder.iterdir() if before.get(p.name) != p.stat().st_mtime_ns)
         untouched = all(before[name] == (folder / name).stat().st_mtime_ns for name in before if name != "index.json" and (folder / name).exists())

@@ -1,7 +1,7 @@
 """Query latency, recall@10 against exact search, and memory, per FAISS index type and size.
 
 Vectors: real EfficientNet-Lite0 embeddings of every 64 px patch (stride 32) of all ten NAIP
-years (about 5,900 vectors), reduced to 128-d by centred PCA as `rscbir index --dim 128` does for
+years (about 5,900 vectors), reduced to 128-d by centred PCA as `rscbir index build --dim 128` does for
 large indexes. Sizes beyond the real count are filled with *synthetic* vectors: real vectors plus
 Gaussian noise scaled to the median nearest-neighbour distance, re-normalised, so the fill keeps
 the real data's cluster structure. Queries are 200 real vectors, jittered the same way, so no query

@@ -61,7 +61,7 @@ def main() -> None:
     total = args.threads * args.requests
     with tempfile.TemporaryDirectory() as scratch:
         index = Path(scratch) / "naip_index"
-        subprocess.run([*RSCBIR, "-q", "index", str(NAIP).format("20090818"), str(NAIP).format("20200831"), "--align", "--preset", "naip",
+        subprocess.run([*RSCBIR, "-q", "index", "build", str(NAIP).format("20090818"), str(NAIP).format("20200831"), "--align", "--preset", "naip",
                         "--patch-size", "320m", "-o", str(index)], check=True)  # fmt: skip
         port = free_port()
         server = subprocess.Popen([*RSCBIR, "serve", str(index), "--port", str(port)], stderr=subprocess.DEVNULL)

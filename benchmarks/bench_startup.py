@@ -32,7 +32,7 @@ from bench_query import append_results  # noqa: E402
 def small_index(folder: Path) -> Path:
     """A real one-scene index (NAIP 2009, 320 m patches) to describe."""
     target = folder / "naip_index"
-    subprocess.run([*RSCBIR, "index", str(NAIP), "--preset", "naip", "--patch-size", "320m", "-o", str(target)],
+    subprocess.run([*RSCBIR, "index", "build", str(NAIP), "--preset", "naip", "--patch-size", "320m", "-o", str(target)],
                    check=True, capture_output=True)  # fmt: skip
     return target
 

@@ -5,7 +5,7 @@ one module per step, each importing only the ones listed before it:
 
 * :mod:`rscbir.errors` - the exception types users see
 * :mod:`rscbir.atomic` - atomic file and folder writes
-* :mod:`rscbir.manifest` - the index manifest, read and described without loading the index
+* :mod:`rscbir.defaults` - defaults the library and the CLI share
 * :mod:`rscbir.modes` - enums users choose by name (runtime, device, dtype, pooling, change method)
 * :mod:`rscbir.thresholds` - label-free change thresholds
 * :mod:`rscbir.metrics` - average precision, P@k, ROC AUC, F1
@@ -20,11 +20,9 @@ one module per step, each importing only the ones listed before it:
 * :mod:`rscbir.store` - the embedding store on disk (read without torch)
 * :mod:`rscbir.embed` - patches to vectors in an embedding store
 * :mod:`rscbir.scale` - the same embedding as Dask tasks
-* :mod:`rscbir.rows` - a query's few rows of a large ``.npy``, read with ``pread``
-* :mod:`rscbir.lookup` - per-segment lookups that answer queries without the catalog
-* :mod:`rscbir.index` - catalog + vectors + FAISS + lookups in one folder, as segments
+* :mod:`rscbir.index` - the index folder: typed manifest, segments, search, build, commit, maintenance
+* :mod:`rscbir.change` - co-located pairs, radiometry, CNN evidence, scores, changed areas
 * :mod:`rscbir.query` - queries by point, patch or image; change retrieval
-* :mod:`rscbir.change` - change scores and changed areas
 * :mod:`rscbir.export` - GeoJSON, CSV, GeoTIFF, PNG and HTML writers
 * :mod:`rscbir.evaluate` - retrieval and change quality against labels
 * :mod:`rscbir.cli` - the ``rscbir`` command line

@@ -22,15 +22,18 @@ from affine import Affine
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
+from rscbir.change.pairs import cosine_distance
 from rscbir.change import PIXEL_THRESHOLD, ChangeMethod, PixelRegularisation, pixel_change_mask, score_change, score_scenes
-from rscbir.embed import DEFAULT_DIM, EmbedOptions, embed_images
+from rscbir.defaults import DEFAULT_AUGMENT, DEFAULT_DIM
+from rscbir.embed import EmbedOptions, embed_images
 from rscbir.errors import InvalidSceneError, LabelError
 from rscbir.models.features import FeatureModel
 from rscbir.images import IMAGE_SUFFIXES, LabelledImages
-from rscbir.models.load import ModelOptions, load_feature_model
+from rscbir.models.load import load_feature_model, model_for_images, model_for_scenes
+from rscbir.models.options import ModelOptions
 from rscbir.metrics import RankingScores, precision_recall_f1, roc_auc
 from rscbir.models.whitening import PCAWhitening
-from rscbir.index import DEFAULT_AUGMENT, build_index
+from rscbir.index import build_index
 from rscbir.rerank import QueryExpansion, augment_database, feedback_vector
 from rscbir.scene import Scene
 from rscbir.thresholds import Threshold
@@ -100,7 +103,7 @@ def evaluate_retrieval(
     """Embed a labelled image set as ``rscbir index`` embeds patches (same model options, centred PCA
     fitted on the set itself, database-side augmentation), rank as ``rscbir query`` ranks, and return
     :func:`retrieval_metrics` with the settings and the embedding speed."""
-    model = model_options.for_rgb_images()
+    model = model_for_images(model_options)
     start = time.perf_counter()
     vectors = embed_images(model, images.paths, runtime=model_options.runtime)
     seconds = time.perf_counter() - start
@@ -193,7 +196,7 @@ def evaluate_change_oscd(
     per-pixel maps (``dense``, ``cva``, ``fusion``), made the way ``rscbir change`` makes its pixel
     mask (smoothing, ``pixel_threshold`` per city, minimum mapping unit), pooled and as the mean of cities.
     """
-    root, threshold = Path(root), Threshold.parse(threshold)
+    root, threshold, pixel_threshold = Path(root), Threshold.parse(threshold), Threshold.parse(pixel_threshold)
     cities = list(cities or find_change_sets(root))
     tiling = TilingConfig(patch_size)
     methods = [m.value for m in ChangeMethod]
@@ -231,7 +234,7 @@ def evaluate_change_oscd(
     city_mean = {key: {m: float(np.nanmean([per_city[c][key][m] for c in per_city])) for m in ("precision", "recall", "f1", "auc")}
                  for key in next(iter(per_city.values())) if isinstance(next(iter(per_city.values()))[key], dict)}  # fmt: skip
     return {"cities": per_city, "pooled": pooled, "mean_of_cities": city_mean, "patch_size": patch_size, "threshold": str(threshold),
-            "pixel_threshold": str(Threshold.parse(pixel_threshold)), "smooth_px": rule.smooth, "min_pixels": rule.min_pixels,
+            "pixel_threshold": str(pixel_threshold), "smooth_px": rule.smooth, "min_pixels": rule.min_pixels,
             "dense": dense, "all_bands": all_bands, "methods": methods, "cuts": list(cuts)}  # fmt: skip
 
 
@@ -283,7 +286,7 @@ def evaluate_same_place(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Does a search across dates find the same ground? For each OSCD city both dates are indexed on one
-    grid (as ``rscbir index --align`` does); for every place the labels mark unchanged (no changed pixel),
+    grid (as ``rscbir index build --align`` does); for every place the labels mark unchanged (no changed pixel),
     the other date's patches are ranked by cosine to it. Reports the share ranked first and the median rank."""
     root = Path(root)
     cities = list(cities or find_change_sets(root))
@@ -293,14 +296,14 @@ def evaluate_same_place(
             city_dir = root / city
             before, after = _oscd_scene(city_dir, 1), _oscd_scene(city_dir, 2)
             after = after.select(before.band_names)
-            model, (before, after) = model_options.for_scenes([before.select(["B04", "B03", "B02"]),
-                                                              after.select(["B04", "B03", "B02"])])  # fmt: skip
+            model, (before, after) = model_for_scenes([before.select(["B04", "B03", "B02"]), after.select(["B04", "B03", "B02"])],
+                                                      None, model_options)  # fmt: skip
             index, _ = build_index(Path(tmp) / city, [before, after], model, tiling, align=True, options=embed_options,
                                    augment=0, centre_scenes=centre_scenes)  # fmt: skip
-            rows_a, rows_b, va, vb = index.co_located(before.scene_id, after.scene_id)
+            rows_a, _, va, vb = index.co_located(before.scene_id, after.scene_id)
             unchanged = oscd_change_fraction(city_dir, rows_a, index.grid) == 0
             others = np.asarray(index.vectors[(index.catalog["scene_id"] == after.scene_id).to_numpy()], np.float32)
-            same = np.sum(va * vb, axis=1)
+            same = 1 - cosine_distance(va, vb)
             ranks = 1 + ((va[unchanged] @ others.T) > same[unchanged, None] + 1e-6).sum(axis=1)
             per_city[city] = {"places": int(unchanged.sum()), "first": float(np.mean(ranks == 1)), "median_rank": float(np.median(ranks)),
                               "candidates": int(len(others))}  # fmt: skip
@@ -343,7 +346,7 @@ def evaluate_change_pairs(
     """Pixel-level change figures on an ``A/``, ``B/``, ``label/`` image-pair set, made as ``rscbir change`` makes
     its pixel mask (and CVA's, for comparison). Plain PNG pairs get a nominal 1 m grid for the pipeline; label
     pixels above 0 are change."""
-    root = Path(root)
+    root, pixel_threshold = Path(root), Threshold.parse(pixel_threshold)
     names = sorted(p.name for p in (root / "A").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     missing = [n for n in names if not (root / "B" / n).is_file() or not (root / "label" / n).is_file()]
     if not names or missing:
@@ -375,7 +378,7 @@ def evaluate_change_pairs(
         values, truth, predicted = (np.concatenate([c[i] for c in chunks]) for i in range(3))
         pooled[name_method] = {**_figures(values, predicted, truth),
                                "mean_of_images_f1": _nan_mean([f[name_method]["f1"] for f in per_image.values()])}  # fmt: skip
-    return {"images": per_image, "pooled": pooled, "patch_size": patch_size, "pixel_threshold": str(Threshold.parse(pixel_threshold)),
+    return {"images": per_image, "pooled": pooled, "patch_size": patch_size, "pixel_threshold": str(pixel_threshold),
             "smooth_px": rule.smooth, "min_pixels": rule.min_pixels, "notes": notes}  # fmt: skip
 
 

@@ -93,7 +93,7 @@ def patch_pixels(index: Index, row, scenes: dict[str, Scene] | None = None) -> n
     """
     scenes = {} if scenes is None else scenes
     if row["scene_id"] not in scenes:
-        scenes[row["scene_id"]] = Scene.from_dict(index.scene_record(row["scene_id"]))
+        scenes[row["scene_id"]] = Scene.from_dict(index.scene_record(row["scene_id"]).doc)
     scene = scenes[row["scene_id"]]
     grid = patch_grid(row)
     with scene.reader(grid) as reader:
@@ -128,7 +128,7 @@ def change_contact_sheet(index: Index, result: QueryResult, path: str | os.PathL
     example = result.query_patch.iloc[0]
     places = [(example["row"], example["col"], "example")] + [
         (h.row, h.col, f"#{h.rank} {h.score:.3f} {h.row}:{h.col}") for h in result.hits.itertuples()]  # fmt: skip
-    ids = [f"{doc['scene_id']}:{r}:{c}" for r, c, _ in places for doc in (before_doc, after_doc)]
+    ids = [f"{doc.scene_id}:{r}:{c}" for r, c, _ in places for doc in (before_doc, after_doc)]
     rows = index.catalog_rows(index.rows_of(ids))
     scenes: dict[str, Scene] = {}
     tiles = []

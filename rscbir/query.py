@@ -29,6 +29,7 @@ from pyproj import Transformer
 from rasterio.errors import RasterioError
 
 from rscbir.catalog import metres_from
+from rscbir.change.pairs import indexed_pair
 from rscbir.errors import FeedbackError, OutsideCoverageError, QueryError
 from rscbir.index import Index
 from rscbir.rerank import QueryExpansion, feedback_vector
@@ -69,12 +70,12 @@ class Filters:
             narrow(inside)
         if self.dates:
             wanted = {normalise_date(d) for d in self.dates}
-            known = {s.get("date") for s in index.manifest["scenes"]} - {None}
+            known = {s.date for s in index.manifest.scenes} - {None}
             if not wanted & known:
                 raise QueryError(f"no indexed patch has date {', '.join(sorted(wanted))}; the index holds {', '.join(sorted(known)) or 'no dates'}")
-            narrow(index.scene_mask([s["scene_id"] for s in index.manifest["scenes"] if s.get("date") in wanted]))
+            narrow(index.scene_mask([s.scene_id for s in index.manifest.scenes if s.date in wanted]))
         if self.scenes:
-            indexed = {s["scene_id"]: s.get("date") for s in index.manifest["scenes"]}
+            indexed = {s.scene_id: s.date for s in index.manifest.scenes}
             unknown = set(self.scenes) - set(indexed)
             if unknown:
                 raise QueryError(f"unknown scene {', '.join(sorted(unknown))}; indexed scenes: {', '.join(sorted(indexed))}")
@@ -232,7 +233,7 @@ def _rank(index: Index, vector: np.ndarray, k: int, filters: Filters, centre, ex
         allowed[marked_rows] = False
     search_vector = query_vector(index, vector, expansion, feedback, exclude_row)
     marks = _marks(index, search_vector, feedback) if feedback else _empty_hits(index)
-    dates = len({s.get("date") or s["scene_id"] for s in index.manifest["scenes"]})
+    dates = len({s.date or s.scene_id for s in index.manifest.scenes})
     fetch = k * dates if places and dates > 1 else k
     most = min(len(index), max(fetch * 16, 4096))  # a bound on the widening: a query never reads the whole index
     while True:
@@ -406,7 +407,7 @@ def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:
         raise QueryError(f"{path}: not a readable image ({exc})") from None
     if data.shape[0] != len(bands):
         raise QueryError(f"{path}: has {data.shape[0]} bands; the index embeds {len(bands)} ({', '.join(bands)}) in that order")
-    scene = index.manifest["scenes"][0]  # chips are scaled like the first indexed scene
+    scene = index.manifest.scenes[0].doc  # chips are scaled like the first indexed scene
     return apply_scaling(data, Scaling.from_dict(scene.get("scaling")), scene.get("band_stats"))
 
 
@@ -414,11 +415,10 @@ def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:
 def change_vectors(index: Index, dates: Sequence[str]) -> tuple[gpd.GeoDataFrame, np.ndarray, np.ndarray]:
     """For each (row, col) indexed at both dates: the after-date catalog row, the normalised
     difference vector (after - before) and the change magnitude (1 - cosine)."""
-    before_doc, after_doc = index.scenes_on(dates)
-    _, frame, va, vb = index.co_located(before_doc["scene_id"], after_doc["scene_id"])
-    difference = vb - va
+    pair = indexed_pair(index, dates)
+    difference = pair.vectors_after - pair.vectors_before
     norms = np.linalg.norm(difference, axis=1, keepdims=True)
-    return frame, difference / np.maximum(norms, 1e-12), 1 - np.sum(va * vb, axis=1)
+    return pair.rows_after, difference / np.maximum(norms, 1e-12), pair.distance
 
 
 def query_change(index: Index, lon: float, lat: float, dates: Sequence[str], k: int = 10, all_pairs: bool = False,

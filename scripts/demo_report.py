@@ -32,8 +32,8 @@ def index_report(path: Path) -> str:
 
     index = Index.open(path)
     config = index.model_config
-    lines = [f"{path.name}: {len(index)} patches x {index.manifest['dim']}-d ({config.backbone}, bands "
-             f"{','.join(config.input_bands)}), FAISS {index.manifest['index_type']}"]  # fmt: skip
+    lines = [f"{path.name}: {len(index)} patches x {index.manifest.dim}-d ({config.backbone}, bands "
+             f"{','.join(config.input_bands)}), FAISS {index.manifest.index_type}"]  # fmt: skip
     scenes = list(dict.fromkeys(index.catalog["scene_id"]))
     if len(scenes) == 2:
         _, _, va, vb = index.co_located(*scenes)

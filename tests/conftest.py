@@ -71,7 +71,7 @@ def naip_index(tmp_path_factory):
     if not DATA.is_dir():
         pytest.skip(f"real data folder {DATA} is absent")
     out = tmp_path_factory.mktemp("naip") / "naip_index"
-    result = CliRunner().invoke(cli, ["-q", "index", str(DATA / NAIP.format("20090818")), str(DATA / NAIP.format("20200831")),
+    result = CliRunner().invoke(cli, ["-q", "index", "build", str(DATA / NAIP.format("20090818")), str(DATA / NAIP.format("20200831")),
                                       "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
@@ -91,6 +91,6 @@ def naip10_index(tmp_path_factory):
         pytest.skip(f"real data folder {DATA} is absent")
     out = tmp_path_factory.mktemp("naip10") / "naip10_index"
     files = [str(DATA / NAIP.format(d)) for d in NAIP_DATES]
-    result = CliRunner().invoke(cli, ["-q", "index", *files, "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])
+    result = CliRunner().invoke(cli, ["-q", "index", "build", *files, "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])
     assert result.exit_code == 0, result.output
     return out

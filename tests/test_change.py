@@ -160,7 +160,7 @@ def test_naip_one_row_shift_gives_few_false_alarms_when_aligned(real_data, tmp_p
 
 def test_change_from_index_and_query_change(real_data, tmp_path):
     out = tmp_path / "idx"
-    result = run("-q", "index", real_data / NAIP.format("20090818"), real_data / NAIP.format("20200831"), "--align",
+    result = run("-q", "index", "build", real_data / NAIP.format("20090818"), real_data / NAIP.format("20200831"), "--align",
                  "--preset", "naip", "--patch-size", "320m", "-o", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     result = run("change", "--index", out, "--dates", "20090818", "20200831", "--method", "cosine", "-o", tmp_path / "c.geojson")
@@ -309,7 +309,7 @@ def test_areas_are_ranked_by_a_score_one_pixel_cannot_dominate(tmp_path):
 
 def test_change_from_python_in_one_call(tmp_path):
     from rscbir.change import detect
-    from rscbir.models.load import ModelOptions
+    from rscbir.models.options import ModelOptions
 
     rng = np.random.default_rng(10)
     before = np.clip(blob_image(128, 128, centre=(110, 15), sigma=10, seed=1) + rng.normal(0, 4, (3, 128, 128)), 1, 255)

@@ -33,7 +33,8 @@ def test_tile_dates_bands_and_geojson(rgb_tif, tmp_path):
     assert {str(d)[:10] for d in gpd.read_file(out)["date"]} == {"2021-01-01"}
 
 
-COMMANDS = [["tile"], ["info"], ["embed"], ["finetune"], ["index"], ["query"], ["change"], ["query-change"],
+COMMANDS = [["tile"], ["info"], ["embed"], ["finetune"], ["index", "build"], ["index", "remove"], ["index", "compact"], ["query"],
+            ["change"], ["query-change"],
             ["eval", "retrieval"], ["eval", "change"]]  # fmt: skip
 
 

@@ -20,7 +20,6 @@ import pytest
 from click.testing import CliRunner
 
 import rscbir.atomic
-import rscbir.index
 from conftest import blob_image, write_raster
 from rscbir.cli import cli
 
@@ -41,7 +40,7 @@ def base(tmp_path_factory):
     write_raster(root / "scene_20200101.tif", before)
     write_raster(root / "scene_20210101.tif", after)
     (root / "work").mkdir()
-    result = run("index", root / "scene_20200101.tif", "--align", *MODEL, "-o", root / "work" / "idx")
+    result = run("index", "build", root / "scene_20200101.tif", "--align", *MODEL, "-o", root / "work" / "idx")
     assert result.exit_code == 0, result.output
     return root
 
@@ -57,9 +56,9 @@ def _commands(root: Path, work: Path) -> dict[str, list]:
     return {
         "tile": ["tile", a, *MODEL[:4], "-o", work / "tiles.parquet"],
         "embed": ["embed", a, *MODEL, "-o", work / "emb"],
-        "index (append)": ["index", b, "--align", *MODEL, "-o", idx],
-        "index (new folder)": ["index", a, *MODEL, "-o", work / "new_idx"],
-        "index --remove": ["index", "--remove-date", "2020-01-01", "-o", idx],
+        "index (append)": ["index", "build", b, "--align", *MODEL, "-o", idx],
+        "index (new folder)": ["index", "build", a, *MODEL, "-o", work / "new_idx"],
+        "index remove": ["index", "remove", idx, "--date", "2020-01-01"],
         "query (3 outputs)": ["query", idx, "--patch-id", "scene_20200101:1:1", "-k", "3", "-o", work / "hits.geojson",
                               "--preview", work / "hits.png", "--html", work / "hits.html"],
         "change (3 outputs)": ["change", a, b, *MODEL, "-o", work / "change.geojson", "--scores", work / "scores.tif",
@@ -70,8 +69,8 @@ def _commands(root: Path, work: Path) -> dict[str, list]:
 def _prepare(root: Path, name: str, dest: Path) -> Path:
     """A fresh work folder: the module's index, plus older versions of the file outputs for the command."""
     shutil.copytree(root / "work", dest)
-    if name == "index --remove":  # needs a second scene to remove one
-        assert run("index", root / "scene_20210101.tif", "--align", *MODEL, "-o", dest / "idx").exit_code == 0
+    if name == "index remove":  # needs a second scene to remove one
+        assert run("index", "build", root / "scene_20210101.tif", "--align", *MODEL, "-o", dest / "idx").exit_code == 0
     for old in ("tiles.parquet", "hits.geojson", "hits.png", "change.geojson", "scores.tif"):
         (dest / old).write_bytes(b"an earlier result that must survive\n")
     return dest
@@ -86,7 +85,6 @@ def _count_writes(monkeypatch) -> list:
         real(path)
 
     monkeypatch.setattr(rscbir.atomic, "fsync_path", counting)
-    monkeypatch.setattr(rscbir.index, "fsync_path", counting)
     return calls
 
 
@@ -102,7 +100,6 @@ def _fail_write(monkeypatch, n: int, error: OSError) -> None:
         real(path)
 
     monkeypatch.setattr(rscbir.atomic, "fsync_path", failing)
-    monkeypatch.setattr(rscbir.index, "fsync_path", failing)
 
 
 def _assert_clean_failure(result, before: dict, work: Path) -> None:
@@ -114,7 +111,7 @@ def _assert_clean_failure(result, before: dict, work: Path) -> None:
     assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
 
 
-COMMANDS = ["tile", "embed", "index (append)", "index (new folder)", "index --remove", "query (3 outputs)", "change (3 outputs)"]
+COMMANDS = ["tile", "embed", "index (append)", "index (new folder)", "index remove", "query (3 outputs)", "change (3 outputs)"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -152,7 +149,7 @@ def test_each_write_failing_in_turn_leaves_everything_as_it_was(base, tmp_path, 
 
 def test_missing_output_folder_is_a_user_mistake_refused_before_any_work(base, tmp_path):
     for name, args in _commands(base, tmp_path / "absent").items():
-        if name == "index --remove":
+        if name == "index remove":
             continue
         result = run(*args)
         assert result.exit_code == 2, (name, result.output)
@@ -187,7 +184,7 @@ def test_a_real_full_disk(base, small_disk):
     result = run("query", big, "--patch-id", "scene_20200101:1:1", "-k", "3", "-o", small_disk / "hits.geojson",
                  "--preview", small_disk / "hits.png", "--html", small_disk / "hits.html")  # fmt: skip
     _assert_clean_failure(result, before, small_disk)
-    result = run("index", base / "scene_20210101.tif", "--align", *MODEL, "-o", small_disk / "idx")
+    result = run("index", "build", base / "scene_20210101.tif", "--align", *MODEL, "-o", small_disk / "idx")
     _assert_clean_failure(result, before, small_disk)
 
 
@@ -208,7 +205,7 @@ def test_a_real_read_only_folder(base, tmp_path):
 
 # ------------------------------------------------------------------ integrity
 def test_check_names_every_kind_of_damaged_file(base, tmp_path):
-    work = _prepare(base, "index --remove", tmp_path / "work")  # two scenes: vectors, augmented, FAISS, catalog
+    work = _prepare(base, "index remove", tmp_path / "work")  # two scenes: vectors, augmented, FAISS, catalog
     idx = work / "idx"
     clean = run("check", idx)
     assert clean.exit_code == 0 and "ok" in clean.stderr, clean.output
@@ -235,14 +232,14 @@ def test_check_names_every_kind_of_damaged_file(base, tmp_path):
 
 
 def test_remove_a_scene_or_a_date(base, tmp_path):
-    work = _prepare(base, "index --remove", tmp_path / "work")
+    work = _prepare(base, "index remove", tmp_path / "work")
     idx = work / "idx"
     both = json.loads((idx / "index.json").read_text())
     assert both["count"] == 32
-    unknown = run("index", "--remove", "nope", "-o", idx)
+    unknown = run("index", "remove", idx, "--scene", "nope")
     assert unknown.exit_code == 2 and "no scene 'nope'" in unknown.output
     assert json.loads((idx / "index.json").read_text()) == both
-    removed = run("index", "--remove", "scene_20210101", "-o", idx)
+    removed = run("index", "remove", idx, "--scene", "scene_20210101")
     assert removed.exit_code == 0, removed.output
     kept = json.loads((idx / "index.json").read_text())
     assert kept["count"] == 16 and [s["scene_id"] for s in kept["scenes"]] == ["scene_20200101"]
@@ -254,7 +251,7 @@ def test_remove_a_scene_or_a_date(base, tmp_path):
     assert len(ids) == 16 and all(i.startswith("scene_20200101:") for i in ids)
     assert ids[0] == "scene_20200101:1:1"
     assert run("check", idx).exit_code == 0
-    last = run("index", "--remove-date", "20200101", "-o", idx)
+    last = run("index", "remove", idx, "--date", "20200101")
     assert last.exit_code == 2 and "every scene" in last.output
 
 
@@ -272,7 +269,7 @@ def test_index_of_only_unreadable_scenes_is_refused_and_leaves_nothing(base, tmp
     broken.write_bytes((base / "scene_20200101.tif").read_bytes()[:2000])  # a truncated download
     other = tmp_path / "other_20200101.tif"
     other.write_bytes(b"not a raster")
-    result = run("index", broken, other, *MODEL, "-o", tmp_path / "idx")
+    result = run("index", "build", broken, other, *MODEL, "-o", tmp_path / "idx")
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and not (tmp_path / "idx").exists()
 
@@ -282,7 +279,7 @@ def test_stale_staging_of_a_killed_run_is_cleaned(base, tmp_path):
     staging = work / "idx" / ".staging"
     (staging / ".scene_x-half-written.abc123").mkdir(parents=True)  # a stage a kill -9 interrupted mid-write
     (staging / "other_scene-0123456789abcdef-key-grid").mkdir()  # staged by a killed run of another scene
-    result = run("index", base / "scene_20210101.tif", "--align", *MODEL, "-o", work / "idx")
+    result = run("index", "build", base / "scene_20210101.tif", "--align", *MODEL, "-o", work / "idx")
     assert result.exit_code == 0, result.output
     assert not staging.exists()
 

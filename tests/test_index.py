@@ -30,7 +30,7 @@ def scenes(tmp_path, n=3, size=128):
 
 
 def index_cli(*args):
-    return CliRunner().invoke(cli, ["-q", "index", *map(str, args), "--patch-size", "32", "--input-size", "32"])
+    return CliRunner().invoke(cli, ["-q", "index", "build", *map(str, args), "--patch-size", "32", "--input-size", "32"])
 
 
 def folder_digest(path: Path) -> dict:
@@ -46,13 +46,13 @@ def test_build_append_and_skip(tmp_path):
     result = index_cli(a, b, "-o", out)
     assert result.exit_code == 0, result.output
     first = Index.open(out)
-    assert len(first) == 32 and first.manifest["generation"] == 1 and first.manifest["index_type"] == "Flat"
+    assert len(first) == 32 and first.manifest.generation == 1 and first.manifest.index_type == "Flat"
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.md5(p.read_bytes()).hexdigest()) for p in out.glob("segment-*")}
     result = index_cli(b, c, "-o", out)
     assert result.exit_code == 0, result.output
     assert "1 already indexed (s1_20200102)" in result.output
     second = Index.open(out)
-    assert len(second) == 48 and second.manifest["generation"] == 2
+    assert len(second) == 48 and second.manifest.generation == 2
     stems = ["segment-000001", "segment-000002"]
     assert sorted(p.name for p in out.iterdir()) == ["index.json"] + [f"{s}-{part}" for s in stems for part in PARTS]
     # an append writes one new segment and leaves the old one's files as they were: same inode, mtime and bytes
@@ -71,7 +71,7 @@ def test_model_or_tiling_mismatch_refused_index_untouched(tmp_path):
     before = folder_digest(out)
     result = index_cli(b, "-o", out, "--pooling", "gem")
     assert result.exit_code == 2 and "built with another model" in result.output and "pooling: avg -> gem" in result.output
-    result = CliRunner().invoke(cli, ["index", str(b), "-o", str(out), "--patch-size", "16", "--input-size", "32"])
+    result = CliRunner().invoke(cli, ["index", "build", str(b), "-o", str(out), "--patch-size", "16", "--input-size", "32"])
     assert result.exit_code == 2 and "another tiling" in result.output
     assert folder_digest(out) == before
 
@@ -114,7 +114,7 @@ def test_kill_minus_9_leaves_readable_index_and_rerun_resumes(tmp_path):
     big = write_raster(tmp_path / "s2_20200103.tif", blob_image(2048, 2048, centre=(900, 700), sigma=40, seed=2), nodata=0)
     out = tmp_path / "idx"
     assert index_cli(a, "-o", out).exit_code == 0
-    command = [sys.executable, "-m", "rscbir", "-q", "index", str(b), str(big), "-o", str(out),
+    command = [sys.executable, "-m", "rscbir", "-q", "index", "build", str(b), str(big), "-o", str(out),
                "--patch-size", "32", "--input-size", "32", "--runtime", "torch"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -132,7 +132,7 @@ def test_kill_minus_9_leaves_readable_index_and_rerun_resumes(tmp_path):
     assert process.returncode == -signal.SIGKILL
     survivor = Index.open(out)  # the previous generation, complete
     assert set(survivor.catalog["scene_id"]) == {"s0_20200101"} and len(survivor) == 64
-    rerun = subprocess.run(command[:3] + ["index", str(b), str(big), "-o", str(out), "--patch-size", "32", "--input-size", "32"],
+    rerun = subprocess.run(command[:3] + ["index", "build", "build", str(b), str(big), "-o", str(out), "--patch-size", "32", "--input-size", "32"],
                            env=env, capture_output=True, text=True)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     assert "1 resumed from staged embeddings" in rerun.stderr  # messages go to stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import shapely
 
-from rscbir import index as index_module
+from rscbir.index import segment as index_segment
 from rscbir.catalog import metres_from, patch_centres
 from rscbir.index import Index
 from rscbir.query import Filters, QueryExpansion, patch_at, query_patch, query_point
@@ -50,7 +50,7 @@ def boxes_around(catalog, rng, count=40):
 @pytest.mark.parametrize("bisect_limit", [64, 0])  # cell rows found by binary search in the file, or by one read of all keys
 def test_lookup_answers_equal_the_catalog(which, bisect_limit, request, monkeypatch):
     """Box, point, radius, id and row lookups give exactly what the GeoDataFrame catalog gives."""
-    monkeypatch.setattr("rscbir.lookup.BISECT_LIMIT", bisect_limit)
+    monkeypatch.setattr("rscbir.index.lookup.BISECT_LIMIT", bisect_limit)
     index = request.getfixturevalue(which)
     index = Index.open(index) if not isinstance(index, Index) else index
     catalog = Index.open(index.path).catalog
@@ -88,8 +88,8 @@ def test_a_query_never_reads_the_catalog(segmented, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the query read a whole catalog")
 
-    monkeypatch.setattr(index_module, "read_catalog", refuse)
-    monkeypatch.setattr(index_module.gpd, "read_parquet", refuse)
+    monkeypatch.setattr(index_segment, "read_catalog", refuse)
+    monkeypatch.setattr(index_segment.gpd, "read_parquet", refuse)
     result = query_patch(index, catalog["patch_id"].iloc[20], 5, Filters(exclude_radius=50.0), QueryExpansion(2))
     assert list(result.hits["patch_id"]) == list(expected.hits["patch_id"])
     lon, lat = patch_centres(catalog.iloc[[33]])[0]

@@ -24,7 +24,7 @@ def centre_of(index, patch_id):
 
 def test_point_query_returns_its_own_patch_first(naip_index):
     index = Index.open(naip_index)
-    assert len(index) == 308 and index.manifest["grid"] is not None
+    assert len(index) == 308 and index.manifest.grid is not None
     lon, lat = centre_of(index, "m_4709963_se_14_1_20090818:5:7")
     result = query_point(index, lon, lat, k=5, query_date="2009-08-18")
     assert list(result.hits["rank"]) == [1, 2, 3, 4, 5]
@@ -33,7 +33,7 @@ def test_point_query_returns_its_own_patch_first(naip_index):
     hits = np.asarray(index.vectors[[index.catalog.index[index.catalog["patch_id"] == p][0] for p in result.hits["patch_id"]]], np.float32)
     assert (hits @ own).mean() > (np.asarray(index.vectors, np.float32) @ own).mean() + 0.2
     assert (np.diff(result.hits["score"]) <= 1e-6).all()
-    assert result.query["expansion"] == {"k": 10, "alpha": 1.0} and index.manifest["augment"] == 5
+    assert result.query["expansion"] == {"k": 10, "alpha": 1.0} and index.manifest.augment == 5
     plain = query_point(index, lon, lat, k=5, query_date="2009-08-18", expansion=QueryExpansion(0))
     assert plain.hits.iloc[0]["patch_id"] == "m_4709963_se_14_1_20090818:5:7"
 
@@ -128,7 +128,7 @@ def test_bad_queries_exit_2(naip_index, args, message):
 def test_empty_index_is_a_clear_error(tmp_path):
     empty = write_raster(tmp_path / "empty_20200101.tif", np.zeros((3, 64, 64), np.uint8), nodata=0)
     out = tmp_path / "idx"
-    result = CliRunner().invoke(cli, ["-q", "index", str(empty), "--patch-size", "32", "--input-size", "32", "-o", str(out)])
+    result = CliRunner().invoke(cli, ["-q", "index", "build", str(empty), "--patch-size", "32", "--input-size", "32", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert len(Index.open(out)) == 0
     result = CliRunner().invoke(cli, ["query", str(out), "--patch-id", "x:0:0"])
@@ -144,7 +144,7 @@ def blob_index(tmp_path_factory):
     a = write_raster(folder / "site_20200101.tif", blob_image(128, 128, (48, 48), 5, seed=1), nodata=0)
     b = write_raster(folder / "site_20210101.tif", blob_image(128, 128, (80, 80), 5, seed=2), nodata=0)
     out = folder / "idx"
-    result = CliRunner().invoke(cli, ["-q", "index", str(a), str(b), "--align", "--patch-size", "32", "--input-size", "32",
+    result = CliRunner().invoke(cli, ["-q", "index", "build", str(a), str(b), "--align", "--patch-size", "32", "--input-size", "32",
                                       "--runtime", "torch", "--augment", "0", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     return Index.open(out)

@@ -77,7 +77,7 @@ def test_corrupt_scene_among_many_gives_partial_index(tmp_path):
     truncated = write_raster(tmp_path / "cut_20210105.tif", np.random.default_rng(0).integers(1, 255, (3, 400, 400), dtype=np.uint8))
     truncated.write_bytes(truncated.read_bytes()[:60000])
     out = tmp_path / "idx"
-    result = CliRunner().invoke(cli, ["index", str(good[0]), str(junk), str(truncated), str(good[1]), "--patch-size", "16",
+    result = CliRunner().invoke(cli, ["index", "build", str(good[0]), str(junk), str(truncated), str(good[1]), "--patch-size", "16",
                                       "--input-size", "32", "--runtime", "torch", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 3, result.output
     assert "2 FAILED and skipped" in result.output and "junk_20210101.tif" in result.output
@@ -88,7 +88,7 @@ def test_corrupt_scene_among_many_gives_partial_index(tmp_path):
 def test_scheduler_local_cli(tmp_path):
     paths = scene_files(tmp_path, n=2, size=64)
     out = tmp_path / "idx"
-    result = CliRunner().invoke(cli, ["-q", "index", *map(str, paths), "--patch-size", "16", "--input-size", "32",
+    result = CliRunner().invoke(cli, ["-q", "index", "build", *map(str, paths), "--patch-size", "16", "--input-size", "32",
                                       "--scheduler", "local", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert len(Index.open(out)) == 32

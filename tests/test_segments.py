@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rscbir import index as index_module
+from rscbir.index import build as index_build
+from rscbir.index import search as index_search
 from rscbir.cli import cli
 from rscbir.index import Index, compact_index
 from test_index import scenes
@@ -24,7 +25,7 @@ SMALL = ["--patch-size", "32", "--input-size", "32", "--augment", "0"]  # 16 pat
 
 
 def index_cli(*args):
-    result = CliRunner().invoke(cli, ["-q", "index", *map(str, args), *SMALL])
+    result = CliRunner().invoke(cli, ["-q", "index", "build", *map(str, args), *SMALL])
     assert result.exit_code == 0, result.output
     return result
 
@@ -68,7 +69,7 @@ def test_filters_return_k_hits_when_k_exist(tmp_path, four_scenes, monkeypatch):
     allowed[rng.choice(len(many), 12, replace=False)] = True
     queries = np.asarray(many.vectors[:5], np.float32)
     for limit in (0, 10_000):  # the FAISS ID selector inside HNSW, and exact scoring of few allowed rows
-        monkeypatch.setattr(index_module, "EXACT_FILTER_LIMIT", limit)
+        monkeypatch.setattr(index_search, "EXACT_FILTER_LIMIT", limit)
         scores, ids = many.search(queries, 8, allowed)
         assert (ids >= 0).all() and allowed[ids].all()
         exact = queries @ np.asarray(many.vectors, np.float32)[allowed].T
@@ -94,7 +95,7 @@ def test_lossy_codes_are_reranked_on_the_stored_vectors(tmp_path, four_scenes):
     IndexRefine does: the best 4 k by code score over all segments are re-scored exactly, so the scores returned are
     exact inner products, and the top 10 match an exact search's (here from a quantizer trained on 16 vectors)."""
     many = Index.open(appended(tmp_path, four_scenes, "sq", "--index-type", "IVF4,SQ8"))
-    assert {s.record["index_type"] for s in many.segments} == {"IVF4,SQ8"}
+    assert {s.record.index_type for s in many.segments} == {"IVF4,SQ8"}
     vectors = np.asarray(many.vectors, np.float32)
     queries = vectors[::5]
     exact = faiss.IndexFlatIP(vectors.shape[1])
@@ -111,8 +112,8 @@ def test_lossy_codes_are_reranked_on_the_stored_vectors(tmp_path, four_scenes):
 
 def test_ivf_segments_share_one_trained_quantizer(tmp_path, four_scenes):
     many = Index.open(appended(tmp_path, four_scenes, "ivf", "--index-type", "IVF4,Flat"))
-    trained = many.manifest["files"]["trained"]
-    assert many.manifest["trained_type"] == "IVF4,Flat" and len(many.segments) == 4
+    trained = many.manifest.files["trained"]
+    assert many.manifest.trained_type == "IVF4,Flat" and len(many.segments) == 4
     assert len(list(many.path.glob("trained-*.faiss"))) == 1  # trained once, on the first segment
     single = faiss.read_index(str(many.path / trained))  # one index from the same training over every vector
     single.add(np.asarray(many.vectors, np.float32))
@@ -129,29 +130,45 @@ def test_compaction_keeps_every_id_and_answer(tmp_path, four_scenes):
     before = Index.open(out)
     queries = np.asarray(before.vectors[::3], np.float32)
     ids_before = list(before.catalog["patch_id"])  # read now: compaction removes the files it was read from
-    result = CliRunner().invoke(cli, ["index", str(out), "--compact"])
+    result = CliRunner().invoke(cli, ["index", "compact", str(out)])
     assert result.exit_code == 0 and "4 segments merged into one" in result.output
     after = Index.open(out)
     assert len(after.segments) == 1 and list(after.catalog["patch_id"]) == ids_before
     same_answers(before, after, queries)
-    assert sorted(p.name for p in out.iterdir()) == ["index.json", *sorted(after.segments[0].record["files"].values())]
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", *sorted(after.segments[0].record.files.values())]
     assert compact_index(out)[1] == 0  # one segment: nothing to do
 
 
 def test_appends_past_the_limit_compact(tmp_path, four_scenes, monkeypatch):
-    monkeypatch.setattr(index_module, "MAX_SEGMENTS", 2)
+    monkeypatch.setattr(index_build, "MAX_SEGMENTS", 2)
     out = appended(tmp_path, four_scenes[:2])
-    result = CliRunner().invoke(cli, ["index", str(four_scenes[2]), "-o", str(out), *SMALL])
+    result = CliRunner().invoke(cli, ["index", "build", str(four_scenes[2]), "-o", str(out), *SMALL])
     assert result.exit_code == 0 and "3 segments compacted into one" in result.output
     assert len(Index.open(out).segments) == 1 and len(Index.open(out)) == 48
 
 
+def test_the_old_single_command_spelling_still_works(tmp_path, four_scenes):
+    """`rscbir index SCENE -o DIR`, `index DIR --remove ID` and `index DIR --compact` (before `build|remove|compact`)
+    do what they did, each with a note naming the new spelling."""
+    out = tmp_path / "old"
+    first = CliRunner().invoke(cli, ["index", str(four_scenes[0]), "-o", str(out), *SMALL])
+    assert first.exit_code == 0 and "is now `rscbir index build ...`" in first.stderr
+    second = CliRunner().invoke(cli, ["index", str(four_scenes[1]), "-o", str(out), *SMALL])
+    assert second.exit_code == 0 and len(Index.open(out).segments) == 2
+    merged = CliRunner().invoke(cli, ["index", str(out), "--compact"])
+    assert merged.exit_code == 0 and "2 segments merged into one" in merged.output and "rscbir index compact" in merged.stderr
+    scene_id = Index.open(out).manifest.scenes[0].scene_id
+    removed = CliRunner().invoke(cli, ["index", "--remove", scene_id, "-o", str(out)])
+    assert removed.exit_code == 0 and "rscbir index remove" in removed.stderr
+    assert [s.scene_id for s in Index.open(out).manifest.scenes] == [Index.open(out).manifest.scenes[0].scene_id] != [scene_id]
+
+
 KILL_BEFORE_COMMIT = """
 import os, signal, sys
-from rscbir import index
+from rscbir.index.commit import Generation
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # every new file is written and flushed; the manifest is not yet swapped
-index._commit_generation = die
+Generation.commit = die
 from rscbir.cli import cli
 cli(sys.argv[1:])
 """
@@ -162,7 +179,7 @@ def test_kill_minus_9_before_the_manifest_swap(tmp_path, four_scenes, operation)
     out = appended(tmp_path, four_scenes[:3])
     before = Index.open(out)
     files_before = sorted(p.name for p in out.iterdir())
-    args = [str(four_scenes[3]), "-o", str(out), *SMALL] if operation == "append" else [str(out), "--compact"]
+    args = ["build", str(four_scenes[3]), "-o", str(out), *SMALL] if operation == "append" else ["compact", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_BEFORE_COMMIT), "-q", "index", *args], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
@@ -174,13 +191,13 @@ def test_kill_minus_9_before_the_manifest_swap(tmp_path, four_scenes, operation)
     assert rerun.exit_code == 0, rerun.output
     final = Index.open(out)
     assert len(final) == (64 if operation == "append" else 48) and final.catalog["patch_id"].is_unique
-    named = {"index.json", *(name for s in final.manifest["segments"] for name in s["files"].values()), *final.manifest["files"].values()}
+    named = {"index.json", *final.manifest.data_files()}
     assert set(p.name for p in out.iterdir()) == named  # the orphans of the killed run are gone
 
 
 def test_a_corrupt_segment_is_named(tmp_path, four_scenes):
     out = appended(tmp_path, four_scenes[:3])
-    victim = out / Index.open(out).segments[1].record["files"]["vectors"]
+    victim = out / Index.open(out).segments[1].record.files["vectors"]
     data = bytearray(victim.read_bytes())
     data[-64:] = b"\xff" * 64
     victim.write_bytes(bytes(data))

@@ -21,7 +21,7 @@ Example:
 @options.model_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
 @options.dim_option
-@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
+@options.whiten_option
 @options.batch_size_option
 @options.workers_option
 @click.option("--dtype", type=click.Choice(choices(VectorDtype)), default="float16", show_default=True, help="Storage type of the vectors.")
@@ -35,11 +35,11 @@ def embed(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     from rasterio.enums import Resampling
 
     from rscbir.embed import EmbedOptions, embed_scenes
-    from rscbir.models.load import configure_threads
+    from rscbir.models.load import configure_threads, model_for_scenes
 
     configure_threads()
     opened, preset = scene_opts.open(scenes)
-    model, opened = model_opts.for_scenes(opened, preset)
+    model, opened = model_for_scenes(opened, preset, model_opts)
     run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dtype=dtype,
                        dim=dim or None, whiten=whiten, resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
     store = embed_scenes(opened, output, model, tiling, align, run)

@@ -23,7 +23,7 @@ Examples:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="DIR")
 @options.model_options
 @options.dim_option
-@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
+@options.whiten_option
 @click.option("--qe", type=click.IntRange(0), default=10, show_default=True, help="Query expansion with the K nearest images (0: off), as in `rscbir query`.")
 @options.augment_option
 @click.option("--feedback", "feedback_top", type=click.IntRange(0), default=0, metavar="N",
@@ -32,11 +32,11 @@ Examples:
               help="Evaluate on this stratified half only (the other half trained a head).")  # fmt: skip
 @click.option("--classes", callback=options.split_list, metavar="LIST", help="Evaluate on these classes only (comma-separated).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the half split (as in finetune).")
-@click.option("--json", "json_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Also write the figures here.")
+@options.json_file_option("Also write the figures here (JSON).")
 @click.pass_context
 def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, half, classes, seed, json_path):
     """Every image of DIR (one sub-folder per class) queries all the others, ranked the way
-    `rscbir index` + `rscbir query` rank (same model, corpus PCA, query expansion):
+    `rscbir index build` + `rscbir query` rank (same model, corpus PCA, query expansion):
     mAP over the full ranking, P@5, P@10, P@50; with --feedback also after one feedback round."""
     from rscbir.export import write_text
     from rscbir.evaluate import evaluate_retrieval
@@ -73,7 +73,7 @@ Example:
 @click.option("--pixel-threshold", default="robust:3", show_default=True, help="Label-free rule for pixel scores (--dense), as `rscbir change`.")
 @click.option("--all-bands", is_flag=True, help="CNN reads all 13 bands through an inflated first convolution (default: B04 B03 B02).")
 @click.option("--dense", is_flag=True, help="Also score pixel by pixel (DCVA feature maps, CVA) and report pixel-level figures.")
-@click.option("--json", "json_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Also write every figure here.")
+@options.json_file_option()
 @click.option("-q", "--quiet", is_flag=True, help="No per-city progress lines on stderr.")
 def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, dense, json_path, quiet):
     """Change detection against labels. DIR holds OSCD-style city folders (imgs_1/, imgs_2/, cm/ with
@@ -127,10 +127,10 @@ Examples:
 @click.option("--city", "cities", multiple=True, help="These cities only (default: every city folder with labels).")
 @options.model_options
 @options.dim_option
-@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
-@click.option("--centre-scenes", is_flag=True, help="Subtract each scene's mean vector, as `rscbir index --centre-scenes`.")
+@options.whiten_option
+@click.option("--centre-scenes", is_flag=True, help="Subtract each scene's mean vector, as `rscbir index build --centre-scenes`.")
 @click.option("--patch-size", type=click.IntRange(1), default=32, show_default=True, help="Patch side in 10 m pixels.")
-@click.option("--json", "json_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Also write every figure here.")
+@options.json_file_option()
 @click.pass_context
 def dates(ctx, folder, cities, model_opts, dim, whiten, centre_scenes, patch_size, json_path):
     """Ground, not acquisition: index both dates of every OSCD city on one grid and report how often an

@@ -43,7 +43,7 @@ def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, l
     from rscbir.images import LabelledImages, is_image_folder
     from rscbir.models import finetune as ft
     from rscbir.models.checkpoint import save_checkpoint
-    from rscbir.models.load import configure_threads
+    from rscbir.models.load import configure_threads, model_for_images, model_for_scenes
 
     configure_threads()
     say = None if ctx.obj["quiet"] else (lambda line: click.echo(line, err=True))
@@ -51,13 +51,13 @@ def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, l
     classes = []
     if len(sources) == 1 and not labels and not self_supervised and is_image_folder(sources[0]):
         images = LabelledImages.scan(sources[0]).select(classes=classes, half=half, seed=seed)
-        model, history = ft.finetune_on_images(model_opts.for_rgb_images(), images, config, say)
+        model, history = ft.finetune_on_images(model_for_images(model_opts), images, config, say)
         mode, classes = "supervised-images", images.classes
     else:
         if not labels and not self_supervised:
             raise click.UsageError("SOURCE scenes need --labels POLYGONS or --self-supervised (or pass one image folder)")
         scenes, preset = scene_opts.open(sources)
-        model, scenes = model_opts.for_scenes(scenes, preset)
+        model, scenes = model_for_scenes(scenes, preset, model_opts)
         if self_supervised:
             anchors, neighbours = ft.neighbour_pairs(model, scenes, tiling)
             model, history = ft.train_triplets(model, anchors, neighbours, config, progress=say)

@@ -1,4 +1,4 @@
-"""``rscbir index``: tile, embed and index scenes into one folder (created or appended)."""
+"""``rscbir index build|remove|compact``: create or append an index, take scenes out of it, merge its segments."""
 
 from __future__ import annotations
 
@@ -8,23 +8,59 @@ import click
 
 from rscbir.cli import options
 
+LEGACY_NOTE = "note: `rscbir index SCENE... -o DIR` is now `rscbir index {0} ...`; the old spelling will be removed"
 
-@click.command(
+
+class IndexGroup(click.Group):
+    """``rscbir index`` with one subcommand per action. The spelling of earlier versions (``rscbir index SCENE...
+    -o DIR``, ``--remove``, ``--remove-date``, ``--compact``) still works, with a note naming the new one."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = _from_legacy(list(args))
+        return super().parse_args(ctx, args)
+
+
+def _from_legacy(args: list[str]) -> list[str]:
+    """Translate the old single-command spelling into ``build``, ``remove`` or ``compact``."""
+    if "--compact" in args:
+        action, args = "compact", [a for a in args if a != "--compact"]
+    elif any(a in ("--remove", "--remove-date") or a.startswith(("--remove=", "--remove-date=")) for a in args):
+        action = "remove"
+        args = [{"--remove": "--scene", "--remove-date": "--date"}.get(a, a) for a in args]
+        args = [a.replace("--remove-date=", "--date=").replace("--remove=", "--scene=") for a in args]
+    else:
+        action = "build"
+    if action != "build":  # the index folder: `-o DIR` in the old spelling, a positional argument now
+        for flag in ("-o", "--output"):
+            if flag in args[:-1]:
+                at = args.index(flag)
+                args = [args[at + 1], *args[:at], *args[at + 2 :]]
+    click.echo(LEGACY_NOTE.format(action), err=True)
+    return [action, *args]
+
+
+@click.group(cls=IndexGroup)
+def index():
+    """Build, append to, prune and compact an index folder (catalog, embeddings and FAISS segments)."""
+
+
+@index.command(
     epilog="""\b
 Example:
-  rscbir index ../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif \\
-               ../shared/data/naip_timeseries/m_4709963_se_14_1_20200831.tif \\
-               --align --preset naip --patch-size 320m -o out/naip_index""",
+  rscbir index build ../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif \\
+                     ../shared/data/naip_timeseries/m_4709963_se_14_1_20200831.tif \\
+                     --align --preset naip --patch-size 320m -o out/naip_index""",
 )
-@click.argument("scenes", nargs=-1, metavar="SCENE...")
-@click.option("-o", "--output", callback=options.output_folder, type=click.Path(file_okay=False),
-              help="Index folder (created, or appended to). With --remove/--compact the folder may be the one argument instead.")
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
+@click.option("-o", "--output", required=True, callback=options.output_folder, type=click.Path(file_okay=False),
+              help="Index folder (created, or appended to).")  # fmt: skip
 @options.scene_options
 @options.tiling_options
 @options.model_options
 @click.option("--align", is_flag=True, help="Read every scene onto the first scene's grid, cropped to the common footprint.")
 @options.dim_option
-@click.option("--whiten", type=float, default=0.0, show_default=True, help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")
+@options.whiten_option
 @click.option("--index-type", default="auto", show_default=True, metavar="FACTORY",
               help="FAISS factory string (Flat, HNSW32, IVF1024,PQ32 ...); auto: Flat up to 100k vectors, HNSW32 up to 1M, IVF-SQ8 beyond.")  # fmt: skip
 @options.augment_option
@@ -34,14 +70,9 @@ Example:
 @options.workers_option
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
               help="Embed on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 uses a running one.")  # fmt: skip
-@click.option("--remove", "remove_scenes", multiple=True, metavar="SCENE_ID",
-              help="Remove this scene's patches from the index in OUTPUT (repeatable; no SCENE arguments).")  # fmt: skip
-@click.option("--remove-date", "remove_dates", multiple=True, metavar="DATE",
-              help="Remove every scene of this date (YYYY-MM-DD or YYYYMMDD) from the index (repeatable).")  # fmt: skip
-@click.option("--compact", is_flag=True, help="Merge the index's segments into one (no SCENE arguments); appends do it past 16 segments.")
 @click.pass_context
-def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type, augment, centre_scenes, batch_size,
-          workers, scheduler, remove_scenes, remove_dates, compact):  # fmt: skip
+def build(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type, augment, centre_scenes,
+          batch_size, workers, scheduler):  # fmt: skip
     """Index SCENE... for retrieval: patch catalog, embeddings and a FAISS index in one folder.
 
     Appending to an existing folder skips scenes already present (same id and
@@ -49,43 +80,18 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     atomic: an interrupted run leaves the previous index readable, and the next
     run reuses the scenes it had already embedded. An unreadable scene among
     several is reported and skipped: exit code 3 says the run was partial.
-    With --remove / --remove-date (and no SCENE) patches leave the index the
-    same atomic way. Each append adds one segment and leaves the existing ones
-    untouched; --compact merges them.
+    Each append adds one segment and leaves the existing ones untouched.
     """
-    if (compact or remove_scenes or remove_dates) and output is None and len(scenes) == 1:
-        output, scenes = scenes[0], ()  # rscbir index IDX --remove SCENE_ID
-        options.check_output(output, folder=True)
-    if output is None:
-        raise click.UsageError("missing -o/--output INDEX_DIR")
-    if compact:
-        if scenes or remove_scenes or remove_dates:
-            raise click.UsageError("--compact rewrites an existing index: give no SCENE and no --remove")
-        from rscbir.index import compact_index
-
-        merged_index, merged = compact_index(output)
-        state = f"{merged} segments merged into one" if merged else "already one segment, nothing to do"
-        click.echo(f"{output}: {state}; {len(merged_index)} patches, FAISS {merged_index.manifest['index_type']}", err=True)
-        return
-    if remove_scenes or remove_dates:
-        if scenes:
-            raise click.UsageError("--remove/--remove-date edit an existing index: give no SCENE arguments")
-        from rscbir.index import remove_from_index
-
-        kept, removed = remove_from_index(output, remove_scenes, remove_dates)
-        click.echo(f"{output}: removed {', '.join(removed)}; {len(kept)} patches from {len(kept.manifest['scenes'])} scene(s) remain", err=True)
-        return
-    if not scenes:
-        raise click.UsageError("give SCENE... to index (or --remove/--remove-date to take scenes out)")
     from rasterio.enums import Resampling
 
     from rscbir.embed import EmbedOptions
+    from rscbir.errors import IndexFileError
     from rscbir.index import build_index
-    from rscbir.models.load import configure_threads
+    from rscbir.models.load import configure_threads, model_for_scenes
 
     configure_threads()
     opened, preset, failed = scene_opts.open_each(scenes)
-    model, opened = model_opts.for_scenes(opened, preset)
+    model, opened = model_for_scenes(opened, preset, model_opts)
     run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dim=dim or None, whiten=whiten,
                        resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
     with contextlib.ExitStack() as stack:
@@ -94,23 +100,52 @@ def index(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
             from rscbir.scale import dask_runner
 
             runner = stack.enter_context(dask_runner(scheduler, model, run))
-        built, summary = build_index(output, opened, model, tiling, align, run, index_type, runner, augment, centre_scenes)
-    summary["failed"] = failed + summary["failed"]
-    if summary["failed"] and not (summary["added"] or summary["skipped"]):  # nothing of this run succeeded: not "partial"
-        from rscbir.errors import IndexFileError
-
-        raise IndexFileError("no scene could be indexed, the index is unchanged: " + "; ".join(f"{f['scene']}: {f['error']}" for f in summary["failed"]))
-    parts = [f"{len(summary['added'])} scene(s) added"]
-    if summary["skipped"]:
-        parts.append(f"{len(summary['skipped'])} already indexed ({', '.join(summary['skipped'])})")
-    if summary["reused"]:
-        parts.append(f"{len(summary['reused'])} resumed from staged embeddings")
-    if summary.get("compacted"):
-        parts.append(f"{summary['compacted']} segments compacted into one")
-    if summary["failed"]:
-        parts.append(f"{len(summary['failed'])} FAILED and skipped")
-    click.echo(f"{output}: {len(built)} patches, {built.manifest['dim']}-d, FAISS {built.manifest['index_type']}; " + "; ".join(parts), err=True)
-    if summary["failed"]:
-        for failure in summary["failed"]:
+        built, summary = build_index(output, opened, model, tiling, align=align, options=run, index_type=index_type, runner=runner,
+                                     augment=augment, centre_scenes=centre_scenes)  # fmt: skip
+    summary.failed[:0] = failed
+    if summary.failed and not (summary.added or summary.skipped):  # nothing of this run succeeded: not "partial"
+        raise IndexFileError("no scene could be indexed, the index is unchanged: " + "; ".join(f"{f['scene']}: {f['error']}" for f in summary.failed))
+    click.echo(f"{output}: {len(built)} patches, {built.manifest.dim}-d, FAISS {built.manifest.index_type}; {_describe(summary)}", err=True)
+    if summary.failed:
+        for failure in summary.failed:
             click.echo(f"skipped {failure['scene']}: {failure['error']}", err=True)
         ctx.exit(3)  # partial run: the index holds the other scenes
+
+
+def _describe(summary) -> str:
+    parts = [f"{len(summary.added)} scene(s) added"]
+    if summary.skipped:
+        parts.append(f"{len(summary.skipped)} already indexed ({', '.join(summary.skipped)})")
+    if summary.reused:
+        parts.append(f"{len(summary.reused)} resumed from staged embeddings")
+    if summary.compacted:
+        parts.append(f"{summary.compacted} segments compacted into one")
+    if summary.failed:
+        parts.append(f"{len(summary.failed)} FAILED and skipped")
+    return "; ".join(parts)
+
+
+@index.command(epilog="\b\nExamples:\n  rscbir index remove out/naip_index --date 2009-08-18\n  rscbir index remove out/idx --scene SCENE_ID")
+@click.argument("index_dir", callback=options.output_folder, type=click.Path(file_okay=False), metavar="INDEX_DIR")
+@click.option("--scene", "scene_ids", multiple=True, metavar="SCENE_ID", help="Remove this scene's patches (repeatable).")
+@click.option("--date", "dates", multiple=True, metavar="DATE", help="Remove every scene of this date (YYYY-MM-DD or YYYYMMDD; repeatable).")
+def remove(index_dir, scene_ids, dates):
+    """Take scenes out of INDEX_DIR, by id or by date, with the same atomic swap as an append: a segment holding
+    only removed scenes is dropped, one holding both is rewritten with the rows it keeps."""
+    if not (scene_ids or dates):
+        raise click.UsageError("give --scene SCENE_ID or --date DATE (repeatable)")
+    from rscbir.index import remove_from_index
+
+    kept, removed = remove_from_index(index_dir, scene_ids, dates)
+    click.echo(f"{index_dir}: removed {', '.join(removed)}; {len(kept)} patches from {len(kept.manifest.scenes)} scene(s) remain", err=True)
+
+
+@index.command(epilog="\b\nExample:\n  rscbir index compact out/naip_index")
+@click.argument("index_dir", callback=options.output_folder, type=click.Path(file_okay=False), metavar="INDEX_DIR")
+def compact(index_dir):
+    """Merge the segments of INDEX_DIR into one (same ids, same answers); appends do it past 16 segments."""
+    from rscbir.index import compact_index
+
+    merged_index, merged = compact_index(index_dir)
+    state = f"{merged} segments merged into one" if merged else "already one segment, nothing to do"
+    click.echo(f"{index_dir}: {state}; {len(merged_index)} patches, FAISS {merged_index.manifest.index_type}", err=True)

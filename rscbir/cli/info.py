@@ -12,11 +12,12 @@ from rscbir.cli import options
 @click.command(epilog="\b\nExamples:\n  rscbir info ../shared/data/oscd/paris/imgs_1\n  rscbir info out/naip_index --json")
 @click.argument("target", metavar="SCENE|INDEX_DIR")
 @options.scene_options
-@click.option("--json", "as_json", is_flag=True, help="For an index: print JSON instead of text (a scene is always JSON).")
+@options.json_flag("For an index: print JSON instead of text (a scene is always JSON).")
 def info(target, scene_opts, as_json):
     """Print SCENE's id, date, bands, CRS and grid as JSON, or describe the index in INDEX_DIR: scenes,
     dates, patches, model, vectors, tiling, FAISS type, grid and size on disk (read from its manifest only)."""
-    from rscbir.manifest import describe_index, describe_text, is_index
+    from rscbir.index.describe import describe_index, describe_text
+    from rscbir.index.layout import is_index
 
     if is_index(target):
         doc = describe_index(target)

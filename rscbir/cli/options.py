@@ -3,7 +3,8 @@
 Each group of options reaches the command as one value: ``scene_options`` as
 ``scene_opts`` (:class:`rscbir.presets.SceneOptions`), ``tiling_options`` as
 ``tiling`` (:class:`rscbir.tiling.TilingConfig`) plus ``resampling``, and
-``model_options`` as ``model_opts`` (:class:`rscbir.models.load.ModelOptions`).
+``model_options`` as ``model_opts`` (:class:`rscbir.models.options.ModelOptions`). Defaults come from
+:mod:`rscbir.defaults`, the same values the library uses.
 Library modules are imported when a command runs, not at start-up.
 """
 
@@ -13,6 +14,7 @@ import functools
 
 import click
 
+from rscbir.defaults import DEFAULT_AUGMENT, DEFAULT_DIM, DEFAULT_INPUT_SIZE, DEFAULT_STAGES, DEFAULT_WHITEN
 from rscbir.modes import Device, Pooling, Runtime, choices
 
 EDGE_CHOICES = ["drop", "pad", "fit"]  # rscbir.tiling.EdgePolicy, spelled here so --help needs no rasterio
@@ -126,7 +128,7 @@ def tiling_options(func):
 
 # ------------------------------------------------------------------------ model
 def _model_options(backbone, weights, all_bands, pooling, input_size, runtime, device, stages, views):
-    from rscbir.models.load import ModelOptions
+    from rscbir.models.options import ModelOptions
 
     return ModelOptions(backbone, weights, all_bands, Pooling(pooling), input_size or None, Runtime(runtime), Device(device),
                         stages, int(views))  # fmt: skip
@@ -144,13 +146,13 @@ def model_options(func):
         click.option("--all-bands", is_flag=True, help="Feed every band (the preset's all_bands) through a first conv inflated from RGB."),
         click.option("--pooling", type=click.Choice(choices(Pooling)), default="avg", show_default=True,
                      help="Global pooling of the last feature map."),
-        click.option("--input-size", type=int, default=224, show_default=True,
+        click.option("--input-size", type=int, default=DEFAULT_INPUT_SIZE, show_default=True,
                      help="Patches are resized to this many pixels per side before the CNN (0: keep)."),
         click.option("--runtime", type=click.Choice(choices(Runtime)), default="auto", show_default=True,
                      help="Forward pass on PyTorch or ONNX Runtime (auto: ONNX Runtime when installed; same vectors)."),
         click.option("--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
                      help="Where the CNN runs; auto: CUDA when a GPU is visible, else CPU."),
-        click.option("--stages", type=click.IntRange(1), default=4, show_default=True,
+        click.option("--stages", type=click.IntRange(1), default=DEFAULT_STAGES, show_default=True,
                      help="Pool and concatenate the last N stage outputs (mid-level texture + semantics; 1: last layer only)."),
         click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default="1", show_default=True,
                      help="Average over this many flips/90-degree rotations of each patch (each view costs one more CNN pass)."),
@@ -158,8 +160,23 @@ def model_options(func):
 
 
 def dim_option(func):
-    return click.option("--dim", type=click.IntRange(0), default=128, show_default=True,
+    return click.option("--dim", type=click.IntRange(0), default=DEFAULT_DIM, show_default=True,
                         help="Centred PCA to this many dimensions, fitted on the corpus (the first scenes indexed); 0: off.")(func)  # fmt: skip
+
+
+def whiten_option(func):
+    return click.option("--whiten", type=float, default=DEFAULT_WHITEN, show_default=True,
+                        help="Whitening power with --dim: 0 centred PCA, 0.5 full whitening.")(func)  # fmt: skip
+
+
+def json_flag(help: str):
+    """``--json`` as a flag (print JSON instead of text), passed as ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def json_file_option(help: str = "Also write every figure here (JSON)."):
+    """``--json FILE``: also write the figures to a file, checked before any work; passed as ``json_path``."""
+    return click.option("--json", "json_path", callback=output_file, type=click.Path(dir_okay=False), help=help)
 
 
 def batch_size_option(func):
@@ -180,7 +197,7 @@ def progress_enabled(ctx) -> bool:
 
 
 def augment_option(func):
-    return click.option("--augment", type=click.IntRange(0), default=5, show_default=True, metavar="K",
+    return click.option("--augment", type=click.IntRange(0), default=DEFAULT_AUGMENT, show_default=True, metavar="K",
                         help="Database-side augmentation: search vectors blend each patch with its K nearest (0: off).")(func)  # fmt: skip
 
 

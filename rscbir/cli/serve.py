@@ -14,7 +14,7 @@ def serve(index_dir, host, port):
     """Serve INDEX_DIR as a web map: the imagery per date, click to search with the patch under the
     click, mark results right or wrong and search again, see change between two dates, download the
     results as GeoJSON. A JSON API for scripts sits under /api (e.g. /api/query?lon=&lat=&k=).
-    Read-only: an append by `rscbir index` shows on the next request. Stop with Ctrl+C."""
+    Read-only: an append by `rscbir index build` shows on the next request. Stop with Ctrl+C."""
     from rscbir.web.page import make_server
 
     server = make_server(index_dir, host, port)

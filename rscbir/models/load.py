@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,65 +21,36 @@ from rscbir.errors import ModelError, ModelMismatchError, WeightsError
 from rscbir.models.backbones import BACKBONES, DEFAULT_BACKBONE, file_sha256, load_backbone
 from rscbir.models.checkpoint import read_checkpoint
 from rscbir.models.features import FeatureModel, InputSpec, ModelConfig, resolve_input
-from rscbir.modes import Device, Pooling, Runtime
+from rscbir.models.options import ModelOptions
+from rscbir.modes import Pooling
 
-# Mid-level features: the last four stage outputs of EfficientNet-Lite0 (112, 192, 320 and 1280 channels) pooled
-# and concatenated lift RSSCN7 mAP from 0.447 to 0.496 on the design half (benchmarks/results.md).
-DEFAULT_STAGES = 4
-
-__all__ = ["ModelConfig", "ModelOptions", "load_feature_model", "model_for_scenes", "model_from_config", "configure_threads"]
+__all__ = ["ModelConfig", "ModelOptions", "feature_model", "load_feature_model", "model_for_images", "model_for_scenes", "model_from_config",
+           "configure_threads"]
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """Which model to build (the CLI's model options); ``runtime``/``device`` say where it runs."""
-
-    backbone: str | None = None
-    weights: str | None = None
-    all_bands: bool = False
-    pooling: Pooling = Pooling.AVG
-    input_size: int | None = 224  # 0 or None: keep the patch size
-    runtime: Runtime = Runtime.AUTO
-    device: Device = Device.AUTO
-    stages: int = DEFAULT_STAGES
-    views: int = 1
-
-    def for_scenes(self, scenes: Sequence, preset=None) -> tuple[FeatureModel, list]:
-        """The model for these scenes and the scenes cut to its bands (see :func:`model_for_scenes`)."""
-        return model_for_scenes(scenes, preset, self.backbone, self.weights, self.all_bands, self.input_size or None, self.pooling,
-                                self.stages, self.views)  # fmt: skip
-
-    def for_rgb_images(self) -> FeatureModel:
-        """The model for plain RGB image files (scene sets, chips)."""
-        return load_feature_model(["R", "G", "B"], self.backbone, self.weights, input_size=self.input_size or None, pooling=self.pooling,
-                                  stages=self.stages, views=self.views)  # fmt: skip
+def load_feature_model(scene_bands: Sequence[str], rgb: Sequence[str] | None = None, **options) -> FeatureModel:
+    """The feature model for a scene with ``scene_bands``, from :class:`ModelOptions` fields given by name
+    (``backbone``, ``weights``, ``input_size``, ``pooling``, ...): ``load_feature_model(["R", "G", "B"], input_size=32)``."""
+    if "weights" in options and options["weights"] is not None:
+        options["weights"] = str(options["weights"])
+    return feature_model(scene_bands, ModelOptions(**options), rgb)
 
 
-def load_feature_model(
-    scene_bands: Sequence[str],
-    backbone: str | None = None,
-    weights: str | os.PathLike | None = None,
-    rgb: Sequence[str] | None = None,
-    all_bands: bool = False,
-    input_size: int | None = 224,
-    pooling: Pooling | str = Pooling.AVG,
-    stages: int = DEFAULT_STAGES,
-    views: int = 1,
-) -> FeatureModel:
-    """The feature model (with ``model.config``) for a scene with ``scene_bands``.
+def feature_model(scene_bands: Sequence[str], options: ModelOptions = ModelOptions(), rgb: Sequence[str] | None = None) -> FeatureModel:
+    """The feature model (with ``model.config``) for a scene with ``scene_bands``, built as ``options`` say.
 
-    ``weights`` may be a plain state dict for ``backbone`` or a checkpoint
-    written by ``rscbir finetune`` (which then fixes backbone, head, bands and
-    pooling). Raises :class:`ModelError` when the scene lacks the bands the
-    model needs.
+    ``options.weights`` may be a plain state dict for the backbone or a checkpoint written by
+    ``rscbir finetune`` (which then fixes backbone, head, bands and pooling). ``rgb`` names the scene's
+    red, green and blue bands. Raises :class:`ModelError` when the scene lacks the bands the model needs.
     """
+    weights = options.weights
     checkpoint = read_checkpoint(weights) if weights is not None else None
     if checkpoint is None:
-        model = _pretrained(scene_bands, backbone, weights, rgb, all_bands, input_size, pooling, stages, views)
+        model = _pretrained(scene_bands, options, rgb)
         ckpt_path = ckpt_sha = None
     else:
-        model = _from_checkpoint(checkpoint, scene_bands, backbone, weights)
-        ckpt_path, ckpt_sha = str(weights), file_sha256(weights)  # type: ignore[arg-type]
+        model = _from_checkpoint(checkpoint, scene_bands, options.backbone, weights)
+        ckpt_path, ckpt_sha = str(weights), file_sha256(weights)
     for p in model.parameters():
         p.requires_grad_(False)
     model.config = ModelConfig(
@@ -100,10 +70,10 @@ def load_feature_model(
     return model
 
 
-def _pretrained(scene_bands, backbone, weights, rgb, all_bands, input_size, pooling, stages, views) -> FeatureModel:
-    trunk = load_backbone(backbone or DEFAULT_BACKBONE, weights)
-    spec = resolve_input(scene_bands, rgb, all_bands, input_size)
-    return FeatureModel(trunk, spec, pooling, stages=stages, views=views).eval()
+def _pretrained(scene_bands: Sequence[str], options: ModelOptions, rgb: Sequence[str] | None) -> FeatureModel:
+    trunk = load_backbone(options.backbone or DEFAULT_BACKBONE, options.weights)
+    spec = resolve_input(scene_bands, rgb, options.all_bands, options.input_size or None)
+    return FeatureModel(trunk, spec, options.pooling, stages=options.stages, views=options.views).eval()
 
 
 def _from_checkpoint(checkpoint: dict, scene_bands, backbone, weights) -> FeatureModel:
@@ -129,30 +99,22 @@ def _from_checkpoint(checkpoint: dict, scene_bands, backbone, weights) -> Featur
     return model.eval()
 
 
-def model_for_scenes(
-    scenes: Sequence,
-    preset=None,
-    backbone: str | None = None,
-    weights: str | os.PathLike | None = None,
-    all_bands: bool = False,
-    input_size: int | None = 224,
-    pooling: Pooling | str = Pooling.AVG,
-    stages: int = DEFAULT_STAGES,
-    views: int = 1,
-) -> tuple[FeatureModel, list]:
+def model_for_scenes(scenes: Sequence, preset=None, options: ModelOptions = ModelOptions()) -> tuple[FeatureModel, list]:
     """The feature model for these scenes, and the scenes cut to the bands it reads.
 
     ``preset`` (a :class:`rscbir.presets.Preset`) names the RGB bands and, with
-    ``all_bands``, the bands fed through the inflated first convolution.
+    ``options.all_bands``, the bands fed through the inflated first convolution.
     """
     bands = scenes[0].band_names
-    if all_bands and preset is not None and preset.all_bands:
+    if options.all_bands and preset is not None and preset.all_bands:
         bands = [b for b in preset.all_bands if b in bands]
-    model = load_feature_model(
-        bands, backbone=backbone, weights=weights, rgb=preset.rgb if preset is not None else None,
-        all_bands=all_bands, input_size=input_size, pooling=pooling, stages=stages, views=views,
-    )  # fmt: skip
+    model = feature_model(bands, options, preset.rgb if preset is not None else None)
     return model, [s.select(list(model.config.input_bands)) for s in scenes]
+
+
+def model_for_images(options: ModelOptions = ModelOptions()) -> FeatureModel:
+    """The feature model for plain RGB image files (scene sets, chips)."""
+    return feature_model(["R", "G", "B"], options)
 
 
 def model_from_config(config: ModelConfig) -> FeatureModel:
@@ -173,7 +135,7 @@ def _model_from_config(doc: str) -> FeatureModel:
     if config.checkpoint:
         if not Path(config.checkpoint).is_file() or file_sha256(config.checkpoint) != config.checkpoint_sha256:
             raise ModelMismatchError(f"the fine-tuned checkpoint {config.checkpoint} recorded with this index is missing or changed")
-        return load_feature_model(bands, weights=config.checkpoint)
+        return feature_model(bands, ModelOptions(weights=config.checkpoint))
     weights: str | None = config.weights
     try:
         default_path, _ = BACKBONES[config.backbone].default_weights()
@@ -183,8 +145,9 @@ def _model_from_config(doc: str) -> FeatureModel:
         pass
     if weights is not None and (not Path(weights).is_file() or file_sha256(weights) != config.weights_sha256):
         raise ModelMismatchError(f"the {config.backbone} weights {config.weights} recorded with this index are missing or changed")
-    return load_feature_model(bands, config.backbone, weights, rgb_names, all_bands, config.input_size, config.pooling,
-                              config.stages, config.views)  # fmt: skip
+    options = ModelOptions(config.backbone, weights, all_bands, Pooling(config.pooling), config.input_size, stages=config.stages,
+                           views=config.views)  # fmt: skip
+    return feature_model(bands, options, rgb_names)
 
 
 def configure_threads() -> None:

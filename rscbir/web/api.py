@@ -29,7 +29,8 @@ from rscbir import export, validate
 from rscbir.change import ChangeScores, flag_changes, scores_from_index
 from rscbir.errors import IndexFileError, OutsideCoverageError, QueryError, RscbirError
 from rscbir.index import Index
-from rscbir.manifest import MANIFEST, describe_index
+from rscbir.index.describe import describe_index
+from rscbir.index.layout import MANIFEST
 from rscbir.query import Feedback, Filters, QueryExpansion, query_change, query_point
 from rscbir.scene import ScalingMode, Scene, apply_scaling
 
@@ -99,10 +100,10 @@ class LiveIndex:
         index = self.get()
         with self._lock:
             if scene_id not in self._scenes:
-                known = {s["scene_id"] for s in index.manifest["scenes"]}
+                known = {s.scene_id for s in index.manifest.scenes}
                 if scene_id not in known:
                     raise ApiError(404, f"no scene {scene_id!r} in this index; indexed: {', '.join(sorted(known))}")
-                self._scenes[scene_id] = Scene.from_dict(index.scene_record(scene_id))
+                self._scenes[scene_id] = Scene.from_dict(index.scene_record(scene_id).doc)
             return self._scenes[scene_id]
 
     def change(self, dates: tuple[str, str]) -> PairChange:
@@ -200,12 +201,12 @@ def scene_boxes(index: Index) -> dict[str, tuple[float, float, float, float]]:
 def footprints(index: Index) -> dict:
     """One lon/lat box per scene, with its id, date and patch count."""
     boxes, features = scene_boxes(index), []
-    for record in index.manifest["scenes"]:
-        scene_id, date = record["scene_id"], record.get("date")
+    for record in index.manifest.scenes:
+        scene_id, date = record.scene_id, record.date
         west, south, east, north = boxes[scene_id]
         ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
         features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                         "properties": {"scene_id": scene_id, "date": date, "patches": record.get("patches"),
+                         "properties": {"scene_id": scene_id, "date": date, "patches": record.patches,
                                         "tooltip": f"{scene_id} ({date})"}})  # fmt: skip
     return {"type": "FeatureCollection", "features": features}
 

@@ -95,12 +95,12 @@ def _scene_layers(live: LiveIndex, date: str | None) -> list:
     index = live.get()
     boxes = scene_boxes(index)
     layers = []
-    for record in index.manifest["scenes"]:
-        if date and record.get("date") != date:
+    for record in index.manifest.scenes:
+        if date and record.date != date:
             continue
-        west, south, east, north = boxes[record["scene_id"]]
-        layers.append(dl.TileLayer(url=f"/api/tiles/{record['scene_id']}/{{z}}/{{x}}/{{y}}.png", bounds=[[south, west], [north, east]],
-                                   maxZoom=22, maxNativeZoom=19, className="imagery", id=f"imagery-{record['scene_id']}"))  # fmt: skip
+        west, south, east, north = boxes[record.scene_id]
+        layers.append(dl.TileLayer(url=f"/api/tiles/{record.scene_id}/{{z}}/{{x}}/{{y}}.png", bounds=[[south, west], [north, east]],
+                                   maxZoom=22, maxNativeZoom=19, className="imagery", id=f"imagery-{record.scene_id}"))  # fmt: skip
     return layers
 
 
@@ -109,11 +109,11 @@ def create_app(index_dir: str | os.PathLike) -> dash.Dash:
     app = dash.Dash(__name__, title="rscbir", update_title=None, serve_locally=True, suppress_callback_exceptions=True)
     live = install(app.server, index_dir)
     index = live.get()
-    dates = sorted({s.get("date") for s in index.manifest["scenes"] if s.get("date")})
-    can_change = bool(index.manifest.get("grid")) and len(dates) >= 2
+    dates = index.manifest.dates
+    can_change = bool(index.manifest.grid) and len(dates) >= 2
     west, south, east, north = index.bounds
     extent = [[south, west], [north, east]]  # the map's `bounds` prop breaks dash-leaflet 1.1 on re-render: centre + zoom instead
-    summary = f"{len(index)} patches, {len(index.manifest['scenes'])} scenes, dates {', '.join(dates) or 'none'}"
+    summary = f"{len(index)} patches, {len(index.manifest.scenes)} scenes, dates {', '.join(dates) or 'none'}"
 
     side = html.Div(
         [

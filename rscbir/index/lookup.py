@@ -10,7 +10,7 @@ written beside its GeoParquet catalog:
                            the ids in that order; a box query reads the cells it covers, never
                            the other patches
 
-Both are read with ``pread`` (:class:`rscbir.rows.NpyRows`): opening costs nothing per patch and a
+Both are read with ``pread`` (:class:`rscbir.index.rows.NpyRows`): opening costs nothing per patch and a
 query copies only the records it touches, so memory stays bounded at any index size. The segment record in the manifest
 holds the scene list with each scene's id ranges, the cell size and the footprint reach.
 Segments written before these files existed get the same arrays built in memory from the catalog.
@@ -29,7 +29,7 @@ import numpy as np
 import shapely
 
 from rscbir.catalog import geodesic_metres
-from rscbir.rows import NpyRows
+from rscbir.index.rows import NpyRows
 
 PATCH = np.dtype([("scene", "<i4"), ("row", "<i4"), ("col", "<i4"), ("box", "<f4", (4,)), ("corners", "<f8", (8,))])
 CELLS_PER_PATCH = 4  # a cell spans about this many patch widths: a small box reads a few cells of ~16 patches

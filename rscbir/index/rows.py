@@ -1,4 +1,5 @@
-"""A few rows of a large ``.npy`` file, read with ``pread`` rather than through a memory map.
+"""Row readers: a few rows of a large ``.npy`` file read with ``pread`` (:class:`NpyRows`), and the segments'
+arrays read as one (:class:`StackedRows`).
 
 A query reads tens of rows out of gigabytes. Through a memory map each row maps the page-cache
 folio around it into the process (on kernels with large folios, up to a megabyte per row), so a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -98,4 +100,53 @@ class NpyRows:
         return np.asarray(whole, dtype=dtype)
 
 
-__all__ = ["NpyRows"]
+class StackedRows:
+    """Rows of several ``(n_i, dim)`` arrays (the segments' memory-mapped files) read as one ``(sum n_i, dim)``
+    array: integer, slice and boolean indexing gather from the parts without joining them in memory."""
+
+    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.dtype = self.parts[0].dtype
+        self.shape = (int(self.offsets[-1]), self.parts[0].shape[1])
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (len(self) if key < 0 else 0)
+            part = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            return self.parts[part][row - self.offsets[part]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                pieces = [p[max(start - o, 0) : max(min(stop - o, len(p)), 0)] for p, o in zip(self.parts, self.offsets)]
+                pieces = [np.asarray(piece) for piece in pieces if len(piece)]
+                return np.concatenate(pieces) if pieces else np.empty((0, self.shape[1]), self.dtype)
+            key = np.arange(start, stop, step)
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for part in np.unique(which):
+            mine = which == part
+            local = rows[mine] - self.offsets[part]
+            order = np.argsort(local)  # memory maps read fastest in file order
+            out[np.flatnonzero(mine)[order]] = self.parts[part][local[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate([np.asarray(p) for p in self.parts])
+        return whole.astype(dtype, copy=False) if dtype is not None else whole
+
+
+def joined(parts: list):
+    """One array for the parts: the part itself when there is one, else a :class:`StackedRows` over them."""
+    return parts[0] if len(parts) == 1 else StackedRows(parts)
+
+
+__all__ = ["NpyRows", "StackedRows", "joined"]

@@ -1,0 +1,34 @@
+"""CNN evidence of change: per-stage feature maps of both dates compared location by location (torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rscbir.models.features import FeatureModel, stage_maps
+
+
+def cnn_distances(model: FeatureModel, before: np.ndarray, after: np.ndarray, scale_before, scale_after,
+                  pixel_maps: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per patch pair: final-stage pooled cosine distance (``cosine``), its mean over stages
+    (``multilayer``) and the per-location distance averaged over locations and stages (``dense``).
+
+    With ``pixel_maps`` also ``dense_map``: (n, h, w) per-location distances of every stage
+    resized to the patch's pixels and averaged, a score at sub-patch resolution."""
+    xb = torch.from_numpy(scale_before(before))
+    xa = torch.from_numpy(scale_after(after))
+    with torch.inference_mode():
+        mb, ma = stage_maps(model, xb), stage_maps(model, xa)
+        pooled = torch.stack([1 - F.cosine_similarity(b.mean(dim=(2, 3)), a.mean(dim=(2, 3)), dim=1) for b, a in zip(mb, ma)], dim=1)
+        located = [1 - F.cosine_similarity(b, a, dim=1, eps=1e-6) for b, a in zip(mb, ma)]
+        dense = torch.stack([d.mean(dim=(1, 2)) for d in located], dim=1)
+        out = {"cosine": pooled[:, -1].numpy(), "multilayer": pooled.mean(dim=1).numpy(), "dense": dense.mean(dim=1).numpy()}
+        if pixel_maps:
+            size = before.shape[-2:]
+            resized = [F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for d in located]
+            out["dense_map"] = torch.stack(resized).mean(dim=0).numpy()
+    return out
+
+
+__all__ = ["cnn_distances"]

@@ -1,0 +1,181 @@
+"""Writing a segment's files: catalog and lookup, vectors (after PCA, optionally centred per scene), augmented
+vectors, and its FAISS index, streamed ``CHUNK`` rows at a time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rscbir.index.faiss_types import EXACT_LIMIT, add_in_chunks, auto_index_type, build_faiss, train_faiss, train_faiss_probe, write_faiss
+from rscbir.index.layout import CHUNK
+from rscbir.index.lookup import SegmentLookup
+from rscbir.index.rows import StackedRows
+from rscbir.index.segment import UNREADABLE, Segment, corrupt
+from rscbir.index.commit import Generation
+from rscbir.index.manifest import Trained
+from rscbir.index.reader import Index
+from rscbir.models.whitening import PCAWhitening
+from rscbir.rerank import augment_database, normalise
+from rscbir.store import EmbeddingStore
+
+def write_catalog(frame: pd.DataFrame, folder: Path, names: dict) -> dict:
+    """A segment's patch rows as GeoParquet (row groups of ``CHUNK``, so a reader can fetch rows by id) and its lookup
+    arrays; returns the lookup's manifest record."""
+    frame = gpd.GeoDataFrame(frame.drop(columns=["vector"], errors="ignore"), geometry="geometry", crs="EPSG:4326")
+    frame.to_parquet(folder / names["catalog"], index=False, row_group_size=CHUNK)
+    return SegmentLookup.from_catalog(frame).save(folder, names)
+
+
+def merge_catalogs(path: Path, parts: list[tuple[Segment, np.ndarray]], names: dict) -> dict:
+    """The catalog and lookup of the kept ``rows`` of each segment, in order (compaction, removal), streamed: one
+    segment's Arrow table in memory at a time, the lookup merged from the segments' lookups. Returns its record."""
+    lookup = SegmentLookup.merge([(segment.lookup, rows) for segment, rows in parts])
+    writer = None
+    try:
+        for segment, rows in parts:
+            source = path / segment.record.files["catalog"]
+            try:
+                table = pq.read_table(source).take(pa.array(rows))
+            except UNREADABLE as exc:
+                raise corrupt(source, exc) from None
+            if writer is None:  # GeoParquet metadata of the first part, with the merged bbox
+                meta = dict(table.schema.metadata or {})
+                if b"geo" in meta:
+                    geo = json.loads(meta[b"geo"])
+                    for column in geo.get("columns", {}).values():
+                        if "bbox" in column:
+                            column["bbox"] = list(lookup.bounds)
+                    meta[b"geo"] = json.dumps(geo).encode()
+                writer = pq.ParquetWriter(path / names["catalog"], table.schema.with_metadata(meta))
+            writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=CHUNK)
+    finally:
+        if writer is not None:
+            writer.close()
+    return lookup.save(path, names)
+
+
+@dataclass(frozen=True)
+class StagedScene:
+    """A scene embedded into ``.staging/`` and waiting for its segment: its manifest record, store and folder."""
+
+    record: dict
+    store: EmbeddingStore
+    folder: Path
+
+
+def write_vectors_and_catalog(path: Path, names: dict, staged: Sequence[StagedScene], dtype: np.dtype, pca: PCAWhitening | None,
+                              centre_scenes: bool = False) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """The new segment's vectors (memory-mapped, after PCA), catalog and lookup, from the staged scenes; returns the
+    vectors and the lookup's manifest record."""
+    count = sum(len(s.store.vectors) for s in staged)
+    dim = pca.dim if pca is not None else staged[0].store.vectors.shape[1]
+    vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=dtype, shape=(count, dim))
+    offset = 0
+    for scene in staged:
+        stored = scene.store.vectors
+
+        def project(start: int) -> np.ndarray:
+            chunk = np.asarray(stored[start : start + CHUNK], dtype=np.float32)
+            return pca.transform(chunk) if pca is not None else chunk
+
+        shift = 0.0
+        if centre_scenes and len(stored):  # each scene's mean direction, what the whole date shares
+            shift = sum(project(start).sum(axis=0) for start in range(0, len(stored), CHUNK)) / len(stored)
+        for start in range(0, len(stored), CHUNK):
+            chunk = project(start)
+            if centre_scenes:
+                chunk = normalise(chunk - shift)
+            vectors[offset + start : offset + start + len(chunk)] = chunk
+        offset += len(stored)
+    vectors.flush()
+    return vectors, write_catalog(pd.concat([s.store.catalog for s in staged], ignore_index=True), path, names)
+
+
+def write_augmented(target: Path, everything: np.ndarray, first_new: int, k: int, existing: Index | None = None) -> np.ndarray:
+    """Augmented vectors of the rows from ``first_new`` on, with neighbours among ``everything`` (old and new rows).
+
+    Small indexes search exactly. Past ``EXACT_LIMIT`` an append asks the existing segments' FAISS
+    indexes for candidates and re-scores them on the plain vectors, with an exact (or FAISS) search
+    among the new rows: it reads what it needs and builds nothing over the old rows.
+    """
+    total = len(everything)
+    neighbours = None
+    if total > EXACT_LIMIT:
+        new_rows = everything[first_new:] if isinstance(everything, StackedRows) else np.asarray(everything[first_new:])
+        if existing is None or first_new == 0:
+            helper = build_faiss(everything, auto_index_type(total))
+            if isinstance(helper, faiss.IndexHNSW):  # neighbours to average need not be exact: the query-time
+                helper.hnsw.efSearch = 128  # efSearch (512 at 1M) would more than double the build
+            neighbours = helper.search
+        else:
+            neighbours = _append_neighbours(existing, np.asarray(new_rows, np.float32), first_new)
+    augmented = np.lib.format.open_memmap(target, mode="w+", dtype=everything.dtype, shape=(total - first_new, everything.shape[1]))
+    new_rows = np.arange(first_new, total)
+    for start in range(0, len(new_rows), CHUNK):
+        rows = new_rows[start : start + CHUNK]
+        augmented[start : start + len(rows)] = augment_database(everything, k, rows, neighbours)
+    augmented.flush()
+    return augmented
+
+
+def _append_neighbours(existing: Index, new_vectors: np.ndarray, first_new: int):
+    """``neighbours(queries, k) -> (scores, ids)`` over old rows (the index's own search, re-scored on plain vectors)
+    and new rows (a FAISS index over the new rows only: exact up to ``EXACT_LIMIT``)."""
+    new_search = build_faiss(new_vectors, auto_index_type(len(new_vectors))).search
+
+    def neighbours(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _, candidates = existing.search(queries, 4 * k)  # ranked on the searched (augmented) vectors
+        valid = candidates >= 0
+        plain = np.asarray(existing.vectors[np.where(valid, candidates, 0).ravel()], np.float32).reshape(*candidates.shape, -1)
+        old_scores = np.where(valid, np.einsum("qd,qcd->qc", queries, plain), -np.inf)
+        new_scores, new_ids = new_search(queries, min(k, len(new_vectors)))
+        scores = np.concatenate([old_scores, new_scores], axis=1)
+        ids = np.concatenate([candidates, np.where(new_ids >= 0, new_ids + first_new, -1)], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+
+    return neighbours
+
+
+def segment_faiss(change: Generation, vectors: np.ndarray, factory: str, trained: Trained | None, number: int,
+                  retrain: bool = False, training: np.ndarray | None = None) -> tuple[faiss.Index, Trained | None]:  # fmt: skip
+    """The FAISS index of a segment, and the trained empty index the manifest records from now on.
+
+    Types that need training (IVF, PQ, SQ) train once, on a sample of ``training`` (every vector
+    of the index, old and new; default ``vectors``), and every later segment starts from that
+    trained empty index (``trained-N.faiss``, written as part of ``change``): one coarse quantizer for all
+    segments, so a search over the segments ranks as one index would. ``retrain`` (compaction) trains again.
+    """
+    if train_faiss_probe(vectors.shape[1], factory).is_trained:
+        return build_faiss(vectors, factory), trained
+    if retrain or trained is None or trained.factory != factory:
+        trained = Trained(f"trained-{number:06d}.faiss", factory)
+        change.add(trained.file)
+        write_faiss(train_faiss(training if training is not None else vectors, factory), change.path / trained.file)
+    return add_in_chunks(faiss.read_index(str(change.path / trained.file)), vectors), trained
+
+
+def copy_rows(target: Path, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim: int, dtype) -> np.ndarray:
+    """A memory-mapped file of the ``rows`` of each ``(array, rows)`` part, in order, copied in blocks."""
+    total = sum(len(rows) for _, rows in parts)
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(total, dim))
+    offset = 0
+    for source, rows in parts:
+        for start in range(0, len(rows), CHUNK):
+            block = rows[start : start + CHUNK]
+            out[offset : offset + len(block)] = source[block]
+            offset += len(block)
+    out.flush()
+    return out
+
+
+__all__ = ["StagedScene", "write_catalog", "merge_catalogs", "write_vectors_and_catalog", "write_augmented", "segment_faiss", "copy_rows"]

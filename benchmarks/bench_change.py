@@ -20,12 +20,17 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 WORK = HERE / "_work"
 
 
 def tables(result: dict, label: str, seconds: float) -> list[str]:
+    from rscbir.evaluate import figure_key
+
     methods, cuts = result["methods"], result["cuts"]
     lines = [
         f"\n### {label} ({seconds:.0f} s)\n",
@@ -35,16 +40,16 @@ def tables(result: dict, label: str, seconds: float) -> list[str]:
     ]
     for cut in cuts:
         for method in methods:
-            m = result["pooled"][f"{method}@{cut:g}"]
+            m = result["pooled"][figure_key(method, cut)]
             lines.append(f"| {method} | > {cut:g} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['auc']:.3f} |")
     lines += ["", "Per city, patch changed at > 5 % changed pixels (AUC / F1):\n",
               "| city | changed patches | " + " | ".join(methods) + " | best AUC |",
               "|---|---:|" + "---:|" * len(methods) + "---|"]  # fmt: skip
     for city, r in result["cities"].items():
-        cells = [f"{r[f'{m}@0.05']['auc']:.3f} / {r[f'{m}@0.05']['f1']:.3f}" for m in methods]
-        best = max(methods, key=lambda m: r[f"{m}@0.05"]["auc"])
-        lines.append(f"| {city} | {r[f'{methods[0]}@0.05']['changed_patches']} of {r['patches']} | " + " | ".join(cells) + f" | {best} |")
-    wins = {m: sum(r[f"{m}@0.05"]["auc"] > r["cva@0.05"]["auc"] for r in result["cities"].values()) for m in methods if m != "cva"}
+        cells = [f"{r[figure_key(m, 0.05)]['auc']:.3f} / {r[figure_key(m, 0.05)]['f1']:.3f}" for m in methods]
+        best = max(methods, key=lambda m: r[figure_key(m, 0.05)]["auc"])
+        lines.append(f"| {city} | {r[figure_key(methods[0], 0.05)]['changed_patches']} of {r['patches']} | " + " | ".join(cells) + f" | {best} |")
+    wins = {m: sum(r[figure_key(m, 0.05)]["auc"] > r[figure_key("cva", 0.05)]["auc"] for r in result["cities"].values()) for m in methods if m != "cva"}
     lines.append("\nCities where the method's AUC beats CVA (5 % cut): " + ", ".join(f"{m} {n}/10" for m, n in wins.items()) + ".")
     return lines
 
@@ -78,8 +83,7 @@ def main() -> None:
         label = "CNN on all 13 bands (inflated first convolution)" if all_bands else "CNN on RGB (B04 B03 B02)"
         lines += tables(result, label, seconds)
         print("\n".join(lines[-30:]), flush=True)
-    with open(HERE / "results.md", "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    record("\n".join(lines), "change_oscd")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ CANDIDATES = {
 
 def city_areas(city: str) -> tuple[list[dict], dict]:
     from rscbir import change as ch
-    from rscbir.evaluate import oscd_labels_on
+    from rscbir.datasets.oscd import oscd_labels_on
     from rscbir.models.options import ModelOptions
     from rscbir.presets import SceneOptions
     from rscbir.tiling import TilingConfig

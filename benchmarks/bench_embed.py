@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 NAIP = DATA / "naip_timeseries" / "m_4709963_se_14_1_20090818.tif"
@@ -178,8 +181,7 @@ def main() -> None:
         "",
         *summary,
     ]
-    with open(HERE / "results.md", "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    record("\n".join(lines), "embed", [dict(zip(("kind", "name", "value"), r)) for r in rows])
     print(summary[0])
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 
@@ -78,7 +81,7 @@ def evaluate(vectors: np.ndarray, labels: np.ndarray, model: str) -> tuple[float
 
 def main() -> None:
     from rscbir.embed import embed_images
-    from rscbir.images import LabelledImages
+    from rscbir.datasets.scene_sets import LabelledImages
     from rscbir.models.load import configure_threads, model_for_images
     from rscbir.models.options import ModelOptions
     from rscbir.models.whitening import PCAWhitening
@@ -107,9 +110,7 @@ def main() -> None:
         "|---|---|---:|---:|",
         *(f"| {name} | {model} | {m:.3f} | {p:.3f} |" for name, model, m, p in rows),
     ]
-    with open(HERE / "results.md", "a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print("appended to results.md")
+    record("\n".join(lines), "feedback", [dict(zip(("re_ranking", "model", "map", "p_at_10"), r)) for r in rows])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_query import WORK, append_results, jitter, real_corpus  # noqa: E402
+from bench_query import WORK, jitter, real_corpus  # noqa: E402
+from record import record  # noqa: E402
 
 SCENE = 100  # patches per side of a synthetic scene
 STEP = 0.0029  # degrees: about 320 m at 47 N
@@ -155,6 +156,12 @@ def measure(folder: Path, queries: int, kind: str) -> dict:
     }  # fmt: skip
 
 
+def scale_title(args) -> str:
+    """The results.md heading of one configuration (a rerun of it replaces its section)."""
+    sizes = ", ".join(f"{s // 1_000_000}M" if s % 1_000_000 == 0 else f"{s:,}" for s in args.sizes)
+    return f"Index at scale: {sizes} patches, {args.segments} append(s), augment {args.augment}, {args.fill} fill"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
@@ -226,7 +233,7 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
     lines = [
-        f"\n## Index at scale: segments ({dt.date.today().isoformat()})\n",
+        f"\n## {scale_title(args)} ({dt.date.today().isoformat()})\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `python benchmarks/bench_index_scale.py --sizes "
         f"{' '.join(map(str, args.sizes))} --augment {args.augment} --segments {args.segments} --fill {args.fill}`. "
         + (f"{len(real)} real Lite0 vectors (NAIP, 128-d) + synthetic fill (jittered copies); " if args.fill == "jitter" else
@@ -248,7 +255,7 @@ def main() -> None:
           f"| {100 * r['bbox_k_hits']:.0f} % | {r['recall_at_10']:.3f} / {r['score_recall_at_10']:.3f} |" for r in results),
         "",
     ]  # fmt: skip
-    append_results("\n".join(lines))
+    record("\n".join(lines), "index_scale_" + "_".join(map(str, args.sizes)) + f"_a{args.augment}_s{args.segments}_{args.fill}", results)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_index_scale import fill  # noqa: E402
-from bench_query import WORK, append_results, real_corpus  # noqa: E402
+from bench_query import WORK, real_corpus  # noqa: E402
+from record import record  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -106,7 +107,7 @@ def main() -> None:
     for p in paths.values():
         p.unlink()
     lines = [
-        f"\n## FAISS types for a large index ({dt.date.today().isoformat()})\n",
+        f"\n## FAISS types at {args.size // 1_000_000}M: {args.fill} fill ({dt.date.today().isoformat()})\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `python benchmarks/bench_index_types.py --size {args.size} "
         f"--fill {args.fill} --types {' '.join(args.types)}`. Opened memory-mapped in a fresh process; SQ/PQ re-rank 40 candidates "
         "on the stored vectors; 200 queries one at a time; recall@10 against exact search. Resident MiB after opening and after "
@@ -117,7 +118,7 @@ def main() -> None:
           f"| {r['p50_ms']:.2f} / {r['p95_ms']:.2f} | {r['open_mib']:.0f} | {r['after_mib']:.0f} |" for r in rows),
         "",
     ]  # fmt: skip
-    append_results("\n".join(lines))
+    record("\n".join(lines), f"index_types_{args.size}_{args.fill}", rows)
 
 
 if __name__ == "__main__":

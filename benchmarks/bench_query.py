@@ -24,6 +24,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 WORK = HERE / "_work"
@@ -63,14 +66,6 @@ def real_corpus(dim: int) -> tuple[np.ndarray, float]:
     sims = real[:2000] @ real[:2000].T
     np.fill_diagonal(sims, -1)
     return real, float(np.median(np.sqrt(np.maximum(0, 2 - 2 * sims.max(axis=1)))))
-
-
-def append_results(text: str) -> None:
-    """Print a benchmark's section and append it to results.md."""
-    print(text)
-    with open(HERE / "results.md", "a") as handle:
-        handle.write(text)
-    print("appended to results.md")
 
 
 def jitter(vectors: np.ndarray, n: int, scale: float, rng) -> np.ndarray:
@@ -163,9 +158,7 @@ def main() -> None:
         "|---:|---|---:|---:|",
         *(f"| {n} | {f} | {qe:.3f} | {fb:.3f} |" for n, f, qe, fb in rerank),
     ]
-    with open(HERE / "results.md", "a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print("appended to results.md")
+    record("\n".join(lines), "query", [dict(zip(("n", "factory", "build_s", "latency_ms", "recall", "memory_mib"), r)) for r in rows])
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 WORK = HERE / "_work"
@@ -133,8 +136,7 @@ def main() -> None:
     ]
     if skipped:
         lines += ["", "Not measured:", *(f"- {label}: {reason}" for label, reason in skipped)]
-    with open(HERE / "results.md", "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    record("\n".join(lines), "retrieval", [{"label": label, "result": r, "command": cmd} for label, r, cmd in rows])
     print("\n".join(lines))
 
 

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 WORK = HERE / "_work"
@@ -107,8 +110,7 @@ def main() -> None:
         f"{patches / total_cluster:.1f} patches/s (ratio {total_local / total_cluster:.2f}; "
         f"{patches / (total_cluster + startup):.1f} patches/s counting start-up).",
     ]
-    with open(HERE / "results.md", "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    record("\n".join(lines), "scale", [dict(zip(("n", "how", "patches", "seconds"), r)) for r in rows])
     print("\n".join(lines[-1:]))
 
 

@@ -31,7 +31,7 @@ DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 NAIP = DATA / "naip_timeseries" / "m_4709963_se_14_1_{}.tif"
 RSCBIR = [sys.executable, "-m", "rscbir"]
 sys.path.insert(0, str(HERE))
-from bench_query import append_results  # noqa: E402
+from record import record  # noqa: E402
 
 
 def free_port() -> int:
@@ -114,7 +114,7 @@ def main() -> None:
             "",
         ]
     )
-    append_results(text)
+    record(text, "serve")
     if ok != total or tiles_ok != total:
         sys.exit(f"{total - ok} queries and {total - tiles_ok} tiles failed")
 

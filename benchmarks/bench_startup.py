@@ -26,7 +26,7 @@ DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 NAIP = DATA / "naip_timeseries" / "m_4709963_se_14_1_20090818.tif"
 RSCBIR = [sys.executable, "-m", "rscbir"]
 sys.path.insert(0, str(HERE))
-from bench_query import append_results  # noqa: E402
+from record import record  # noqa: E402
 
 
 def small_index(folder: Path) -> Path:
@@ -79,7 +79,7 @@ def main() -> None:
             "",
         ]
     )
-    append_results(text)
+    record(text, "startup", {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)} for name, t in times.items()})
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("RSCBIR_DATA", HERE.parents[1] / "shared" / "data"))
 WORK = HERE / "_work"
@@ -133,9 +136,7 @@ def main() -> None:
         "|---:|---|---:|---:|---:|---:|",
         *(f"| {n} | {mode} | {count} | {sec:.2f} | {rate:.0f} | {rss:.0f} |" for n, mode, count, sec, rate, rss in rows),
     ]
-    with open(HERE / "results.md", "a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print(f"appended to {HERE / 'results.md'}")
+    record("\n".join(lines), "tiling", [dict(zip(("n", "mode", "patches", "seconds", "patches_per_s", "peak_rss_mib"), r)) for r in rows])
 
 
 if __name__ == "__main__":

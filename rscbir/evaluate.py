@@ -12,30 +12,26 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import rasterio
-from affine import Affine
-from PIL import Image
-from rasterio.errors import NotGeoreferencedWarning
 
 from rscbir.change.pairs import cosine_distance
+from rscbir.datasets.oscd import RGB_BANDS, city_pair, city_scene, find_change_sets, oscd_change_fraction, oscd_labels_on
+from rscbir.datasets.pairs import pair_label, pair_names, pair_scenes
 from rscbir.change import PIXEL_THRESHOLD, ChangeMethod, PixelRegularisation, pixel_change_mask, score_change, score_scenes
 from rscbir.defaults import DEFAULT_AUGMENT, DEFAULT_DIM
 from rscbir.embed import EmbedOptions, embed_images
-from rscbir.errors import InvalidSceneError, LabelError
+from rscbir.errors import LabelError
 from rscbir.models.features import FeatureModel
-from rscbir.images import IMAGE_SUFFIXES, LabelledImages
+from rscbir.datasets.scene_sets import LabelledImages
 from rscbir.models.load import load_feature_model, model_for_images, model_for_scenes
 from rscbir.models.options import ModelOptions
 from rscbir.metrics import RankingScores, precision_recall_f1, roc_auc
 from rscbir.models.whitening import PCAWhitening
 from rscbir.index import build_index
 from rscbir.rerank import QueryExpansion, augment_database, feedback_vector
-from rscbir.scene import Scene
 from rscbir.thresholds import Threshold
 from rscbir.tiling import TilingConfig, aligned_grid
 
@@ -146,34 +142,6 @@ def _feedback_scores(vectors, database, labels, rows, sims, top_n: int) -> np.nd
 # ---------------------------------------------------------------------- change
 
 
-def oscd_labels_on(city_dir: Path, grid) -> np.ndarray:
-    """The OSCD change mask (bool, value 2) cut to ``grid``, a window of date 1's 10 m grid.
-
-    The label raster has no CRS of its own: it lies on the 10 m grid of date 1,
-    whose transform is B02's.
-    """
-    b02 = next((city_dir / "imgs_1").glob("*_B02.tif"))
-    with rasterio.open(b02) as ref:
-        transform = ref.transform
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(next((city_dir / "cm").glob("*-cm.tif"))) as cm:
-            changed = cm.read(1) == 2
-    col0 = int(round((grid.transform.c - transform.c) / transform.a))
-    row0 = int(round((grid.transform.f - transform.f) / transform.e))
-    return changed[row0 : row0 + grid.height, col0 : col0 + grid.width]
-
-
-def oscd_change_fraction(city_dir: Path, frame, grid) -> np.ndarray:
-    """Fraction of labelled-change pixels (value 2) in each patch of ``frame`` (windows on ``grid``)."""
-    changed = oscd_labels_on(city_dir, grid)
-    fractions = []
-    for r in frame.itertuples():
-        window = changed[r.row_off : r.row_off + r.height, r.col_off : r.col_off + r.width]
-        fractions.append(float(window.mean()) if window.size else np.nan)
-    return np.asarray(fractions)
-
-
 def evaluate_change_oscd(
     root: str | os.PathLike,
     cities: Sequence[str] | None = None,
@@ -205,15 +173,15 @@ def evaluate_change_oscd(
     for city in cities:
         city_dir = root / city
         if model is None:
-            model = load_feature_model(["B04", "B03", "B02"] if not all_bands else _oscd_scene(city_dir, 1).band_names,
-                                       rgb=["B04", "B03", "B02"], all_bands=all_bands, input_size=input_size)  # fmt: skip
+            model = load_feature_model(list(RGB_BANDS) if not all_bands else city_scene(city_dir, 1).band_names,
+                                       rgb=list(RGB_BANDS), all_bands=all_bands, input_size=input_size)  # fmt: skip
         scores, grid = _score_oscd_city(city_dir, model, tiling, all_bands, dense)
         fraction = oscd_change_fraction(city_dir, scores.patches, grid)
         result = {"patches": int(len(fraction)), "changed_pixel_share": float(np.nanmean(fraction))}
         predictions = {m: scores.score(m) > threshold.value(scores.score(m)) for m in methods}
         for method in methods:
             for cut in cuts:
-                result[f"{method}@{cut:g}"] = {**_figures(scores.score(method), predictions[method], fraction > cut),
+                result[figure_key(method, cut)] = {**_figures(scores.score(method), predictions[method], fraction > cut),
                                                "changed_patches": int((fraction > cut).sum()),
                                                "flagged": int(predictions[method].sum())}  # fmt: skip
         patch_parts.append((fraction, {m: (scores.score(m), predictions[m]) for m in methods}))
@@ -225,11 +193,11 @@ def evaluate_change_oscd(
                 valid = np.isfinite(values)
                 v, t = smoothed[valid], truth[valid]
                 pixels[method] = (v, t, mask[valid])
-                result[f"pixel:{method}"] = _figures(v, mask[valid], t)
+                result[figure_key(method)] = _figures(v, mask[valid], t)
             pixel_parts.append(pixels)
         per_city[city] = result
         if progress:
-            progress(f"{city}: " + ", ".join(f"{m} AUC {result[f'{m}@0.05']['auc']:.3f}" for m in methods))
+            progress(f"{city}: " + ", ".join(f"{m} AUC {result[figure_key(m, 0.05)]['auc']:.3f}" for m in methods))
     pooled = _pooled_figures(patch_parts, pixel_parts, methods, cuts)
     city_mean = {key: {m: float(np.nanmean([per_city[c][key][m] for c in per_city])) for m in ("precision", "recall", "f1", "auc")}
                  for key in next(iter(per_city.values())) if isinstance(next(iter(per_city.values()))[key], dict)}  # fmt: skip
@@ -238,18 +206,17 @@ def evaluate_change_oscd(
             "dense": dense, "all_bands": all_bands, "methods": methods, "cuts": list(cuts)}  # fmt: skip
 
 
-def _oscd_scene(city_dir: Path, date: int) -> Scene:
-    if not (city_dir / f"imgs_{date}").is_dir():
-        raise InvalidSceneError(f"{city_dir}: not an OSCD city folder (imgs_1/, imgs_2/, cm/)")
-    return Scene.open(city_dir / f"imgs_{date}")
+def figure_key(method: str, cut: float | None = None) -> str:
+    """The key of one figure set in a change evaluation: ``fusion@0.05`` (patch level, changed above ``cut``) or
+    ``pixel:fusion`` (pixel level, ``cut`` None). The one place the key is spelled; readers call it too."""
+    return f"pixel:{method}" if cut is None else f"{method}@{cut:g}"
 
 
 def _score_oscd_city(city_dir: Path, model: FeatureModel, tiling: TilingConfig, all_bands: bool, dense: bool):
     """Change scores of one OSCD city (CNN on RGB or all bands, CVA on all 13) and its common grid."""
-    before_all, after_all = _oscd_scene(city_dir, 1), _oscd_scene(city_dir, 2)
-    after_all = after_all.select(before_all.band_names)
+    before_all, after_all = city_pair(city_dir)
     grid = aligned_grid([before_all, after_all])
-    bands = before_all.band_names if all_bands else ["B04", "B03", "B02"]
+    bands = before_all.band_names if all_bands else list(RGB_BANDS)
     before, after = before_all.select(bands), after_all.select(bands)
     scores = score_change(before, after, model, tiling, grid, spectral=(before_all, after_all), pixel_maps=dense)
     return scores, grid
@@ -268,10 +235,10 @@ def _pooled_figures(patch_parts, pixel_parts, methods, cuts) -> dict:
         values = np.concatenate([parts[method][0] for _, parts in patch_parts])
         predicted = np.concatenate([parts[method][1] for _, parts in patch_parts])
         for cut in cuts:
-            pooled[f"{method}@{cut:g}"] = _figures(values, predicted, fraction > cut)
+            pooled[figure_key(method, cut)] = _figures(values, predicted, fraction > cut)
     for method in pixel_parts[0] if pixel_parts else []:
         values, truth, predicted = (np.concatenate([city[method][i] for city in pixel_parts]) for i in range(3))
-        pooled[f"pixel:{method}"] = _figures(values, predicted, truth)
+        pooled[figure_key(method)] = _figures(values, predicted, truth)
     return pooled
 
 
@@ -294,10 +261,9 @@ def evaluate_same_place(
     with tempfile.TemporaryDirectory(prefix="rscbir-same-place-") as tmp:
         for city in cities:
             city_dir = root / city
-            before, after = _oscd_scene(city_dir, 1), _oscd_scene(city_dir, 2)
-            after = after.select(before.band_names)
-            model, (before, after) = model_for_scenes([before.select(["B04", "B03", "B02"]), after.select(["B04", "B03", "B02"])],
-                                                      None, model_options)  # fmt: skip
+            before, after = city_pair(city_dir)
+            model, (before, after) = model_for_scenes([before.select(list(RGB_BANDS)), after.select(list(RGB_BANDS))], None,
+                                                      model_options)  # fmt: skip
             index, _ = build_index(Path(tmp) / city, [before, after], model, tiling, align=True, options=embed_options,
                                    augment=0, centre_scenes=centre_scenes)  # fmt: skip
             rows_a, _, va, vb = index.co_located(before.scene_id, after.scene_id)
@@ -317,23 +283,6 @@ def evaluate_same_place(
             "patch_size": tiling.to_dict()["patch_size"]}  # fmt: skip
 
 
-def find_change_sets(root: str | os.PathLike) -> list[str]:
-    """Names of the OSCD-style city folders under ``root`` that hold labels (``imgs_1/``, ``imgs_2/``, ``cm/``)."""
-    root = Path(root)
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "imgs_1").is_dir() and (d / "imgs_2").is_dir()
-                   and (d / "cm").is_dir())  # fmt: skip
-    if not found:
-        raise LabelError(f"{root}: no city folder with imgs_1/, imgs_2/ and cm/ below it")
-    return found
-
-
-# ------------------------------------------------------------ bi-temporal image pairs
-def is_pair_layout(root: str | os.PathLike) -> bool:
-    """Whether ``root`` holds the common bi-temporal layout ``A/``, ``B/``, ``label/`` (LEVIR-CD, DSIFN)."""
-    root = Path(root)
-    return all((root / name).is_dir() for name in ("A", "B", "label"))
-
-
 def evaluate_change_pairs(
     root: str | os.PathLike,
     model_options: ModelOptions = ModelOptions(),
@@ -347,20 +296,13 @@ def evaluate_change_pairs(
     its pixel mask (and CVA's, for comparison). Plain PNG pairs get a nominal 1 m grid for the pipeline; label
     pixels above 0 are change."""
     root, pixel_threshold = Path(root), Threshold.parse(pixel_threshold)
-    names = sorted(p.name for p in (root / "A").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    missing = [n for n in names if not (root / "B" / n).is_file() or not (root / "label" / n).is_file()]
-    if not names or missing:
-        raise LabelError(f"{root}: needs the same file names in A/, B/ and label/ (missing: {', '.join(missing[:3]) or 'all'})")
+    names = pair_names(root)
     parts: dict[str, list] = {}
     per_image, notes = {}, {}
     with tempfile.TemporaryDirectory(prefix="rscbir-pairs-") as tmp:
         for name in names:
-            before, after = (_nominal_scene(root / side / name, Path(tmp) / f"{side}_{Path(name).stem}.tif", date)
-                             for side, date in (("A", "20000101"), ("B", "20010101")))  # fmt: skip
-            truth = np.asarray(Image.open(root / "label" / name).convert("L")) > 0
-            if truth.shape != before.grid.shape:
-                raise LabelError(f"{root / 'label' / name}: label is {truth.shape[1]} x {truth.shape[0]} px, the images are "
-                                 f"{before.grid.shape[1]} x {before.grid.shape[0]}; labels must cover the image pixel for pixel")  # fmt: skip
+            before, after = pair_scenes(root, name, tmp)
+            truth = pair_label(root, name, before.grid.shape)
             if not truth.any():
                 notes[name] = "no change pixels in the label: recall and AUC are undefined (NaN); precision counts false alarms"
             scores = score_scenes(before, after, TilingConfig(patch_size, edge="pad"), method, model_options, pixel_maps=True)
@@ -386,14 +328,3 @@ def _nan_mean(values) -> float:
     """Mean of the defined values; NaN (without a warning) when none is."""
     values = np.asarray(values, dtype=np.float64)
     return float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
-
-
-def _nominal_scene(png: Path, target: Path, date: str) -> Scene:
-    """An RGB image file as a GeoTIFF on a nominal 1 m grid (EPSG:3857 at the origin), opened as a scene of ``date``
-    (nominal too: pairs carry no dates, and change needs two)."""
-    pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)
-    with rasterio.open(target, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1], count=3, dtype="uint8",
-                       crs="EPSG:3857", transform=Affine(1, 0, 0, 0, -1, pixels.shape[1])) as dst:  # fmt: skip
-        dst.write(pixels)
-        dst.descriptions = ("R", "G", "B")
-    return Scene.open(target, band_names=["R", "G", "B"], scaling="divide:255", date=date)

@@ -124,7 +124,7 @@ NAIP = "naip_timeseries/m_4709963_se_14_1_{}.tif"
 
 
 def test_oscd_flagged_patches_hold_more_change_than_base_rate(real_data):
-    from rscbir.evaluate import oscd_change_fraction
+    from rscbir.datasets.oscd import oscd_change_fraction
     from rscbir.tiling import aligned_grid
 
     city = real_data / "oscd" / "rennes"

@@ -11,7 +11,8 @@ from rscbir.cli import cli
 from rscbir.embed import EmbeddingStore, EmbedOptions, embed_scenes
 from rscbir.evaluate import retrieval_metrics
 from rscbir.errors import ModelError
-from rscbir.images import LabelledImages, load_image
+from rscbir.datasets.scene_sets import LabelledImages
+from rscbir.images import load_image
 from rscbir.models.checkpoint import save_checkpoint
 from rscbir.models import finetune as ft
 from rscbir.models.load import load_feature_model

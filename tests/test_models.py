@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from rscbir.errors import ModelError, WeightsError
 from rscbir.models.backbones import BACKBONES, load_backbone
 from rscbir.models.features import FeatureModel, InputSpec, resolve_input
-from rscbir.models.backbones import _load_into, read_state_dict
+from rscbir.models.backbones import load_state_into, read_state_dict
 from rscbir.models.features import inflate_first_conv
 from rscbir.models.load import load_feature_model
 
@@ -31,7 +31,7 @@ def test_weights_are_imagenet_weights(photo, classes):
     spec = BACKBONES["efficientnet_lite0"]
     path, _ = spec.default_weights()
     classifier = spec.build()
-    _load_into(classifier, read_state_dict(path), spec, path)
+    load_state_into(classifier, read_state_dict(path), spec, path)
     image = torch.from_numpy(getattr(skimage_data, photo)()[..., :3].copy()).permute(2, 0, 1).float()[None] / 255
     x = (F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True) - 0.5) / 0.5
     with torch.no_grad():
@@ -151,7 +151,7 @@ def test_imagenet_features_separate_rsscn7_far_above_random_weights(real_data):
     """
     from rscbir.embed import embed_images
     from rscbir.evaluate import retrieval_metrics
-    from rscbir.images import LabelledImages
+    from rscbir.datasets.scene_sets import LabelledImages
 
     images = LabelledImages.scan(real_data / "rsscn7")
     images = images.subset([i for c in range(7) for i in np.flatnonzero(images.labels == c)[:20]])

@@ -40,7 +40,7 @@ def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, h
     mAP over the full ranking, P@5, P@10, P@50; with --feedback also after one feedback round."""
     from rscbir.export import write_text
     from rscbir.evaluate import evaluate_retrieval
-    from rscbir.images import LabelledImages
+    from rscbir.datasets.scene_sets import LabelledImages
     from rscbir.models.load import configure_threads
     from rscbir.rerank import QueryExpansion
 
@@ -81,7 +81,8 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
     baseline, a patch counted as changed above 0 %, 5 % and 25 % changed pixels (--dense: pixel level too).
     Or DIR holds image pairs A/, B/, label/ (LEVIR-CD, DSIFN): pixel-level figures of fusion and CVA."""
     from rscbir.export import write_text
-    from rscbir.evaluate import evaluate_change_oscd, evaluate_change_pairs, is_pair_layout
+    from rscbir.datasets.pairs import is_pair_layout
+    from rscbir.evaluate import evaluate_change_oscd, evaluate_change_pairs, figure_key
     from rscbir.models.load import configure_threads
 
     configure_threads()
@@ -103,14 +104,14 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
     for cut in result["cuts"]:
         click.echo(f"  patch changed at > {cut:g} changed pixels:")
         for method in result["methods"]:
-            m = result["pooled"][f"{method}@{cut:g}"]
+            m = result["pooled"][figure_key(method, cut)]
             click.echo(f"    {method:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}")
-    pixel = [k for k in result["pooled"] if k.startswith("pixel:")]
+    pixel = [method for method in result["methods"] if figure_key(method) in result["pooled"]]
     if pixel:
         click.echo(f"  pixel level ({result['pixel_threshold']} per city, smoothing {result['smooth_px']} px, areas >= {result['min_pixels']} px):")
-        for key in pixel:
-            m, c = result["pooled"][key], result["mean_of_cities"][key]
-            click.echo(f"    {key[6:]:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
+        for method in pixel:
+            m, c = result["pooled"][figure_key(method)], result["mean_of_cities"][figure_key(method)]
+            click.echo(f"    {method:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
                        f"(mean of cities: F1 {c['f1']:.3f}  AUC {c['auc']:.3f})")
     if json_path:
         write_text(json.dumps(result, indent=1), json_path)

@@ -40,7 +40,7 @@ def finetune(ctx, sources, output, scene_opts, tiling, resampling, model_opts, l
     The checkpoint records backbone, head, band mapping and normalisation and
     is used with --weights by embed, eval and index.
     """
-    from rscbir.images import LabelledImages, is_image_folder
+    from rscbir.datasets.scene_sets import LabelledImages, is_image_folder
     from rscbir.models import finetune as ft
     from rscbir.models.checkpoint import save_checkpoint
     from rscbir.models.load import configure_threads, model_for_images, model_for_scenes

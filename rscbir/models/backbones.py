@@ -225,7 +225,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 _HEAD_PREFIXES = ("fc.", "classifier.", "head.")
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], spec: BackboneSpec, path: Path) -> None:
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], spec: BackboneSpec, path: Path) -> None:
     """Load ``state`` strictly, accepting two honest differences.
 
     A checkpoint of a feature extractor may lack the classifier (it is cut off
@@ -289,7 +289,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | Non
         path, description = Path(weights), f"local file {weights}"
     state = read_state_dict(path)
     model = spec.build()
-    _load_into(model, state, spec, path)
+    load_state_into(model, state, spec, path)
     info = WeightsInfo(str(path), description, spec.mean, spec.std, file_sha256(path))
     backbone = Backbone(spec, spec.trunk(model), info)
     return backbone.eval()

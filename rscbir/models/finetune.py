@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rscbir.errors import ModelError
-from rscbir.images import LabelledImages, load_image
+from rscbir.datasets.scene_sets import LabelledImages
+from rscbir.images import load_image
 from rscbir.metrics import mean_average_precision
 from rscbir.models.features import FeatureModel, dihedral, trunk_stages
 from rscbir.tiling import iter_patches
@@ -131,23 +132,10 @@ def train_supervised(
     labels_arr = np.asarray(labels)
     if len(set(labels_arr.tolist())) < 2:
         raise ModelError("supervised fine-tuning needs at least two classes")
-    train_idx, val_idx = [], []
-    for cls in np.unique(labels_arr):  # stratified split
-        members = rng.permutation(np.flatnonzero(labels_arr == cls))
-        n_val = max(1, int(round(len(members) * config.val_fraction))) if len(members) > 1 else 0
-        val_idx.extend(members[:n_val])
-        train_idx.extend(members[n_val:])
-
+    train_idx, val_idx = stratified_split(labels_arr, config.val_fraction, rng)
     head = nn.Linear(model.pooled_dim, config.dim)
     classifier = CosineClassifier(config.dim, len(classes))
-    params = [*head.parameters(), *classifier.parameters()]
-    stages = trunk_stages(model)
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
-    for stage in stages[len(stages) - config.unfreeze :] if config.unfreeze else []:
-        for p in stage.parameters():
-            p.requires_grad_(True)
-            params.append(p)
+    params = [*head.parameters(), *classifier.parameters(), *unfreeze_last_stages(model, config.unfreeze)]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     y = torch.as_tensor(labels_arr, dtype=torch.long)
 
@@ -200,15 +188,43 @@ def train_supervised(
         return {k: v.clone() for k, v in head.state_dict().items()}, trunk
 
     (head_state, trunk_state), history = _fit(config, batches, step, validate, snapshot, progress)
+    return install_head(model, head, head_state, trunk_state, config.unfreeze), history
+
+
+def install_head(model: FeatureModel, head: nn.Module, head_state: dict, trunk_state: dict | None, trained_stages: int) -> FeatureModel:
+    """``model`` with the best head (and trunk stages) found, frozen, in eval mode."""
     head.load_state_dict(head_state)
     if trunk_state is not None:
         model.backbone.load_state_dict(trunk_state)
     model.head = head.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    model.trained_stages = config.unfreeze
-    model.eval()
-    return model, history
+    model.trained_stages = trained_stages
+    return model.eval()
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """(train, validation) positions with ``val_fraction`` of every class in validation (none of a class of one)."""
+    train_idx, val_idx = [], []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = max(1, int(round(len(members) * val_fraction))) if len(members) > 1 else 0
+        val_idx.extend(members[:n_val])
+        train_idx.extend(members[n_val:])
+    return train_idx, val_idx
+
+
+def unfreeze_last_stages(model: FeatureModel, count: int) -> list[nn.Parameter]:
+    """Freeze the trunk except its last ``count`` stages; returns the parameters left to train."""
+    stages = trunk_stages(model)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    params = []
+    for stage in stages[len(stages) - count :] if count else []:
+        for p in stage.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
 
 
 def train_triplets(

@@ -132,7 +132,7 @@ def test_kill_minus_9_leaves_readable_index_and_rerun_resumes(tmp_path):
     assert process.returncode == -signal.SIGKILL
     survivor = Index.open(out)  # the previous generation, complete
     assert set(survivor.catalog["scene_id"]) == {"s0_20200101"} and len(survivor) == 64
-    rerun = subprocess.run(command[:3] + ["index", "build", "build", str(b), str(big), "-o", str(out), "--patch-size", "32", "--input-size", "32"],
+    rerun = subprocess.run(command[:3] + ["index", "build", str(b), str(big), "-o", str(out), "--patch-size", "32", "--input-size", "32"],
                            env=env, capture_output=True, text=True)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     assert "1 resumed from staged embeddings" in rerun.stderr  # messages go to stderr

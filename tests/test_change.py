@@ -1,6 +1,9 @@
 """Change scores, thresholds, polygons, rasters; on rasters written here and on real data."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import geopandas as gpd
 import numpy as np
@@ -351,3 +354,19 @@ def test_index_change_refuses_options_it_would_ignore_and_orders_dates(naip_inde
     assert json.loads((tmp_path / "qc.geojson").read_text())["query"]["dates"] == ["2009-08-18", "2020-08-31"]
     with Image.open(sheet) as image:
         assert image.width > 600 and image.height > 100  # 3 columns of before | after pairs
+
+
+def test_cosine_change_from_an_index_never_loads_torch(naip_index, tmp_path):
+    """`rscbir change --index --method cosine` compares the stored vectors: it starts without torch, like a query."""
+    code = textwrap.dedent(f"""
+        import sys
+        from click.testing import CliRunner
+        from rscbir.cli import cli
+        result = CliRunner().invoke(cli, ["change", "--index", "{naip_index}", "--dates", "20090818", "20200831",
+                                          "--method", "cosine", "-o", "{tmp_path / 'c.geojson'}"])
+        assert result.exit_code == 0, result.output
+        print("torch" in sys.modules)
+    """)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert child.stdout.strip().splitlines()[-1] == "False"
+    assert gpd.read_file(tmp_path / "c.geojson").crs.to_epsg() == 4326

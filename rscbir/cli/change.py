@@ -58,11 +58,13 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     index (--index DIR --dates D1 D2), on one grid, and write the changed areas as GeoJSON,
     each with its score (p75 of its pixels), max and mean score, area in m² and both dates."""
     from rscbir import change as ch
-    from rscbir.models.load import configure_threads
     from rscbir.thresholds import Threshold
 
     rule = Threshold.parse(threshold) if threshold is not None else None
-    configure_threads()
+    if not (index_dir and method == ChangeMethod.COSINE.value):  # cosine from an index compares stored vectors: no torch
+        from rscbir.models.load import configure_threads
+
+        configure_threads()
     if index_dir:
         _refuse_scene_options_with_index(click.get_current_context(), scenes)
         from rscbir.index import Index

@@ -16,8 +16,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from PIL import Image, ImageDraw
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from scipy import ndimage
 
@@ -224,17 +226,31 @@ def score_grid(scores: ChangeScores, method: ChangeMethod | str) -> tuple[np.nda
 
 
 def score_raster(scores: ChangeScores, method: ChangeMethod | str, path: str | os.PathLike) -> Path:
-    """Write the scores as a float32 GeoTIFF on the common grid (see :func:`score_grid`); NaN is nodata."""
+    """Write the scores as a float32 Cloud-Optimized GeoTIFF on the common grid (see :func:`score_grid`); NaN is nodata."""
     method = ChangeMethod(method).value
     patches = scores.patches
     data, transform = score_grid(scores, method)
+    tags = {"method": method, "date_before": str(patches["date_before"].iloc[0]), "date_after": str(patches["date_after"].iloc[0])}
+    return write_cog(data.astype(np.float32), path, scores.grid.crs, transform, f"{method} change score", tags)
+
+
+COG_BLOCK = 256  # px: internal tiles of the COGs rscbir writes (GDAL's overviews halve down to about one tile)
+
+
+def write_cog(data: np.ndarray, path: str | os.PathLike, crs, transform: Affine, description: str, tags: dict) -> Path:
+    """A one-band float32 raster as a Cloud-Optimized GeoTIFF: tiled, deflate-compressed, with averaged overviews
+    (NaN is nodata), so QGIS and any HTTP range reader open it quickly at every zoom. Written atomically."""
     height, width = data.shape
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
-                           crs=scores.grid.crs, transform=transform, nodata=float("nan"), compress="deflate") as dst:  # fmt: skip
-            dst.write(data, 1)
-            dst.set_band_description(1, f"{method} change score")
-            dst.update_tags(method=method, date_before=str(patches["date_before"].iloc[0]), date_after=str(patches["date_after"].iloc[0]))
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32", "crs": crs,
+               "transform": transform, "nodata": float("nan")}  # fmt: skip
+    with MemoryFile() as memory:
+        with memory.open(**profile) as staged:
+            staged.write(data, 1)
+            staged.set_band_description(1, description)
+            staged.update_tags(**tags)
+        with memory.open() as staged, atomic_path(path) as tmp:
+            rasterio.shutil.copy(staged, tmp, driver="COG", compress="DEFLATE", predictor=3, blocksize=COG_BLOCK,
+                                 overview_resampling="average")  # fmt: skip
     return Path(path)
 
 

@@ -94,6 +94,28 @@ def test_new_building_is_flagged_where_it_is(pair, tmp_path):
     assert heat[36:60, 68:92, 0].mean() > heat[100:120, 10:30, 0].mean() + 50
 
 
+def test_score_raster_is_a_cloud_optimized_geotiff(tmp_path):
+    """--scores writes a COG: GDAL reads its layout as COG, tiled 256 px, deflate, with averaged overviews,
+    the same georeferencing, nodata NaN, and the method and dates as tags."""
+    before = blob_image(640, 640, centre=(300, 200), sigma=30, seed=3)
+    after = before.copy()
+    after[:, 400:470, 100:180] = [[[240]], [[230]], [[220]]]
+    a = write_raster(tmp_path / "big_before_20190101.tif", before, nodata=0)
+    b = write_raster(tmp_path / "big_after_20200101.tif", after, nodata=0)
+    result = run("change", a, b, "--preset", "rgb", "--patch-size", "64", "--input-size", "64", "--method", "cva",
+                 "-o", tmp_path / "c.geojson", "--scores", tmp_path / "scores.tif")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "scores.tif") as cog, rasterio.open(a) as source:
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and cog.profile["compress"].lower() == "deflate"
+        assert cog.block_shapes == [(256, 256)] and cog.overviews(1) == [2, 4]  # halved until one tile covers it
+        assert cog.crs == source.crs and cog.transform == source.transform and cog.shape == (640, 640)
+        assert np.isnan(cog.nodata) and cog.tags()["method"] == "cva" and cog.tags()["date_before"] == "2019-01-01"
+        scores = cog.read(1)
+        assert np.nanargmax(scores.mean(axis=1)) in range(400, 470)  # the new building is the hottest place
+        overview = cog.read(1, out_shape=(320, 320))
+        assert np.isfinite(overview).mean() > 0.9
+
+
 def test_identical_dates_give_no_change(pair, tmp_path):
     out = tmp_path / "none.geojson"
     result = run("change", pair[0], pair[0], "--preset", "rgb", "--patch-size", "32", "--input-size", "64", "-o", out)

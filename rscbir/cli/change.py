@@ -49,7 +49,7 @@ Examples:
 @click.option("--min-pixels", type=click.IntRange(1), default=10, show_default=True, help="Pixel level: drop changed areas smaller than this.")
 @click.option("--smooth", type=click.FloatRange(0), default=1.0, show_default=True, help="Pixel level: Gaussian sigma (px) on the scores before the cut.")
 @click.option("--all-patches", is_flag=True, help="Write every patch with its score instead of changed areas (patch level).")
-@click.option("--scores", "scores_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Float32 GeoTIFF of the score map on the common grid (pixels or patches).")
+@click.option("--scores", "scores_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Float32 Cloud-Optimized GeoTIFF (tiled, overviews) of the score map on the common grid (pixels or patches).")
 @click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
 @click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
 def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, level, min_pixels,

@@ -206,3 +206,40 @@ def test_a_corrupt_segment_is_named(tmp_path, four_scenes):
     victim.write_bytes(bytes(data[:-128]))
     result = CliRunner().invoke(cli, ["query", str(out), "--patch-id", "s0_20200101:0:0"])
     assert result.exit_code == 2 and victim.name in result.output
+
+
+def test_embeddings_export_to_geoparquet(tmp_path, four_scenes):
+    """`rscbir export` writes every patch of a segmented index as GeoParquet 1.1: the same ids, footprints, dates
+    and vectors as the index, the vector as a fixed-size float32 list, the model in the metadata."""
+    import json
+
+    import geopandas as gpd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "seg"
+    for path in four_scenes[:3]:
+        assert CliRunner().invoke(cli, ["-q", "index", "build", str(path), "-o", str(out), *SMALL[:4], "--augment", "2"]).exit_code == 0
+    index = Index.open(out)
+    assert len(index.segments) == 3
+    target = tmp_path / "embeddings.parquet"
+    result = CliRunner().invoke(cli, ["export", str(out), "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(target)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), index.manifest.dim)
+    geo = json.loads(table.schema.metadata[b"geo"])
+    assert geo["version"] == "1.1.0" and geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    provenance = json.loads(table.schema.metadata[b"rscbir"])
+    assert provenance["model"] == index.manifest.model and provenance["dim"] == index.manifest.dim
+    frame = gpd.read_parquet(target)
+    catalog = index.catalog
+    assert frame.crs.to_epsg() == 4326 and list(frame["patch_id"]) == list(catalog["patch_id"])
+    assert frame.geometry.geom_equals_exact(catalog.geometry, 1e-12).all()
+    assert [str(t.date()) for t in frame["datetime"]] == list(catalog["date"])
+    vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(vectors, np.asarray(index.vectors, np.float32))
+    searched = tmp_path / "searched.parquet"
+    assert CliRunner().invoke(cli, ["export", str(out), "-o", str(searched), "--search-vectors", "--column", "v"]).exit_code == 0
+    np.testing.assert_array_equal(np.stack(pq.read_table(searched)["v"].to_numpy(zero_copy_only=False)),
+                                  np.asarray(index.search_vectors, np.float32))  # fmt: skip
+    assert not np.array_equal(vectors, np.asarray(index.search_vectors, np.float32))  # augmentation changed them

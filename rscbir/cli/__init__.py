@@ -4,6 +4,7 @@ from rscbir.cli.change import change, query_change
 from rscbir.cli.check import check
 from rscbir.cli.embed import embed
 from rscbir.cli.evaluate import eval_group
+from rscbir.cli.export import export
 from rscbir.cli.finetune import finetune
 from rscbir.cli.index import index
 from rscbir.cli.info import info
@@ -16,6 +17,7 @@ cli.add_command(change)
 cli.add_command(check)
 cli.add_command(embed)
 cli.add_command(eval_group)
+cli.add_command(export)
 cli.add_command(finetune)
 cli.add_command(index)
 cli.add_command(info)

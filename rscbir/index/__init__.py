@@ -13,6 +13,7 @@
 * :mod:`rscbir.index.writers` - a segment's catalog, vectors, augmented vectors and FAISS files
 * :mod:`rscbir.index.build` - build and append through ``.staging/`` (resumable)
 * :mod:`rscbir.index.maintain` - remove scenes or dates, compact segments
+* :mod:`rscbir.index.parquet` - the embeddings out as GeoParquet 1.1
 
 Ids run through the segments in manifest order; a search asks every segment and merges by score.
 Opening reads no patch (vectors and IVF lists are memory-mapped, HNSW graphs read whole), a query
@@ -42,6 +43,7 @@ _HOMES = {
     "Manifest": "manifest", "SceneRecord": "manifest", "SegmentRecord": "manifest", "IndexSettings": "manifest",
     "MANIFEST": "layout", "CHUNK": "layout", "is_index": "layout", "read_manifest": "layout", "verify_index": "layout",
     "describe_index": "describe", "describe_text": "describe",
+    "export_embeddings": "parquet",
 }  # fmt: skip
 
 

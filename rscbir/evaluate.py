@@ -30,7 +30,9 @@ from rscbir.models.load import load_feature_model, model_for_images, model_for_s
 from rscbir.models.options import ModelOptions
 from rscbir.metrics import RankingScores, precision_recall_f1, roc_auc
 from rscbir.models.whitening import PCAWhitening
-from rscbir.index import build_index
+from rscbir.errors import QueryError
+from rscbir.index import Index, build_index
+from rscbir.query import query_patch
 from rscbir.rerank import QueryExpansion, augment_database, feedback_vector
 from rscbir.thresholds import Threshold
 from rscbir.tiling import TilingConfig, aligned_grid
@@ -243,6 +245,26 @@ def _pooled_figures(patch_parts, pixel_parts, methods, cuts) -> dict:
 
 
 # ------------------------------------------------------------ ground, not acquisition
+def evaluate_other_dates(index: Index, k: int = 10, probes: int = 200, seed: int = 0, places: bool = True) -> dict:
+    """Does a search in a multi-date index reach the other dates? For ``probes`` patches drawn at random (seeded),
+    query by patch as ``rscbir query --patch-id`` does (distinct places with ``places``) and report the share of
+    each query's top ``k`` that comes from another date than the query's: overall, and by the query's date."""
+    dates = index.manifest.dates
+    if len(dates) < 2:
+        raise QueryError(f"{index.path}: holds {len(dates)} date(s); the share from other dates needs two or more")
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(len(index), min(probes, len(index)), replace=False))
+    shares: dict[str, list[float]] = {d: [] for d in dates}
+    for row in index.patches(ids).itertuples():
+        hits = query_patch(index, row.patch_id, k, places=places).hits
+        if len(hits) and row.date:
+            shares[row.date].append(float(np.mean(hits["date"].to_numpy() != row.date)))
+    every = [s for values in shares.values() for s in values]
+    return {"index": str(index.path), "k": k, "probes": len(every), "places": places, "dates": dates,
+            "other_dates_share": float(np.mean(every)) if every else float("nan"),
+            "by_query_date": {d: float(np.mean(v)) if v else None for d, v in shares.items()}}  # fmt: skip
+
+
 def evaluate_same_place(
     root: str | os.PathLike,
     cities: Sequence[str] | None = None,

@@ -35,7 +35,7 @@ def test_tile_dates_bands_and_geojson(rgb_tif, tmp_path):
 
 COMMANDS = [["tile"], ["info"], ["embed"], ["finetune"], ["index", "build"], ["index", "remove"], ["index", "compact"], ["query"],
             ["change"], ["query-change"], ["export"],
-            ["eval", "retrieval"], ["eval", "change"]]  # fmt: skip
+            ["eval", "retrieval"], ["eval", "change"], ["eval", "across-dates"]]  # fmt: skip
 
 
 def examples(help_text: str) -> list[list[str]]:

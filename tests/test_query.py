@@ -327,3 +327,30 @@ def test_lake_shore_query_on_ten_dates_returns_ten_places(naip10_index, tmp_path
     hits = [f["properties"] for f in json.loads(out.read_text())["features"]]
     assert len(hits) == 10 and len({(h["row"], h["col"]) for h in hits}) == 10
     assert all(h["date"] == h["dates"][0] for h in hits) and sum(len(h["dates"]) for h in hits) > 10
+
+
+def test_share_of_answers_from_other_dates(naip10_index, tmp_path):
+    """`rscbir eval across-dates`: the share of a query's top 10 from other dates, overall and per query date; every
+    probe is counted, and distinct places (the default) can only raise the share against --every-date listings."""
+    result = CliRunner().invoke(cli, ["eval", "across-dates", str(naip10_index), "--probes", "40", "--json", str(tmp_path / "d.json")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert doc["probes"] == 40 and len(doc["dates"]) == 10 and 0.0 <= doc["other_dates_share"] <= 1.0
+    shares = [v for v in doc["by_query_date"].values() if v is not None]
+    assert min(shares) <= doc["other_dates_share"] <= max(shares)
+
+
+def test_identical_dates_share_every_answer(tmp_path):
+    """Two dates of the same pixels: each place's two vectors are equal, so an --every-date top 10 holds each of five
+    places on both dates (share 0.5 exactly), and the default, one hit per place, names one of the two."""
+    from conftest import blob_image, write_raster
+
+    pixels = blob_image(128, 128, centre=(60, 50), sigma=12, seed=4)
+    paths = [write_raster(tmp_path / f"same_{d}.tif", pixels) for d in ("20200101", "20210101")]
+    out = tmp_path / "twins"
+    built = CliRunner().invoke(cli, ["-q", "index", "build", *map(str, paths), "--align", "--patch-size", "16", "--input-size", "32",
+                                     "--augment", "0", "-o", str(out)])  # fmt: skip
+    assert built.exit_code == 0, built.output
+    every = CliRunner().invoke(cli, ["eval", "across-dates", str(out), "--probes", "20", "--every-date", "--json", str(tmp_path / "e.json")])
+    assert every.exit_code == 0, every.output
+    assert json.loads((tmp_path / "e.json").read_text())["other_dates_share"] == pytest.approx(0.5)

@@ -118,6 +118,31 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
 
 
 @eval_group.command(
+    name="across-dates",
+    epilog="\b\nExample:\n  rscbir eval across-dates out/naip_index -k 10 --probes 200",
+)
+@click.argument("index_dir", type=click.Path(file_okay=False), metavar="INDEX_DIR")
+@click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True, help="Results per query.")
+@click.option("--probes", type=click.IntRange(1), default=200, show_default=True, help="Query patches drawn at random (seeded).")
+@click.option("--every-date", is_flag=True, help="Count every date of a place (as `rscbir query --every-date`), not one hit per place.")
+@options.json_file_option()
+def across_dates(index_dir, k, probes, every_date, json_path):
+    """Ground, not acquisition, in an index of several dates: the share of each query's top k that comes from
+    other dates than the query's own (1 - 1/dates when a search ignores how a date was acquired)."""
+    from rscbir.evaluate import evaluate_other_dates
+    from rscbir.export import write_text
+    from rscbir.index import Index
+
+    result = evaluate_other_dates(Index.open(index_dir), k, probes, places=not every_date)
+    click.echo(f"{result['other_dates_share']:.3f} of the top {k} come from other dates ({result['probes']} queries, "
+               f"{len(result['dates'])} dates)")  # fmt: skip
+    for date, share in result["by_query_date"].items():
+        click.echo(f"  queries of {date}: {share:.3f}" if share is not None else f"  queries of {date}: no probe")
+    if json_path:
+        write_text(json.dumps(result, indent=1), json_path)
+
+
+@eval_group.command(
     name="dates",
     epilog="""\b
 Examples:

@@ -100,3 +100,15 @@ def test_bad_input_exit_2_one_line_no_output(tmp_path, rgb_tif, case):
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert list(out.parent.iterdir()) == []  # nothing half-written
+
+
+def test_a_closed_pipe_ends_quietly(rgb_tif):
+    """`rscbir ... | head`: when the reader has gone, rscbir stops without an error line or a traceback, exit 141
+    (as a shell reports a command ended by SIGPIPE)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "rscbir", "info", str(rgb_tif)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before rscbir writes a byte
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141 and stderr.decode().strip() == ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import click
 
@@ -30,6 +32,16 @@ def describe_os_error(exc: OSError) -> str:
     return f"{text} (nothing was written: outputs appear whole or not at all)"
 
 
+BROKEN_PIPE_EXIT = 141  # what a shell reports for a command ended by SIGPIPE (128 + 13)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into the closed pipe raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class RscbirGroup(click.Group):
     """One error policy for every command: user mistakes (:class:`rscbir.errors.RscbirError`) exit 2,
     faults of the machine (any other :class:`OSError`: EACCES, ENOSPC, EROFS) exit 1, each as one line."""
@@ -39,6 +51,9 @@ class RscbirGroup(click.Group):
             return super().invoke(ctx)
         except RscbirError as exc:
             raise UserError(str(exc)) from None
+        except BrokenPipeError:  # `rscbir ... | head`: the reader has what it wanted; end quietly, as a shell tool does
+            _silence_stdout()
+            ctx.exit(BROKEN_PIPE_EXIT)
         except OSError as exc:
             raise EnvironmentFault(describe_os_error(exc)) from None
 

@@ -27,7 +27,7 @@ numpy or FAISS.
 
 from __future__ import annotations
 
-import importlib
+from rscbir.lazy import lazy_exports
 
 _HOMES = {
     "Index": "reader", "WGS84": "reader",
@@ -47,14 +47,7 @@ _HOMES = {
 }  # fmt: skip
 
 
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())
 
 
 __all__ = sorted(_HOMES)

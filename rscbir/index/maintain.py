@@ -17,7 +17,7 @@ from rscbir.errors import IndexFileError, QueryError
 from rscbir.index.commit import Generation, remove_orphans
 from rscbir.index.faiss_types import auto_index_type, write_faiss
 from rscbir.index.layout import segment_names
-from rscbir.index.manifest import Manifest, SegmentRecord
+from rscbir.index.manifest import Manifest, SegmentRecord, Trained
 from rscbir.index.reader import Index
 from rscbir.index.segment import Segment
 from rscbir.index.writers import copy_rows, merge_catalogs, segment_faiss
@@ -87,7 +87,7 @@ def compact_index(path: str | os.PathLike) -> tuple[Index, int]:
 
 
 def _rewrite_segments(change: Generation, existing: Index, groups: list[tuple[list[Segment], list[np.ndarray]]],
-                      retrain: bool = False) -> tuple[list[SegmentRecord], object]:  # fmt: skip
+                      retrain: bool = False) -> tuple[list[SegmentRecord], Trained | None]:  # fmt: skip
     """Write one new segment per group of (segments, kept local rows of each) as part of ``change``; returns their
     records and the trained quantizer the manifest records from now on."""
     old: Manifest = existing.manifest

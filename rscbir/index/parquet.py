@@ -33,7 +33,6 @@ def export_embeddings(index: Index, path: str | os.PathLike, column: str = "embe
     ``search`` writes the vectors FAISS ranks (database-augmented with ``--augment``) instead of each patch's own.
     """
     dim = index.manifest.dim
-    schema = None
     rows = 0
     with atomic_path(path) as tmp:
         writer = None
@@ -43,9 +42,8 @@ def export_embeddings(index: Index, path: str | os.PathLike, column: str = "embe
                 vectors = segment.search_vectors if search else segment.vectors
                 try:
                     catalog = pq.ParquetFile(source)
-                    groups = range(catalog.metadata.num_row_groups)
                     start = 0
-                    for group in groups:
+                    for group in range(catalog.metadata.num_row_groups):
                         table = catalog.read_row_group(group, columns=[*COLUMNS, "geometry"])
                         block = np.ascontiguousarray(vectors[start : start + len(table)], dtype=np.float32)
                         start += len(table)

@@ -22,7 +22,7 @@ from rscbir.index.layout import check_sizes, read_manifest
 from rscbir.index.manifest import IndexSettings, Manifest, SceneRecord
 from rscbir.index.rows import joined
 from rscbir.index.search import search_segments
-from rscbir.index.segment import Segment, by_segment, catalog_rows, read_segment_catalog
+from rscbir.index.segment import Segment, by_segment, catalog_rows, read_segment_catalog, vector_rows
 from rscbir.models.config import ModelConfig
 from rscbir.models.whitening import PCAWhitening
 from rscbir.tiling import TilingConfig
@@ -185,11 +185,7 @@ class Index:
     def vector_rows(self, ids: Sequence[int], search: bool = False) -> np.ndarray:
         """``(len(ids), dim)`` float32 stored vectors of ``ids`` (``search``: the augmented ones FAISS ranks), read
         with ``pread``: a query's few rows without mapping gigabytes of vectors into the process."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        out = np.empty((len(ids), self.manifest.dim), np.float32)
-        for segment, mine, local in by_segment(self.segments, ids):
-            out[mine] = (segment.search_file if search else segment.vector_file)[local]
-        return out
+        return vector_rows(self.segments, ids, self.manifest.dim, search)
 
     def catalog_rows(self, ids: Sequence[int]) -> gpd.GeoDataFrame:
         """Full catalog rows of ``ids`` (pixel window, transform, CRS ...), in that order: read from the row groups

@@ -11,7 +11,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from rscbir.index.segment import Segment, by_segment
+from rscbir.index.segment import Segment, vector_rows
 
 EXACT_FILTER_LIMIT = 20_000  # a filter allowing at most this many patches of a segment scores them exactly
 RERANK = 4  # lossy codes (SQ, PQ): the best 4 k candidates of all segments are re-scored on the stored vectors
@@ -55,9 +55,7 @@ def exact_scores(segments: Sequence[Segment], queries: np.ndarray, ids: np.ndarr
     if not where.any():
         return np.full(ids.shape, -np.inf, np.float32)
     wanted = np.unique(ids[where])
-    rows = np.empty((len(wanted), queries.shape[1]), np.float32)
-    for segment, mine, local in by_segment(segments, wanted):
-        rows[mine] = segment.search_file[local]
+    rows = vector_rows(segments, wanted, queries.shape[1], search=True)
     at = np.searchsorted(wanted, np.where(where, ids, wanted[0]))
     return np.where(where, np.einsum("qd,qcd->qc", queries, rows[at]), -np.inf).astype(np.float32)
 

@@ -91,6 +91,16 @@ def by_segment(segments: Sequence[Segment], ids: np.ndarray) -> Iterator[tuple[S
             yield segment, mine, ids[mine] - segment.offset
 
 
+def vector_rows(segments: Sequence[Segment], ids: np.ndarray, dim: int, search: bool = False) -> np.ndarray:
+    """``(len(ids), dim)`` float32 stored vectors of the global ``ids`` (``search``: the augmented ones FAISS ranks),
+    read with ``pread``: a query's few rows without mapping gigabytes of vectors into the process."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    out = np.empty((len(ids), dim), np.float32)
+    for segment, mine, local in by_segment(segments, ids):
+        out[mine] = (segment.search_file if search else segment.vector_file)[local]
+    return out
+
+
 def read_segment_catalog(path: Path, record: SegmentRecord) -> gpd.GeoDataFrame:
     """The whole GeoParquet catalog of a segment."""
     target = path / record.files["catalog"]
@@ -118,4 +128,4 @@ def catalog_rows(target: Path, local: np.ndarray) -> gpd.GeoDataFrame:
     return frame.iloc[np.argsort(np.concatenate(firsts))].reset_index(drop=True)
 
 
-__all__ = ["Segment", "UNREADABLE", "by_segment", "corrupt", "read_segment_catalog", "catalog_rows"]
+__all__ = ["Segment", "UNREADABLE", "by_segment", "corrupt", "read_segment_catalog", "catalog_rows", "vector_rows"]

@@ -28,7 +28,7 @@ from rscbir.catalog import patch_grid
 from rscbir.errors import OutputError
 from rscbir.grid import Grid
 from rscbir.index import Index
-from rscbir.modes import ChangeMethod
+from rscbir.modes import TAUGHT, ChangeMethod
 from rscbir.query import QueryResult
 from rscbir.scene import Scene
 
@@ -205,13 +205,18 @@ def change_geojson(frame: gpd.GeoDataFrame, summary: dict) -> dict:
     return doc
 
 
+def score_name(method: ChangeMethod | str) -> str:
+    """The key of a score in :class:`ChangeScores`: a label-free method's name, or ``taught`` (marks, change model)."""
+    return method.value if isinstance(method, ChangeMethod) else (method if method == TAUGHT else ChangeMethod(method).value)
+
+
 def score_grid(scores: ChangeScores, method: ChangeMethod | str) -> tuple[np.ndarray, Affine]:
     """The scores as a float32 array on the common grid's CRS, and its transform.
 
     With per-pixel maps (``--dense``) the array has the grid's own pixels;
     otherwise one cell per patch stride. NaN marks pixels or cells with no patch.
     """
-    method = ChangeMethod(method).value
+    method = score_name(method)
     patches = scores.patches
     if scores.pixels and method in scores.pixels:
         return scores.pixels[method], scores.grid.transform
@@ -227,7 +232,7 @@ def score_grid(scores: ChangeScores, method: ChangeMethod | str) -> tuple[np.nda
 
 def score_raster(scores: ChangeScores, method: ChangeMethod | str, path: str | os.PathLike) -> Path:
     """Write the scores as a float32 Cloud-Optimized GeoTIFF on the common grid (see :func:`score_grid`); NaN is nodata."""
-    method = ChangeMethod(method).value
+    method = score_name(method)
     patches = scores.patches
     data, transform = score_grid(scores, method)
     tags = {"method": method, "date_before": str(patches["date_before"].iloc[0]), "date_after": str(patches["date_after"].iloc[0])}
@@ -258,7 +263,7 @@ def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: 
                    max_side: int = 800, mask: np.ndarray | None = None) -> Path:  # fmt: skip
     """PNG: before | after | score heat map; changed areas outlined in yellow (the pixel ``mask``'s edges
     when given, else the changed patches' boxes)."""
-    method = ChangeMethod(method).value
+    method = score_name(method)
     grid = scores.grid
     factor = max(1.0, max(grid.width, grid.height) / max_side)
     view = Grid(grid.crs, grid.transform * Affine.scale(factor), int(grid.width / factor), int(grid.height / factor))

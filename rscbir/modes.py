@@ -51,6 +51,10 @@ class ChangeMethod(str, enum.Enum):
     CVA = "cva"
 
 
+# The score of a change map taught by marks or by a labelled-pair change model (not a label-free method).
+TAUGHT = "taught"
+
+
 def choices(mode: type[enum.Enum]) -> list[str]:
     """The values of an enum, for ``click.Choice``."""
     return [m.value for m in mode]

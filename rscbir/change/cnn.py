@@ -31,4 +31,27 @@ def cnn_distances(model: FeatureModel, before: np.ndarray, after: np.ndarray, sc
     return out
 
 
-__all__ = ["cnn_distances"]
+
+
+
+def stage_differences(model: FeatureModel, before: np.ndarray, after: np.ndarray, scale_before, scale_after,
+                      directions: int) -> np.ndarray:  # fmt: skip
+    """Per-pixel CNN evidence of change for patch pairs, (n, C, h, w) float32 at the patches' pixels.
+
+    For every stage, the per-location cosine distance of the two dates (what ``dense`` averages); for the
+    first ``directions`` stages also the difference of the two dates' unit feature vectors, channel by channel:
+    not only how much a place changed but in which direction (vegetation to roof is not water to soil), which a
+    model taught by labels or marks can tell apart."""
+    xb = torch.from_numpy(scale_before(before))
+    xa = torch.from_numpy(scale_after(after))
+    size = before.shape[-2:]
+    with torch.inference_mode():
+        parts = []
+        for k, (b, a) in enumerate(zip(stage_maps(model, xb), stage_maps(model, xa))):
+            ub, ua = F.normalize(b, dim=1, eps=1e-6), F.normalize(a, dim=1, eps=1e-6)
+            located = [0.5 * ((ua - ub) ** 2).sum(dim=1, keepdim=True)]  # = 1 - cosine
+            if k < directions:
+                located.append(ua - ub)
+            parts.append(F.interpolate(torch.cat(located, dim=1), size=size, mode="bilinear", align_corners=False))
+        return torch.cat(parts, dim=1).numpy()
+__all__ = ["cnn_distances", "stage_differences"]

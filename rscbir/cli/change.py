@@ -52,11 +52,19 @@ Examples:
 @click.option("--scores", "scores_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Float32 Cloud-Optimized GeoTIFF (tiled, overviews) of the score map on the common grid (pixels or patches).")
 @click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
 @click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
+@click.option("--marks", "marks_path", type=click.Path(exists=True, dir_okay=False),
+              help="Vector file of marks (points or polygons, any CRS, a 'changed' property 1/0): the map is corrected "
+                   "around each mark toward its answer. Add marks and run again; the pair's CNN evidence is cached.")
 def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, level, min_pixels,
-           smooth, all_patches, scores_path, preview, html):  # fmt: skip
+           smooth, all_patches, scores_path, preview, html, marks_path):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders), or two dates of an aligned
     index (--index DIR --dates D1 D2), on one grid, and write the changed areas as GeoJSON,
-    each with its score (p75 of its pixels), max and mean score, area in m² and both dates."""
+    each with its score (p75 of its pixels), max and mean score, area in m² and both dates.
+
+    \b
+    Teach it what counts as change:
+      --marks FILE        points/polygons with changed=1 or 0 correct the map around them
+      --weights change.pt a change model from `rscbir finetune-change` replaces the label-free score"""
     from rscbir import change as ch
     from rscbir.thresholds import Threshold
 
@@ -78,9 +86,48 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
             click.echo(f"warning: BEFORE ({before.date}) is later than AFTER ({after.date}); scores are the same, "
                        "`date_before`/`date_after` follow the order given", err=True)  # fmt: skip
         named = bool(scene_opts.preset or scene_opts.bands)
+        head = _change_head(model_opts.weights)
+        if marks_path or head is not None:
+            if level == "patch" or all_patches or threshold is not None:
+                raise click.UsageError("--marks and a change model make pixel-level maps with their own cut: "
+                                       "drop --level patch, --all-patches and --threshold")  # fmt: skip
+            found = _taught(before, after, tiling, model_opts, preset, named, head, marks_path, ch.PixelRegularisation(smooth, min_pixels))
+            return _write_change(found, found.summary["method"], output, scores_path, preview, html, False)
         scores = ch.score_scenes(before, after, tiling, method, model_opts, preset, named, pixel_maps=level == "pixel")
         found = ch.change_map(scores, method, rule, ch.PixelRegularisation(smooth, min_pixels), all_patches)
     _write_change(found, method, output, scores_path, preview, html, all_patches)
+
+
+def _change_head(weights):
+    """The change model when ``--weights`` names a `finetune-change` checkpoint, else None (backbone weights)."""
+    if not weights:
+        return None
+    from rscbir.change.head import read_change_head
+
+    return read_change_head(weights)
+
+
+def _taught(before, after, tiling, model_opts, preset, named, head, marks_path, regularisation):
+    """A change map taught by a change model and/or marks (pixel level, evidence cached between rounds)."""
+    from rscbir.change.evidence import default_cache, scene_evidence
+    from rscbir.change.marks import read_marks
+    from rscbir.change.taught import taught_change_map
+
+    from rscbir.tiling import aligned_grid
+
+    marks = read_marks(marks_path, aligned_grid([before, after])) if marks_path else None  # a bad file fails before the CNN runs
+    model = None
+    if head is not None:
+        from rscbir.models.config import ModelConfig
+        from rscbir.models.load import model_from_config
+
+        model = model_from_config(ModelConfig.from_dict(head.meta["model"]))
+    evidence, meta = scene_evidence(before, after, tiling, model_opts, preset, named, model, cache=default_cache())
+    if head is not None:
+        head.check(meta)
+    if marks is not None:
+        click.echo(f"{marks.count} marks: {marks.changed} changed and {marks.unchanged} unchanged pixels", err=True)
+    return taught_change_map(evidence, head, marks, regularisation=regularisation)
 
 
 def _refuse_scene_options_with_index(ctx, scenes) -> None:

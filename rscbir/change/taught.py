@@ -1,0 +1,89 @@
+"""Change maps taught by the user: a labelled-pair change model, marks, or both, on a pair's evidence.
+
+The starting score is the change model's (``rscbir finetune-change``) when one is given, else the label-free
+``fusion`` score with its robust cut; both are put on one scale, a logit that is 0 at the cut. Marks then
+correct it around themselves (:func:`rscbir.change.marks.correct_with_marks`), in the space of the change
+model's hidden units when there is one (learnt to tell change apart), else of the evidence's principal
+components. Pixels above 0 after smoothing are changed; areas smaller than the minimum mapping unit drop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from rscbir.change.areas import AREA_SCORE, PixelRegularisation, changed_regions
+from rscbir.change.detection import PIXEL_THRESHOLD, ChangeMap
+from rscbir.change.evidence import PairEvidence
+from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space
+from rscbir.modes import TAUGHT
+from rscbir.thresholds import robust_spread
+
+LOGIT_LIMIT = 10.0
+
+if TYPE_CHECKING:
+    from rscbir.change.head import ChangeHead
+
+
+def starting_logit(evidence: PairEvidence, head: ChangeHead | None, smooth: float) -> tuple[np.ndarray, np.ndarray]:
+    """(logit (H, W), 0 at the cut; evidence space (n_valid, d)) of the change model, or of the label-free
+    ``fusion`` score cut at median + 3 robust SD (the default pixel rule)."""
+    valid = evidence.valid
+    if head is not None:
+        from rscbir.change.head import change_mask  # torch loads with the head
+
+        probability, hidden = head.predict(evidence)
+        _, smoothed = change_mask(probability, head.cut, smooth, 1)
+        p = np.clip(smoothed, 1e-4, 1 - 1e-4)
+        logit = np.log(p / (1 - p)) - np.log(head.cut / (1 - head.cut))
+        return logit.astype(np.float32), evidence_space(hidden, MarkRule().components)
+    fusion = evidence.scores.pixels["fusion"]
+    filled = np.where(valid, fusion, np.nanmedian(fusion[valid]))
+    smoothed = ndimage.gaussian_filter(filled, smooth) if smooth else filled
+    median, spread = robust_spread(smoothed[valid])
+    spread = spread if spread > 1e-6 else 1.0
+    cut = PIXEL_THRESHOLD.value(smoothed[valid])
+    logit = np.where(valid, (smoothed - cut) / spread, np.nan).astype(np.float32)
+    return logit, evidence_space(evidence.pixels(), MarkRule().components)
+
+
+def taught_change_map(evidence: PairEvidence, head: ChangeHead | None = None, marks: Marks | None = None,
+                      rule: MarkRule = MarkRule(), regularisation: PixelRegularisation = PixelRegularisation()) -> ChangeMap:  # fmt: skip
+    """The change map of a pair taught by a change model and/or marks (see the module); its score
+    (``scores.pixels['taught']``, also the score raster's) is the probability of change, 0.5 at the cut."""
+    valid = evidence.valid
+    logit, space = starting_logit(evidence, head, regularisation.smooth)
+    logit = np.clip(logit, -LOGIT_LIMIT, LOGIT_LIMIT)  # a mark can outvote any place: certainty saturates
+    corrected = logit.copy()
+    used = 0
+    if marks is not None:
+        at = (marks.labels >= 0) & valid
+        rows = np.full(valid.shape, -1)
+        rows[valid] = np.arange(int(valid.sum()))
+        positions = np.argwhere(valid).astype(np.float32)
+        corrected[valid] = correct_with_marks(logit[valid], space, rows[at], marks.labels[at].astype(int), rule, positions)
+        used = int(at.sum())
+    mask = valid & (np.nan_to_num(corrected, nan=-np.inf) > 0)
+    if regularisation.min_pixels > 1 and mask.any():
+        labels, count = ndimage.label(mask)
+        sizes = ndimage.sum(mask, labels, np.arange(1, count + 1))
+        mask = np.isin(labels, np.flatnonzero(sizes >= regularisation.min_pixels) + 1)
+    probability = np.where(valid, 1 / (1 + np.exp(-np.clip(corrected, -30, 30))), np.nan).astype(np.float32)
+    evidence.scores.pixels[TAUGHT] = probability
+    summary = {"method": TAUGHT, "level": "pixel", "taught_by": _taught_by(head, marks), "threshold_rule": "probability > 0.5",
+               "threshold": 0.5, "pixels": int(valid.sum()), "changed_pixels": int(mask.sum()), "smooth_px": regularisation.smooth,
+               "min_pixels": regularisation.min_pixels, "area_score": AREA_SCORE.replace("smoothed pixel scores", "probabilities"),
+               "marked_pixels": used, "mark_rule": {"bandwidth": rule.bandwidth, "reach_px": rule.reach, "margin": rule.margin}}  # fmt: skip
+    if head is not None:
+        summary["change_model"] = {"cut": head.cut, "holdout_f1": head.meta.get("holdout_f1"), "trained_on": head.meta.get("pairs")}
+    return ChangeMap(evidence.scores, changed_regions(evidence.scores, mask, probability), summary, mask)
+
+
+def _taught_by(head, marks) -> str:
+    parts = (["change model"] if head is not None else ["label-free fusion"]) + ([f"{marks.count} marks"] if marks is not None else [])
+    return " + ".join(parts)
+
+
+__all__ = ["starting_logit", "taught_change_map"]

@@ -85,17 +85,28 @@ def pixel_change_mask(scores: ChangeScores, method: ChangeMethod | str, threshol
     valid = np.isfinite(raw)
     if not valid.any():
         return np.zeros(raw.shape, bool), raw, float("inf")
-    smoothed = raw
-    if rule.smooth > 0:
-        filled = np.where(valid, raw, np.nanmedian(raw[valid]))
-        smoothed = np.where(valid, ndimage.gaussian_filter(filled, rule.smooth), np.nan).astype(np.float32)
+    smoothed = smooth_scores(raw, rule.smooth)
     cut = threshold.value(smoothed[valid])
-    mask = valid & (np.nan_to_num(smoothed, nan=-np.inf) > cut)
-    if rule.min_pixels > 1 and mask.any():
-        labels, count = ndimage.label(mask)
-        sizes = ndimage.sum(mask, labels, np.arange(1, count + 1))
-        mask = np.isin(labels, np.flatnonzero(sizes >= rule.min_pixels) + 1)
+    mask = drop_small_areas(valid & (np.nan_to_num(smoothed, nan=-np.inf) > cut), rule.min_pixels)
     return mask, smoothed, cut
+
+
+def smooth_scores(raw: np.ndarray, sigma: float) -> np.ndarray:
+    """A score map smoothed by a Gaussian of ``sigma`` px (NaN pixels filled by the median, then NaN again)."""
+    valid = np.isfinite(raw)
+    if sigma <= 0 or not valid.any():
+        return raw
+    filled = np.where(valid, raw, np.nanmedian(raw[valid]))
+    return np.where(valid, ndimage.gaussian_filter(filled, sigma), np.nan).astype(np.float32)
+
+
+def drop_small_areas(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """The mask without connected areas smaller than ``min_pixels`` (the minimum mapping unit)."""
+    if min_pixels <= 1 or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask)
+    sizes = ndimage.sum(mask, labels, np.arange(1, count + 1))
+    return np.isin(labels, np.flatnonzero(sizes >= min_pixels) + 1)
 
 
 def changed_regions(scores: ChangeScores, mask: np.ndarray, smoothed: np.ndarray) -> gpd.GeoDataFrame:
@@ -141,4 +152,4 @@ def area_scores(smoothed: np.ndarray, labels: np.ndarray, count: int, percentile
     return out
 
 
-__all__ = ["AREA_PERCENTILE", "AREA_SCORE", "PixelRegularisation", "area_scores", "changed_areas", "changed_regions", "pixel_change_mask"]
+__all__ = ["AREA_PERCENTILE", "AREA_SCORE", "PixelRegularisation", "area_scores", "changed_areas", "changed_regions", "drop_small_areas", "pixel_change_mask", "smooth_scores"]

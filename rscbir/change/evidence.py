@@ -164,7 +164,7 @@ def _cnn_evidence(before, after, model, tiling, grid, batch) -> tuple[np.ndarray
     for k, width in enumerate(widths):
         names.append(f"stage{k}:distance")
         names += [f"stage{k}:direction{j}" for j in range(width)] if k < DIRECTION_STAGES else []
-    mosaic = ChannelMosaic(grid, len(names))
+    mosaic = PixelMosaic(grid, len(names))
     scale_after = radiometric_match(before, after, tiling, grid)
     for pairs in paired_patches(before, after, tiling, grid, batch=batch):
         mosaic.add(pairs.records, stage_differences(model, pairs.before, pairs.after, before.scale, scale_after, DIRECTION_STAGES))
@@ -174,30 +174,10 @@ def _cnn_evidence(before, after, model, tiling, grid, batch) -> tuple[np.ndarray
 def _band_residuals(before: Scene, after: Scene, tiling: TilingConfig, grid: Grid) -> np.ndarray:
     """(bands, H, W) signed residual of every band after the invariant-pixel regression, in robust SD units."""
     gain, offset, spread = invariant_regression(before, after, tiling, grid)
-    mosaic = ChannelMosaic(grid, before.count)
+    mosaic = PixelMosaic(grid, before.count)
     for p in paired_patches(before, after, tiling, grid, batch=256):
         mosaic.add(p.records, (p.after - gain[None, :, None, None] * p.before - offset[None, :, None, None]) / spread[None, :, None, None])
     return mosaic.result()
 
 
-class ChannelMosaic(PixelMosaic):
-    """:class:`PixelMosaic` of (C, h, w) patch values: overlaps averaged channel by channel."""
-
-    def __init__(self, grid: Grid, channels: int) -> None:
-        self.total = np.zeros((channels, *grid.shape), np.float32)
-        self.count = np.zeros(grid.shape, np.uint16)
-
-    def add(self, records, values: np.ndarray) -> None:
-        for record, value in zip(records, values):
-            r, c = int(record.window.row_off), int(record.window.col_off)
-            h = min(value.shape[-2], self.total.shape[1] - r)
-            w = min(value.shape[-1], self.total.shape[2] - c)
-            self.total[:, r : r + h, c : c + w] += value[:, :h, :w]
-            self.count[r : r + h, c : c + w] += 1
-
-    def result(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan).astype(np.float32)
-
-
-__all__ = ["ChannelMosaic", "DIRECTION_STAGES", "EVIDENCE_VERSION", "PairEvidence", "default_cache", "evidence_key", "evidence_meta", "pair_evidence", "scene_evidence"]
+__all__ = ["DIRECTION_STAGES", "EVIDENCE_VERSION", "PairEvidence", "default_cache", "evidence_key", "evidence_meta", "pair_evidence", "scene_evidence"]

@@ -22,10 +22,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
 from rscbir.atomic import atomic_path
+from rscbir.change.areas import drop_small_areas, smooth_scores
 from rscbir.change.evidence import PairEvidence
 from rscbir.errors import ModelMismatchError
 
@@ -125,17 +125,12 @@ def _network(channels: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
-def head_channels(names: Sequence[str]) -> list[str]:
-    """Every evidence channel; the head reads them all."""
-    return list(names)
-
-
 def train_change_head(pairs: Sequence[tuple[PairEvidence, np.ndarray]], meta: dict, training: HeadTraining = HeadTraining(),
                       progress: Callable[[str], None] | None = None) -> ChangeHead:  # fmt: skip
     """Train a change head on labelled pairs ((evidence, change mask on its grid), ...)."""
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
-    channels = head_channels(pairs[0][0].names)
+    channels = list(pairs[0][0].names)  # the head reads every evidence channel
     for evidence, _ in pairs:
         if evidence.names != pairs[0][0].names:
             raise ModelMismatchError("labelled pairs give different evidence channels (different bands?); train on pairs read alike")
@@ -196,14 +191,8 @@ def _samples(pairs, held, training: HeadTraining, rng) -> tuple[np.ndarray, np.n
 
 def change_mask(probability: np.ndarray, cut: float, smooth: float = 1.0, min_pixels: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(changed mask, smoothed probability) of a probability map, as the label-free mask is made."""
-    valid = np.isfinite(probability)
-    smoothed = np.where(valid, ndimage.gaussian_filter(np.nan_to_num(probability), smooth) if smooth else probability, np.nan)
-    mask = valid & (np.nan_to_num(smoothed, nan=-1) > cut)
-    if min_pixels > 1 and mask.any():
-        labels, count = ndimage.label(mask)
-        sizes = ndimage.sum(mask, labels, np.arange(1, count + 1))
-        mask = np.isin(labels, np.flatnonzero(sizes >= min_pixels) + 1)
-    return mask, smoothed.astype(np.float32)
+    smoothed = smooth_scores(probability, smooth)
+    return drop_small_areas(np.nan_to_num(smoothed, nan=-1) > cut, min_pixels), smoothed.astype(np.float32)
 
 
 def _holdout_f1(head, pairs, held, training: HeadTraining) -> tuple[float, float]:

@@ -112,18 +112,18 @@ def score_change(
 
 
 class PixelMosaic:
-    """Per-pixel scores of many patches on one grid; overlaps are averaged."""
+    """Per-pixel scores of many patches on one grid (``channels`` of them per pixel when given); overlaps are averaged."""
 
-    def __init__(self, grid: Grid) -> None:
-        self.total = np.zeros(grid.shape, np.float32)
+    def __init__(self, grid: Grid, channels: int | None = None) -> None:
+        self.total = np.zeros(grid.shape if channels is None else (channels, *grid.shape), np.float32)
         self.count = np.zeros(grid.shape, np.uint16)
 
     def add(self, records: Sequence[PatchRecord], values: np.ndarray) -> None:
+        height, width = self.count.shape
         for record, value in zip(records, values):
             r, c = int(record.window.row_off), int(record.window.col_off)
-            h = min(value.shape[0], self.total.shape[0] - r)
-            w = min(value.shape[1], self.total.shape[1] - c)
-            self.total[r : r + h, c : c + w] += value[:h, :w]
+            h, w = min(value.shape[-2], height - r), min(value.shape[-1], width - c)
+            self.total[..., r : r + h, c : c + w] += value[..., :h, :w]
             self.count[r : r + h, c : c + w] += 1
 
     def result(self) -> np.ndarray:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage
 
-from rscbir.change.areas import AREA_SCORE, PixelRegularisation, changed_regions
+from rscbir.change.areas import AREA_SCORE, PixelRegularisation, changed_regions, drop_small_areas, smooth_scores
 from rscbir.change.detection import PIXEL_THRESHOLD, ChangeMap
 from rscbir.change.evidence import PairEvidence
 from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space
@@ -39,9 +38,7 @@ def starting_logit(evidence: PairEvidence, head: ChangeHead | None, smooth: floa
         p = np.clip(smoothed, 1e-4, 1 - 1e-4)
         logit = np.log(p / (1 - p)) - np.log(head.cut / (1 - head.cut))
         return logit.astype(np.float32), evidence_space(hidden, MarkRule().components)
-    fusion = evidence.scores.pixels["fusion"]
-    filled = np.where(valid, fusion, np.nanmedian(fusion[valid]))
-    smoothed = ndimage.gaussian_filter(filled, smooth) if smooth else filled
+    smoothed = smooth_scores(evidence.scores.pixels["fusion"], smooth)
     median, spread = robust_spread(smoothed[valid])
     spread = spread if spread > 1e-6 else 1.0
     cut = PIXEL_THRESHOLD.value(smoothed[valid])
@@ -65,11 +62,7 @@ def taught_change_map(evidence: PairEvidence, head: ChangeHead | None = None, ma
         positions = np.argwhere(valid).astype(np.float32)
         corrected[valid] = correct_with_marks(logit[valid], space, rows[at], marks.labels[at].astype(int), rule, positions)
         used = int(at.sum())
-    mask = valid & (np.nan_to_num(corrected, nan=-np.inf) > 0)
-    if regularisation.min_pixels > 1 and mask.any():
-        labels, count = ndimage.label(mask)
-        sizes = ndimage.sum(mask, labels, np.arange(1, count + 1))
-        mask = np.isin(labels, np.flatnonzero(sizes >= regularisation.min_pixels) + 1)
+    mask = drop_small_areas(valid & (np.nan_to_num(corrected, nan=-np.inf) > 0), regularisation.min_pixels)
     probability = np.where(valid, 1 / (1 + np.exp(-np.clip(corrected, -30, 30))), np.nan).astype(np.float32)
     evidence.scores.pixels[TAUGHT] = probability
     summary = {"method": TAUGHT, "level": "pixel", "taught_by": _taught_by(head, marks), "threshold_rule": "probability > 0.5",

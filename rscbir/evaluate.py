@@ -9,16 +9,20 @@ relevance feedback), so the figures measure what users get.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from rscbir.change.evidence import default_cache
+from rscbir.change.marks import MarkRule
 from rscbir.change.pairs import cosine_distance
 from rscbir.datasets.oscd import RGB_BANDS, city_pair, city_scene, find_change_sets, oscd_change_fraction, oscd_labels_on
+from rscbir.datasets.change_sets import labelled_pairs
 from rscbir.datasets.pairs import pair_label, pair_names, pair_scenes
 from rscbir.change import PIXEL_THRESHOLD, ChangeMethod, PixelRegularisation, pixel_change_mask, score_change, score_scenes
 from rscbir.defaults import DEFAULT_AUGMENT, DEFAULT_DIM
@@ -26,8 +30,10 @@ from rscbir.embed import EmbedOptions, embed_images
 from rscbir.errors import LabelError
 from rscbir.models.features import FeatureModel
 from rscbir.datasets.scene_sets import LabelledImages
-from rscbir.models.load import load_feature_model, model_for_images, model_for_scenes
+from rscbir.models.config import ModelConfig
+from rscbir.models.load import load_feature_model, model_for_images, model_for_scenes, model_from_config
 from rscbir.models.options import ModelOptions
+from rscbir.presets import SceneOptions
 from rscbir.metrics import RankingScores, precision_recall_f1, roc_auc
 from rscbir.models.whitening import PCAWhitening
 from rscbir.errors import QueryError
@@ -36,6 +42,9 @@ from rscbir.query import query_patch
 from rscbir.rerank import QueryExpansion, augment_database, feedback_vector
 from rscbir.thresholds import Threshold
 from rscbir.tiling import TilingConfig, aligned_grid
+
+if TYPE_CHECKING:
+    from rscbir.change.head import ChangeHead
 
 def retrieval_metrics(
     vectors: np.ndarray,
@@ -344,6 +353,82 @@ def evaluate_change_pairs(
                                "mean_of_images_f1": _nan_mean([f[name_method]["f1"] for f in per_image.values()])}  # fmt: skip
     return {"images": per_image, "pooled": pooled, "patch_size": patch_size, "pixel_threshold": str(pixel_threshold),
             "smooth_px": rule.smooth, "min_pixels": rule.min_pixels, "notes": notes}  # fmt: skip
+
+
+def evaluate_taught_change(
+    root: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    scene_options: SceneOptions = SceneOptions(),
+    tiling: TilingConfig = TilingConfig(32),
+    head: ChangeHead | None = None,
+    clicks: Sequence[int] = (),
+    rounds: int = 1,
+    seeds: int = 3,
+    rule: MarkRule = MarkRule(),
+    regularisation: PixelRegularisation = PixelRegularisation(),
+    cache: str | os.PathLike | None = "default",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Pixel-level change figures of maps taught the way users teach them, on labelled pairs (OSCD cities or
+    ``A/ B/ label/`` pairs), beside the label-free default and CVA: the change model ``head`` alone, and for each
+    N in ``clicks`` the map after N simulated clicks per pair (:func:`rscbir.change.clicks.first_clicks`, ``seeds``
+    draws), then ``rounds - 1`` more rounds of N clicks where the map is most wrong. Pooled over pairs and seeds."""
+    from rscbir.change.clicks import correcting_clicks, first_clicks
+    from rscbir.change.marks import Marks
+    from rscbir.change.taught import starting_logit, taught_change_map
+    from rscbir.change.training import labelled_evidence
+
+    cache = default_cache() if cache == "default" else cache
+    model = None
+    if head is not None:
+        model = model_from_config(ModelConfig.from_dict(head.meta["model"]))
+    totals: dict[str, np.ndarray] = {}
+    per_pair = {}
+    for pair in labelled_pairs(root, names, scene_options):
+        evidence, meta = labelled_evidence(pair, tiling, model=model, cache=cache)
+        if head is not None:
+            head.check(meta)
+        valid, truth = evidence.valid, pair.truth & evidence.valid
+        counts: dict[str, np.ndarray] = {}
+
+        def count(key: str, mask: np.ndarray) -> None:
+            m = mask & valid
+            found = np.array([(m & truth).sum(), (m & ~truth).sum(), (~m & truth & valid).sum()], np.int64)
+            counts[key] = counts.get(key, 0) + found
+
+        for method in (ChangeMethod.FUSION.value, ChangeMethod.CVA.value):
+            count(f"label-free {method}", pixel_change_mask(evidence.scores, method, PIXEL_THRESHOLD, regularisation)[0])
+        start = starting_logit(evidence, head, regularisation.smooth)
+        if head is not None:
+            count("change model", taught_change_map(evidence, head, None, rule, regularisation, start).mask)
+        for n in clicks:
+            for seed in range(seeds):
+                labels = first_clicks(truth, valid, n, seed)
+                for r in range(rounds):
+                    if r:
+                        labels = correcting_clicks(truth, mask, valid, n, labels)
+                    marks = Marks(labels, int((labels >= 0).sum()))
+                    mask = taught_change_map(evidence, head, marks, rule, regularisation, start).mask
+                    count(click_key(n, r + 1 if rounds > 1 else None), mask)
+        per_pair[pair.name] = {key: _f1_of(c) for key, c in counts.items()}
+        per_pair[pair.name]["changed_share"] = float(truth.sum() / max(valid.sum(), 1))
+        for key, c in counts.items():
+            totals[key] = totals.get(key, 0) + c
+        if progress:
+            progress(f"{pair.name}: " + ", ".join(f"{k} F1 {v['f1']:.3f}" for k, v in per_pair[pair.name].items() if isinstance(v, dict)))
+    return {"pairs": per_pair, "pooled": {key: _f1_of(c) for key, c in totals.items()}, "clicks": list(clicks), "rounds": rounds,
+            "seeds": seeds, "patch_size": tiling.to_dict()["patch_size"], "change_model": head.meta.get("pairs") if head else None,
+            "mark_rule": dataclasses.asdict(rule), "smooth_px": regularisation.smooth, "min_pixels": regularisation.min_pixels}  # fmt: skip
+
+
+def click_key(clicks: int, round_: int | None = None) -> str:
+    """The key of the figures after ``clicks`` simulated clicks (in round ``round_`` of several)."""
+    return f"{clicks} clicks" + (f", round {round_}" if round_ else "")
+
+
+def _f1_of(counts: np.ndarray) -> dict:
+    tp, fp, fn = (int(v) for v in counts)
+    return {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "f1": 2 * tp / max(2 * tp + fp + fn, 1)}
 
 
 def _nan_mean(values) -> float:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import blob_image, write_raster
 from rscbir.change.clicks import correcting_clicks, first_clicks
-from rscbir.change.marks import MarkRule, MarksError, correct_with_marks, read_marks
+from rscbir.change.marks import MarkRule, MarksError, correct_with_marks, mark_regions, read_marks
 from rscbir.cli import cli
 from rscbir.grid import Grid
 from rscbir.scene import Scene
@@ -122,3 +122,90 @@ def test_change_with_marks_on_the_cli(pair, tmp_path, monkeypatch):
     gpd.GeoDataFrame({"changed": [1]}, geometry=[shapely.Point(0, 0)], crs="EPSG:4326").to_file(outside)
     bad = CliRunner().invoke(cli, [*common, "--marks", str(outside), "-o", str(tmp_path / "x.geojson")])
     assert bad.exit_code == 2 and "lies on the pair" in bad.output and not (tmp_path / "x.geojson").exists()
+
+
+def test_a_mark_answers_for_its_place():
+    valid = np.ones((60, 60), bool)
+    logit = np.full((60, 60), -5.0, np.float32)
+    logit[5:15, 5:15] = 8.0  # a flagged area the user says is not change
+    logit[30:40, 30:40] = 8.0  # another flagged area, unmarked
+    logit[45:55, 5:20] = -1.0  # ground the score leans toward change, not flagged
+    labels = np.full((60, 60), -1, np.int8)
+    labels[9, 9] = 0
+    labels[50, 10] = 1
+    placed = mark_regions(logit, valid, labels, MarkRule())
+    assert (placed[5:15, 5:15] < 0).all()  # the whole marked area cleared, not one pixel
+    assert (placed[30:40, 30:40] == 8.0).all()  # the unmarked area kept
+    assert (placed[45:55, 5:20] > 0).all() and (placed[58:, :] < 0).all()  # the leaning ground around the mark flagged, no further
+    labels[12, 12] = 1  # marked both ways: the area keeps its answer
+    assert (mark_regions(logit, valid, labels, MarkRule())[5:15, 5:15] > 0).all()
+    lone = np.full((60, 60), -1, np.int8)
+    lone[2, 50] = 1  # a "changed" click where nothing leans toward change still flags a place, not a pixel
+    assert (mark_regions(logit, valid, lone, MarkRule()) > 0).sum() - (logit > 0).sum() >= 10
+
+
+def _write_pairs(root, count=4, size=64, seed=0):
+    """A/ B/ label/ PNG pairs: after = before plus bright squares (the change) and a global brightening (not change)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for side in ("A", "B", "label"):
+        (root / side).mkdir(parents=True)
+    for k in range(count):
+        before = blob_image(size, size, centre=rng.integers(10, size - 10, 2), sigma=8, seed=k)
+        after = np.clip(before.astype(int) + 25, 0, 255).astype(np.uint8)
+        label = np.zeros((size, size), np.uint8)
+        for _ in range(2):
+            r, c = rng.integers(4, size - 16, 2)
+            after[:, r : r + 12, c : c + 12] = [[[230]], [[90]], [[60]]]
+            label[r : r + 12, c : c + 12] = 255
+        Image.fromarray(before.transpose(1, 2, 0)).save(root / "A" / f"p{k}.png")
+        Image.fromarray(after.transpose(1, 2, 0)).save(root / "B" / f"p{k}.png")
+        Image.fromarray(label).save(root / "label" / f"p{k}.png")
+    return root
+
+
+def test_change_model_from_labelled_pairs(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSCBIR_CACHE", str(tmp_path / "cache"))
+    pairs = _write_pairs(tmp_path / "pairs")
+    model = tmp_path / "change.pt"
+    small = ["--patch-size", "32", "--input-size", "64"]
+    trained = CliRunner().invoke(cli, ["finetune-change", str(pairs), "--pairs", "p0.png,p1.png,p2.png", *small, "--epochs", "4", "-o", str(model)])
+    assert trained.exit_code == 0, trained.output
+    assert "trained on 3 pairs" in trained.output and model.exists()
+    report = tmp_path / "eval.json"
+    measured = CliRunner().invoke(cli, ["eval", "change", str(pairs), "--pairs", "p3.png", "--weights", str(model), "--marks", "1,3",
+                                        "--seeds", "2", "--json", str(report)])  # fmt: skip
+    assert measured.exit_code == 0, measured.output
+    pooled = json.loads(report.read_text())["pooled"]
+    assert set(pooled) >= {"label-free fusion", "label-free cva", "change model", "1 clicks", "3 clicks"}
+    assert pooled["change model"]["f1"] > 0.5  # squares on a brightened scene: the model learnt which is change
+    # the model refuses scenes read with other bands, naming what differs
+    four = np.concatenate([blob_image(64, 64, (30, 30), seed=1), blob_image(64, 64, (30, 30), seed=1)[:1]])
+    a = write_raster(tmp_path / "a_20190101.tif", four)
+    b = write_raster(tmp_path / "b_20200101.tif", four)
+    refused = CliRunner().invoke(cli, ["change", str(a), str(b), "--band-names", "R,G,B,NIR", *small, "--weights", str(model),
+                                       "-o", str(tmp_path / "x.geojson")])  # fmt: skip
+    assert refused.exit_code == 2 and "bands" in refused.output and not (tmp_path / "x.geojson").exists()
+    unknown = CliRunner().invoke(cli, ["finetune-change", str(pairs), "--pairs", "nope.png", "-o", str(tmp_path / "y.pt")])
+    assert unknown.exit_code == 2 and "no labelled pair named nope.png" in unknown.output
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_not_changed_mark_clears_a_real_area(real_data, tmp_path, monkeypatch):
+    """OSCD Rennes: one "not changed" click on the top-ranked changed area removes that area (it once moved one pixel)."""
+    monkeypatch.setenv("RSCBIR_CACHE", str(tmp_path / "cache"))
+    city = real_data / "oscd" / "rennes"
+    common = ["change", str(city / "imgs_1"), str(city / "imgs_2"), "--preset", "sentinel2", "--patch-size", "32"]
+    first = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "first.geojson")])
+    assert first.exit_code == 0, first.output
+    before = gpd.read_file(tmp_path / "first.geojson")
+    top = before.geometry.iloc[0]
+    gpd.GeoDataFrame({"changed": [0]}, geometry=[top.representative_point()], crs=before.crs).to_file(tmp_path / "m.geojson")
+    taught = CliRunner().invoke(cli, [*common, "--marks", str(tmp_path / "m.geojson"), "-o", str(tmp_path / "taught.geojson")])
+    assert taught.exit_code == 0, taught.output
+    after = gpd.read_file(tmp_path / "taught.geojson")
+    assert not after.intersects(top.representative_point()).any()
+    assert after.intersects(before.geometry.iloc[1].representative_point()).any()  # the next area stays
+    assert abs(len(after) - len(before)) <= 3

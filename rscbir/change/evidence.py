@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rscbir.cache import cache_root
 from rscbir.change.pairs import paired_patches
 from rscbir.change.radiometry import invariant_regression, radiometric_match
 from rscbir.change.scores import ChangeScores, PixelMosaic, robust_z, score_change
@@ -147,8 +148,7 @@ def evidence_key(spectral: tuple[Scene, Scene], grid: Grid, tiling: TilingConfig
 
 def default_cache() -> Path:
     """Where pair evidence is cached: ``$RSCBIR_CACHE/change`` or ``~/.cache/rscbir/change``."""
-    root = os.environ.get("RSCBIR_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "rscbir")
-    return Path(root) / "change"
+    return cache_root() / "change"
 
 
 def _cnn_evidence(before, after, model, tiling, grid, batch) -> tuple[np.ndarray, list[str]]:

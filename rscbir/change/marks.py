@@ -1,11 +1,13 @@
 """Marks that say what counts as change: "changed here" / "not changed here", read from a vector file.
 
-A user marks points or polygons (any CRS, a ``changed`` property of 1/0 or true/false) and runs again. Each
-mark corrects the current change score around itself *in evidence space*: the pixels (or patches) whose
-per-pixel evidence resembles a marked place move toward the mark's answer, the others keep the score they had
-(:func:`correct_with_marks`). A correction is a kernel regression of what the map gets wrong at the marks, so
-marks the map already agrees with change nothing, one mark of one class still works, and marks accumulate
-over rounds.
+A user marks points or polygons (any CRS, a ``changed`` property of 1/0 or true/false) and runs again. A mark
+answers for the *place* it lies on, as a click in an interactive segmentation tool selects an object
+(:func:`mark_regions`): "not changed" on a flagged area clears that whole area; "changed" on unflagged ground
+flags the connected ground around it that the score already leans toward. Then each mark corrects the score
+around itself *in evidence space* (:func:`correct_with_marks`): pixels whose per-pixel evidence resembles a
+marked place move toward the mark's answer, the others keep the score they had. A correction is a kernel
+regression of what the map gets wrong at the marks, so marks the map already agrees with change nothing, one
+mark of one class still works, and marks accumulate over rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import geopandas as gpd
 import numpy as np
 from rasterio import features
+from scipy import ndimage
 
 from rscbir.errors import RscbirError
 from rscbir.grid import Grid
@@ -112,6 +115,36 @@ class MarkRule:
     margin: float = 2.0
     ridge: float = 0.01
     components: int = 16  # evidence is compared after a PCA to this many components (fitted on the pair)
+    regions: bool = True  # a mark answers for its place (mark_regions) before the evidence-space correction
+    lean: float = 1.5  # a "changed" mark grows over connected pixels whose logit is above -lean (toward change)
+    grow: int = 24  # ... within this many pixels of the mark
+    least: int = 2  # ... and flags at least a disc of this radius (a place, not a pixel the minimum area drops)
+
+
+def mark_regions(logit: np.ndarray, valid: np.ndarray, labels: np.ndarray, rule: MarkRule = MarkRule()) -> np.ndarray:
+    """The logit (H, W; > 0 changed) after each mark has answered for its place: every changed area (connected
+    pixels above 0) holding a "not changed" mark and no "changed" one is pushed to ``-margin``; around each
+    "changed" mark the connected pixels above ``-lean`` within ``grow`` px (at least a disc of ``least`` px)
+    are pulled to ``+margin``."""
+    out = logit.astype(np.float32).copy()
+    changed = valid & (np.nan_to_num(logit, nan=-np.inf) > 0)
+    areas, _ = ndimage.label(changed)
+    kept = set(np.unique(areas[labels == 1]).tolist())
+    cleared = np.isin(areas, sorted(set(np.unique(areas[labels == 0]).tolist()) - kept - {0}))
+    out[cleared] = np.minimum(out[cleared], -rule.margin)
+    leaning = valid & (np.nan_to_num(logit, nan=-np.inf) > -rule.lean) & ~cleared
+    for r, c in np.argwhere((labels == 1) & valid & ~changed):
+        height, width = valid.shape
+        rows = slice(max(r - rule.grow, 0), min(r + rule.grow + 1, height))
+        cols = slice(max(c - rule.grow, 0), min(c + rule.grow + 1, width))
+        yy, xx = np.ogrid[rows, cols]
+        distance2 = (yy - r) ** 2 + (xx - c) ** 2
+        around = leaning[rows, cols] & (distance2 <= rule.grow**2) | (distance2 <= rule.least**2) & valid[rows, cols]
+        parts, _ = ndimage.label(around)
+        place = parts == parts[r - rows.start, c - cols.start]
+        window = out[rows, cols]
+        window[place] = np.maximum(window[place], rule.margin)
+    return out
 
 
 def evidence_space(evidence: np.ndarray, components: int, seed: int = 0) -> np.ndarray:
@@ -160,4 +193,4 @@ def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
     return np.exp(-np.maximum(d2, 0) / (2 * bandwidth**2)).astype(np.float32)
 
 
-__all__ = ["MarkRule", "Marks", "MarksError", "correct_with_marks", "evidence_space", "marks_geojson", "read_marks"]
+__all__ = ["MarkRule", "Marks", "MarksError", "correct_with_marks", "evidence_space", "mark_regions", "marks_geojson", "read_marks"]

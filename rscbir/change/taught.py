@@ -16,7 +16,7 @@ import numpy as np
 from rscbir.change.areas import AREA_SCORE, PixelRegularisation, changed_regions, drop_small_areas, smooth_scores
 from rscbir.change.detection import PIXEL_THRESHOLD, ChangeMap
 from rscbir.change.evidence import PairEvidence
-from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space
+from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space, mark_regions
 from rscbir.modes import TAUGHT
 from rscbir.thresholds import robust_spread
 
@@ -47,11 +47,13 @@ def starting_logit(evidence: PairEvidence, head: ChangeHead | None, smooth: floa
 
 
 def taught_change_map(evidence: PairEvidence, head: ChangeHead | None = None, marks: Marks | None = None,
-                      rule: MarkRule = MarkRule(), regularisation: PixelRegularisation = PixelRegularisation()) -> ChangeMap:  # fmt: skip
+                      rule: MarkRule = MarkRule(), regularisation: PixelRegularisation = PixelRegularisation(),
+                      start: tuple[np.ndarray, np.ndarray] | None = None) -> ChangeMap:  # fmt: skip
     """The change map of a pair taught by a change model and/or marks (see the module); its score
-    (``scores.pixels['taught']``, also the score raster's) is the probability of change, 0.5 at the cut."""
+    (``scores.pixels['taught']``, also the score raster's) is the probability of change, 0.5 at the cut.
+    ``start`` is :func:`starting_logit`'s answer when it was computed already (rounds of simulated clicks)."""
     valid = evidence.valid
-    logit, space = starting_logit(evidence, head, regularisation.smooth)
+    logit, space = start if start is not None else starting_logit(evidence, head, regularisation.smooth)
     logit = np.clip(logit, -LOGIT_LIMIT, LOGIT_LIMIT)  # a mark can outvote any place: certainty saturates
     corrected = logit.copy()
     used = 0
@@ -60,7 +62,8 @@ def taught_change_map(evidence: PairEvidence, head: ChangeHead | None = None, ma
         rows = np.full(valid.shape, -1)
         rows[valid] = np.arange(int(valid.sum()))
         positions = np.argwhere(valid).astype(np.float32)
-        corrected[valid] = correct_with_marks(logit[valid], space, rows[at], marks.labels[at].astype(int), rule, positions)
+        placed = mark_regions(logit, valid, marks.labels, rule) if rule.regions else logit
+        corrected[valid] = correct_with_marks(placed[valid], space, rows[at], marks.labels[at].astype(int), rule, positions)
         used = int(at.sum())
     mask = drop_small_areas(valid & (np.nan_to_num(corrected, nan=-np.inf) > 0), regularisation.min_pixels)
     probability = np.where(valid, 1 / (1 + np.exp(-np.clip(corrected, -30, 30))), np.nan).astype(np.float32)

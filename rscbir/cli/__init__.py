@@ -6,6 +6,7 @@ from rscbir.cli.embed import embed
 from rscbir.cli.evaluate import eval_group
 from rscbir.cli.export import export
 from rscbir.cli.finetune import finetune
+from rscbir.cli.finetune_change import finetune_change
 from rscbir.cli.index import index
 from rscbir.cli.info import info
 from rscbir.cli.query import query
@@ -19,6 +20,7 @@ cli.add_command(embed)
 cli.add_command(eval_group)
 cli.add_command(export)
 cli.add_command(finetune)
+cli.add_command(finetune_change)
 cli.add_command(index)
 cli.add_command(info)
 cli.add_command(query)

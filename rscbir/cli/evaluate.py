@@ -63,41 +63,94 @@ def retrieval(ctx, folder, model_opts, dim, whiten, qe, augment, feedback_top, h
 @eval_group.command(
     name="change",
     epilog="""\b
-Example:
-  rscbir eval change ../shared/data/oscd --json out/oscd_change.json""",
+Examples:
+  rscbir eval change ../shared/data/oscd --json out/oscd_change.json
+  rscbir eval change ../shared/data/oscd --pairs mumbai,nantes,paris,pisa,rennes --marks 1,3,10 --rounds 2
+  rscbir eval change ../shared/data/levir_cd_samples --weights out/levir_change.pt --marks 3""",
 )
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="DIR")
 @click.option("--city", "cities", multiple=True, help="Evaluate these cities only (default: every city folder with labels).")
-@click.option("--patch-size", type=int, default=32, show_default=True, help="Patch side in pixels (64 is used for A/ B/ label/ image pairs).")
+@click.option("--pairs", callback=options.split_list, metavar="LIST", help="These pairs only: OSCD city names or image names of A/ (comma-separated).")
+@click.option("--patch-size", type=int, default=None, help="Patch side in pixels (default 32; 64 for A/ B/ label/ image pairs; a change model's own with --weights).")
 @click.option("--threshold", default="otsu", show_default=True, help="Label-free threshold rule applied per city to patch scores.")
 @click.option("--pixel-threshold", default="robust:3", show_default=True, help="Label-free rule for pixel scores (--dense), as `rscbir change`.")
 @click.option("--all-bands", is_flag=True, help="CNN reads all 13 bands through an inflated first convolution (default: B04 B03 B02).")
 @click.option("--dense", is_flag=True, help="Also score pixel by pixel (DCVA feature maps, CVA) and report pixel-level figures.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A change model from `rscbir finetune-change`: measure its maps.")
+@click.option("--marks", "clicks", callback=options.split_list, metavar="N[,N...]",
+              help="Simulate N clicks per pair from its label (half in separate changed areas, half on unchanged ground; seeded) "
+                   "and measure the map they teach, for each N given.")
+@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True, help="With --marks: rounds of N clicks, each next one where the map is most wrong.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="With --marks: click draws per pair, pooled.")
 @options.json_file_option()
 @click.option("-q", "--quiet", is_flag=True, help="No per-city progress lines on stderr.")
-def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, dense, json_path, quiet):
+def change(folder, cities, pairs, patch_size, threshold, pixel_threshold, all_bands, dense, weights, clicks, rounds, seeds, json_path, quiet):
     """Change detection against labels. DIR holds OSCD-style city folders (imgs_1/, imgs_2/, cm/ with
     2 = change): precision, recall, F1 and ROC AUC per city and pooled, for every method and the CVA
     baseline, a patch counted as changed above 0 %, 5 % and 25 % changed pixels (--dense: pixel level too).
-    Or DIR holds image pairs A/, B/, label/ (LEVIR-CD, DSIFN): pixel-level figures of fusion and CVA."""
+    Or DIR holds image pairs A/, B/, label/ (LEVIR-CD, DSIFN): pixel-level figures of fusion and CVA.
+    With --weights and/or --marks: pixel F1 of the maps a change model and simulated clicks teach, beside the
+    label-free default and CVA on the same pairs."""
     from rscbir.export import write_text
     from rscbir.datasets.pairs import is_pair_layout
-    from rscbir.evaluate import evaluate_change_oscd, evaluate_change_pairs, figure_key
     from rscbir.models.load import configure_threads
 
     configure_threads()
     say = None if quiet else (lambda line: click.echo(line, err=True))
-    if is_pair_layout(folder):
-        result = evaluate_change_pairs(folder, pixel_threshold=pixel_threshold, progress=say)
-        click.echo(f"pixel level over {len(result['images'])} image pairs ({result['pixel_threshold']}, 64 px patches):")
-        for method, m in result["pooled"].items():
-            click.echo(f"  {method:<8} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
-                       f"(mean of images F1 {m['mean_of_images_f1']:.3f})")  # fmt: skip
-        for name, note in result["notes"].items():
-            click.echo(f"  note: {name}: {note}", err=True)
-        if json_path:
-            write_text(json.dumps(result, indent=1), json_path)
-        return
+    chosen = list(pairs or ()) + list(cities)
+    if weights or clicks:
+        result = _taught(folder, chosen, patch_size, weights, clicks, rounds, seeds, say)
+    elif is_pair_layout(folder):
+        result = _pairs(folder, pixel_threshold, say)
+    else:
+        result = _oscd(folder, chosen, patch_size or 32, threshold, all_bands, dense, pixel_threshold, say)
+    if json_path:
+        write_text(json.dumps(result, indent=1), json_path)
+
+
+def _taught(folder, chosen, patch_size, weights, clicks, rounds, seeds, say) -> dict:
+    from rscbir.change.head import read_change_head
+    from rscbir.datasets.pairs import is_pair_layout
+    from rscbir.errors import ModelMismatchError
+    from rscbir.evaluate import evaluate_taught_change
+    from rscbir.presets import SceneOptions
+    from rscbir.tiling import TilingConfig
+
+    head = read_change_head(weights) if weights else None
+    if weights and head is None:
+        raise ModelMismatchError(f"{weights}: not a change model; train one with `rscbir finetune-change`")
+    try:
+        counts = tuple(int(n) for n in clicks or ())
+    except ValueError:
+        raise click.BadParameter(f"{','.join(clicks)}: give click counts as whole numbers, e.g. 1,3,10", param_hint="--marks") from None
+    if any(n < 1 for n in counts):
+        raise click.BadParameter("click counts must be 1 or more", param_hint="--marks")
+    layout_pairs = is_pair_layout(folder)
+    size = patch_size or (head.meta["patch_size"] if head else (64 if layout_pairs else 32))
+    scene_options = SceneOptions() if layout_pairs else SceneOptions("sentinel2")
+    result = evaluate_taught_change(folder, chosen or None, scene_options, TilingConfig(size), head, counts, rounds, seeds, progress=say)
+    click.echo(f"pixel level over {len(result['pairs'])} pairs ({size} px patches; clicks: {seeds} draws per pair, pooled):")
+    for key, m in result["pooled"].items():
+        click.echo(f"  {key:<24} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}")
+    return result
+
+
+def _pairs(folder, pixel_threshold, say) -> dict:
+    from rscbir.evaluate import evaluate_change_pairs
+
+    result = evaluate_change_pairs(folder, pixel_threshold=pixel_threshold, progress=say)
+    click.echo(f"pixel level over {len(result['images'])} image pairs ({result['pixel_threshold']}, 64 px patches):")
+    for method, m in result["pooled"].items():
+        click.echo(f"  {method:<8} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
+                   f"(mean of images F1 {m['mean_of_images_f1']:.3f})")  # fmt: skip
+    for name, note in result["notes"].items():
+        click.echo(f"  note: {name}: {note}", err=True)
+    return result
+
+
+def _oscd(folder, cities, patch_size, threshold, all_bands, dense, pixel_threshold, say) -> dict:
+    from rscbir.evaluate import evaluate_change_oscd, figure_key
+
     result = evaluate_change_oscd(folder, cities or None, patch_size, threshold=threshold, all_bands=all_bands,
                                   progress=say, dense=dense, pixel_threshold=pixel_threshold)  # fmt: skip
     click.echo(f"pooled over {len(result['cities'])} cities ({patch_size} px patches, {threshold} threshold per city):")
@@ -113,8 +166,7 @@ def change(folder, cities, patch_size, threshold, pixel_threshold, all_bands, de
             m, c = result["pooled"][figure_key(method)], result["mean_of_cities"][figure_key(method)]
             click.echo(f"    {method:<11} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {m['auc']:.3f}  "
                        f"(mean of cities: F1 {c['f1']:.3f}  AUC {c['auc']:.3f})")
-    if json_path:
-        write_text(json.dumps(result, indent=1), json_path)
+    return result
 
 
 @eval_group.command(

@@ -11,6 +11,7 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
+from rscbir.atomic import atomic_path
 from rscbir.errors import LabelError
 from rscbir.images import IMAGE_SUFFIXES
 from rscbir.scene import Scene
@@ -53,12 +54,15 @@ def pair_label(root: str | os.PathLike, name: str, shape: tuple[int, int]) -> np
 
 def nominal_scene(png: Path, target: Path, date: str) -> Scene:
     """An RGB image file as a GeoTIFF on a nominal 1 m grid (EPSG:3857 at the origin), opened as a scene of ``date``
-    (nominal too: pairs carry no dates, and change needs two)."""
-    pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)
-    with rasterio.open(target, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1], count=3, dtype="uint8",
-                       crs="EPSG:3857", transform=Affine(1, 0, 0, 0, -1, pixels.shape[1])) as dst:  # fmt: skip
-        dst.write(pixels)
-        dst.descriptions = ("R", "G", "B")
+    (nominal too: pairs carry no dates, and change needs two). A GeoTIFF written before from the same image is
+    reused, so the pair's cached evidence stays valid."""
+    if not (target.exists() and target.stat().st_mtime_ns >= png.stat().st_mtime_ns):
+        pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)
+        with atomic_path(target, suffix=".tif") as tmp:
+            with rasterio.open(tmp, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1], count=3, dtype="uint8",
+                               crs="EPSG:3857", transform=Affine(1, 0, 0, 0, -1, pixels.shape[1])) as dst:  # fmt: skip
+                dst.write(pixels)
+                dst.descriptions = ("R", "G", "B")
     return Scene.open(target, band_names=["R", "G", "B"], scaling="divide:255", date=date)
 
 

@@ -28,7 +28,7 @@ from rscbir.catalog import patch_grid
 from rscbir.errors import OutputError
 from rscbir.grid import Grid
 from rscbir.index import Index
-from rscbir.modes import TAUGHT, ChangeMethod
+from rscbir.modes import ChangeMethod, score_name
 from rscbir.query import QueryResult
 from rscbir.scene import Scene
 
@@ -203,11 +203,6 @@ def change_geojson(frame: gpd.GeoDataFrame, summary: dict) -> dict:
     doc = json.loads(frame.to_json(drop_id=True))
     doc["change"] = summary
     return doc
-
-
-def score_name(method: ChangeMethod | str) -> str:
-    """The key of a score in :class:`ChangeScores`: a label-free method's name, or ``taught`` (marks, change model)."""
-    return method.value if isinstance(method, ChangeMethod) else (method if method == TAUGHT else ChangeMethod(method).value)
 
 
 def score_grid(scores: ChangeScores, method: ChangeMethod | str) -> tuple[np.ndarray, Affine]:

@@ -55,6 +55,11 @@ class ChangeMethod(str, enum.Enum):
 TAUGHT = "taught"
 
 
+def score_name(method: ChangeMethod | str) -> str:
+    """The key of a change score: a label-free method's name, or ``taught`` (marks, change model)."""
+    return method.value if isinstance(method, ChangeMethod) else (method if method == TAUGHT else ChangeMethod(method).value)
+
+
 def choices(mode: type[enum.Enum]) -> list[str]:
     """The values of an enum, for ``click.Choice``."""
     return [m.value for m in mode]

@@ -209,3 +209,27 @@ def test_a_not_changed_mark_clears_a_real_area(real_data, tmp_path, monkeypatch)
     assert not after.intersects(top.representative_point()).any()
     assert after.intersects(before.geometry.iloc[1].representative_point()).any()  # the next area stays
     assert abs(len(after) - len(before)) <= 3
+
+
+@pytest.mark.realdata
+def test_marks_on_two_dates_of_an_index(naip_index, tmp_path):
+    """NAIP 2009 vs 2020 from the index (cosine, patch level): a "not changed" mark on a changed patch clears its
+    group of adjacent changed patches; marks off the index are refused before anything is written."""
+    common = ["change", "--index", str(naip_index), "--dates", "20090818", "20200831", "--method", "cosine"]
+    plain = CliRunner().invoke(cli, [*common, "--all-patches", "-o", str(tmp_path / "all.geojson")])
+    assert plain.exit_code == 0, plain.output
+    patches = gpd.read_file(tmp_path / "all.geojson")
+    target = patches[patches["changed"]].sort_values("score").iloc[0]  # the changed patch the score is least sure of
+    mark = gpd.GeoDataFrame({"changed": [0]}, geometry=[target.geometry.centroid], crs=patches.crs)
+    mark.to_file(tmp_path / "m.geojson")
+    taught = CliRunner().invoke(cli, [*common, "--marks", str(tmp_path / "m.geojson"), "-o", str(tmp_path / "t.geojson")])
+    assert taught.exit_code == 0, taught.output
+    doc = json.loads((tmp_path / "t.geojson").read_text())
+    assert doc["change"]["method"] == "taught" and doc["change"]["marked_patches"] >= 1
+    assert doc["change"]["changed_patches"] < int(patches["changed"].sum())
+    areas = gpd.read_file(tmp_path / "t.geojson")
+    assert not areas.contains(target.geometry.centroid).any()
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame({"changed": [1]}, geometry=[shapely.Point(0, 0)], crs="EPSG:4326").to_file(far)
+    bad = CliRunner().invoke(cli, [*common, "--marks", str(far), "-o", str(tmp_path / "x.geojson")])
+    assert bad.exit_code == 2 and "lies on the pair's patches" in bad.output and not (tmp_path / "x.geojson").exists()

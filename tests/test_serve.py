@@ -141,6 +141,28 @@ def test_change_view_matches_rscbir_change(client, naip_index, tmp_path):
     assert len(hits["features"]) == 5 and hits["features"][0]["properties"]["date"] == "2009-08-18/2020-08-31"
 
 
+def test_change_marks_teach_the_map_as_the_cli_does(client, naip_index, tmp_path):
+    plain = client.get(f"/api/change?dates={DATES}").get_json(force=True)
+    area = shapely.geometry.shape(plain["features"][0]["geometry"]).representative_point()  # the top changed area
+    taught = client.get(f"/api/change?dates={DATES}&marks={area.x},{area.y},0").get_json(force=True)
+    assert taught["change"]["method"] == "taught" and taught["change"]["changed_patches"] < plain["change"]["changed_patches"]
+    areas = [shapely.geometry.shape(f["geometry"]) for f in taught["features"] if not f["properties"].get("mark")]
+    assert not any(a.contains(area) for a in areas)  # the marked area is gone
+    assert [f["properties"] for f in taught["features"] if f["properties"].get("mark")] == [{"mark": True, "changed": 0}]
+    marks = tmp_path / "marks.geojson"
+    marks.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [area.x, area.y]}, "properties": {"changed": 0}}]}))
+    out = tmp_path / "taught.geojson"
+    result = CliRunner().invoke(cli, ["change", "--index", str(naip_index), "--dates", "20090818", "20200831", "--method", "cosine",
+                                      "--marks", str(marks), "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["change"]["changed_patches"] == taught["change"]["changed_patches"]
+    assert client.get(f"/api/change?dates={DATES}").get_json(force=True)["change"]["changed_patches"] == plain["change"]["changed_patches"]
+    for bad, words in ((f"{area.x},{area.y},maybe", "LON,LAT,1"), ("0,0,1", "lies on the pair")):
+        answer = client.get(f"/api/change?dates={DATES}&marks={bad}")
+        assert answer.status_code in (400, 404) and words in answer.get_json(force=True)["error"]
+
+
 def test_an_edit_of_the_index_shows_on_the_next_request(naip_index, tmp_path):
     copy = tmp_path / "naip_index"
     shutil.copytree(naip_index, copy)
@@ -207,7 +229,22 @@ def _browser():
     return chromium
 
 
-def test_page_in_a_real_browser(server, tmp_path):
+def _on_screen(box: dict, index_dir, lon: float, lat: float) -> tuple[float, float]:
+    """Where LON LAT lies on the page's map as it first opens (centred on the index, at its fitted zoom)."""
+    from rscbir.web.layout import fit_zoom
+
+    west, south, east, north = Index.open(index_dir).bounds
+    scale = 256 * 2 ** fit_zoom(west, south, east, north)
+
+    def pixel(x, y):
+        return (x + 180) / 360 * scale, (1 - np.log(np.tan(np.radians(y)) + 1 / np.cos(np.radians(y))) / np.pi) / 2 * scale
+
+    cx, cy = pixel((west + east) / 2, (south + north) / 2)
+    px, py = pixel(lon, lat)
+    return box["x"] + box["width"] / 2 + px - cx, box["y"] + box["height"] / 2 + py - cy
+
+
+def test_page_in_a_real_browser(server, naip_index, tmp_path):
     chromium = _browser()
     from playwright.sync_api import sync_playwright
 
@@ -231,7 +268,7 @@ def test_page_in_a_real_browser(server, tmp_path):
         page.wait_for_function("() => document.querySelector('#search-summary').innerText.includes('1 wrong')", timeout=60_000)
         second = page.locator(".result small").all_inner_texts()
         assert len(second) == 10 and first[1] not in second  # the result marked wrong is gone, others took its place
-        page.locator("label:has-text('Change') input").click()
+        page.locator("input[name='mode'][value='change']").click()
         page.wait_for_selector("#change-summary", timeout=60_000)
         page.wait_for_selector(".change-scores img.leaflet-tile-loaded", timeout=60_000)
         assert "patches changed" in page.inner_text("#change-summary")
@@ -241,11 +278,22 @@ def test_page_in_a_real_browser(server, tmp_path):
         assert len(dates) == 10 and set(dates) == {"2009-08-18/2020-08-31"}
         page.wait_for_timeout(1000)  # the change tiles settle
         page.screenshot(path=str(tmp_path / "change.png"))
+        # teach the change map: "not changed here" on its top changed area, then "Update change map"
+        plain = json.loads(urllib.request.urlopen(f"{server}/api/change?dates={DATES}").read())
+        top = shapely.geometry.shape(plain["features"][0]["geometry"]).representative_point()
+        page.locator("input[name='click-action'][value='unchanged']").click()
+        page.mouse.click(*_on_screen(box, naip_index, top.x, top.y))
+        page.wait_for_selector("path.change-mark", timeout=30_000)
+        page.click("#update-change")
+        page.wait_for_selector("#taught-summary", timeout=60_000)
+        changed = int(page.inner_text("#taught-summary").split("marks: ")[1].split(" of ")[0])
+        assert changed < plain["change"]["changed_patches"]  # the marked area left the map
+        page.screenshot(path=str(tmp_path / "change_marks.png"))
         page.locator(".result img").nth(2).click()  # fly to a result: the map zooms to 16 over it
         page.wait_for_selector(".imagery img.leaflet-tile-loaded[src*='/16/']", timeout=30_000)
         browser.close()
     assert outside == [], f"the page fetched from outside the app: {outside[:3]}"
     assert errors == []
     if os.environ.get("RSCBIR_SCREENSHOTS"):  # `make screenshots` refreshes the README's pictures
-        for name in ("search.png", "change.png"):
+        for name in ("search.png", "change.png", "change_marks.png"):
             shutil.copy(tmp_path / name, Path(os.environ["RSCBIR_SCREENSHOTS"]) / f"serve_{name}")

@@ -15,13 +15,13 @@ from scipy import ndimage
 from rscbir.catalog import geodesic_areas
 from rscbir.change.scores import ChangeScores
 from rscbir.errors import BandError
-from rscbir.modes import ChangeMethod
+from rscbir.modes import ChangeMethod, score_name
 from rscbir.thresholds import Threshold
 
 def changed_areas(scores: ChangeScores, method: ChangeMethod | str, threshold: float) -> gpd.GeoDataFrame:
     """Adjacent changed patches dissolved into polygons (EPSG:4326) with their score (p75 of the member
     patches), max/mean score, area in m², patch count and both dates; best score first."""
-    method = ChangeMethod(method).value
+    method = score_name(method)
     patches = scores.patches
     changed = patches[patches[method] > threshold]
     columns = ["score", "max_score", "mean_score", "area_m2", "patches", "date_before", "date_after", "geometry"]

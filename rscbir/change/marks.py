@@ -73,6 +73,28 @@ def read_marks(path: str | os.PathLike, grid: Grid) -> Marks:
     return Marks(labels, inside)
 
 
+def read_patch_marks(path: str | os.PathLike, patches: gpd.GeoDataFrame) -> np.ndarray:
+    """The marks of a vector file on patches (``patches``: EPSG:4326 footprints, as an index's change scores hold),
+    see :func:`patch_marks`. Raises :class:`MarksError` as :func:`read_marks` does."""
+    frame = _read(path)
+    return patch_marks(frame.assign(changed=[_answer(v, path, k) for k, v in enumerate(frame["changed"])]), patches, str(path))
+
+
+def patch_marks(marks: gpd.GeoDataFrame, patches: gpd.GeoDataFrame, source: str = "marks") -> np.ndarray:
+    """(n,) int8 per patch of ``patches``: 1 changed, 0 not changed, -1 unmarked (a patch marked both ways stays
+    unmarked), from ``marks`` (geometries with a 0/1 ``changed`` column, any CRS). Raises :class:`MarksError` when no
+    mark touches a patch."""
+    answers = marks[["changed", "geometry"]].to_crs(patches.crs)
+    hits = gpd.sjoin(patches[["geometry"]].reset_index(drop=True), answers, predicate="intersects", how="inner")
+    if hits.empty:
+        bounds = ", ".join(f"{v:.6g}" for v in marks.total_bounds)
+        raise MarksError(f"{source}: none of its {len(marks)} marks lies on the pair's patches (marks span {bounds} in {marks.crs.to_string()})")
+    labels = np.full(len(patches), -1, np.int8)
+    answer = hits.groupby(level=0)["changed"].agg(lambda v: int(v.iloc[0]) if v.nunique() == 1 else -1)
+    labels[answer.index.to_numpy()] = answer.to_numpy()
+    return labels
+
+
 def _read(path) -> gpd.GeoDataFrame:
     try:
         frame = gpd.read_file(path)
@@ -193,4 +215,4 @@ def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
     return np.exp(-np.maximum(d2, 0) / (2 * bandwidth**2)).astype(np.float32)
 
 
-__all__ = ["MarkRule", "Marks", "MarksError", "correct_with_marks", "evidence_space", "mark_regions", "marks_geojson", "read_marks"]
+__all__ = ["MarkRule", "Marks", "MarksError", "correct_with_marks", "evidence_space", "mark_regions", "marks_geojson", "patch_marks", "read_marks", "read_patch_marks"]

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rscbir.change.areas import AREA_SCORE, PixelRegularisation, changed_regions, drop_small_areas, smooth_scores
-from rscbir.change.detection import PIXEL_THRESHOLD, ChangeMap
+from rscbir.change.areas import AREA_PERCENTILE, AREA_SCORE, PixelRegularisation, changed_areas, changed_regions, drop_small_areas, smooth_scores
+from rscbir.change.detection import PATCH_THRESHOLD, PIXEL_THRESHOLD, ChangeMap
+from rscbir.change.scores import ChangeScores
 from rscbir.change.evidence import PairEvidence
 from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space, mark_regions
-from rscbir.modes import TAUGHT
-from rscbir.thresholds import robust_spread
+from rscbir.modes import TAUGHT, ChangeMethod
+from rscbir.thresholds import Threshold, robust_spread
 
 LOGIT_LIMIT = 10.0
 
@@ -77,9 +78,40 @@ def taught_change_map(evidence: PairEvidence, head: ChangeHead | None = None, ma
     return ChangeMap(evidence.scores, changed_regions(evidence.scores, mask, probability), summary, mask)
 
 
+PATCH_MARKS = MarkRule(grow=2, least=0)  # patch level: a "changed" mark grows over leaning patches at most 2 patches away
+
+
+def taught_patch_map(scores: ChangeScores, method: ChangeMethod | str, labels: np.ndarray, threshold: Threshold | None = None,
+                     rule: MarkRule = PATCH_MARKS) -> ChangeMap:  # fmt: skip
+    """A patch-level change map (e.g. two dates of an index) taught by marks: ``labels`` (n,) per patch of
+    ``scores.patches``, 1 changed, 0 not changed, -1 unmarked. As at pixel level a mark answers for its place
+    (:func:`rscbir.change.marks.mark_regions` on the grid of patches): "not changed" clears the group of adjacent
+    changed patches it lies on, "changed" flags the adjacent patches that lean toward change."""
+    method = ChangeMethod(method).value
+    values = scores.score(method)
+    rule_ = threshold or PATCH_THRESHOLD
+    cut = rule_.value(values)
+    _, spread = robust_spread(values)
+    logit = (values - cut) / (spread if spread > 1e-6 else 1.0)
+    rows, cols = scores.patches["row"].to_numpy(), scores.patches["col"].to_numpy()
+    on_grid = np.full((rows.max() + 1, cols.max() + 1), np.nan, np.float32)
+    on_grid[rows, cols] = logit
+    marked = np.full(on_grid.shape, -1, np.int8)
+    marked[rows, cols] = labels
+    placed = mark_regions(on_grid, np.isfinite(on_grid), marked, rule)[rows, cols]
+    placed = np.where(labels == 1, np.maximum(placed, rule.margin), np.where(labels == 0, np.minimum(placed, -rule.margin), placed))
+    scores.patches[TAUGHT] = 1 / (1 + np.exp(-np.clip(placed, -30, 30)))
+    changed = placed > 0
+    summary = {"method": TAUGHT, "level": "patch", "taught_by": f"label-free {method} + {int((labels >= 0).sum())} marked patches",
+               "threshold_rule": "probability > 0.5", "threshold": 0.5, "label_free_threshold": f"{rule_} ({cut:.4g})",
+               "patches": int(len(values)), "changed_patches": int(changed.sum()), "marked_patches": int((labels >= 0).sum()),
+               "area_score": f"p{AREA_PERCENTILE:g} of the area's patch probabilities"}  # fmt: skip
+    return ChangeMap(scores, changed_areas(scores, TAUGHT, 0.5), summary)
+
+
 def _taught_by(head, marks) -> str:
     parts = (["change model"] if head is not None else ["label-free fusion"]) + ([f"{marks.count} marks"] if marks is not None else [])
     return " + ".join(parts)
 
 
-__all__ = ["starting_logit", "taught_change_map"]
+__all__ = ["PATCH_MARKS", "starting_logit", "taught_change_map", "taught_patch_map"]

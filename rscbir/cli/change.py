@@ -77,6 +77,9 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
         _refuse_scene_options_with_index(click.get_current_context(), scenes)
         from rscbir.index import Index
 
+        if marks_path:
+            found = _taught_in_index(Index.open(index_dir), options.ordered_dates(index_dates), method, rule, marks_path, all_patches)
+            return _write_change(found, found.summary["method"], output, scores_path, preview, html, False)
         found = ch.detect_in_index(Index.open(index_dir), options.ordered_dates(index_dates), method, rule, all_patches)
     else:
         if len(scenes) != 2:
@@ -128,6 +131,21 @@ def _taught(before, after, tiling, model_opts, preset, named, head, marks_path, 
     if marks is not None:
         click.echo(f"{marks.count} marks: {marks.changed} changed and {marks.unchanged} unchanged pixels", err=True)
     return taught_change_map(evidence, head, marks, regularisation=regularisation)
+
+
+def _taught_in_index(index, dates, method, rule, marks_path, all_patches):
+    """Two dates of an index, patch by patch, taught by marks (a bad marks file fails before any score is computed)."""
+    from rscbir.change.marks import read_patch_marks
+    from rscbir.change.scores import scores_from_index
+    from rscbir.change.taught import taught_patch_map
+
+    if all_patches:
+        raise click.UsageError("--marks writes the taught changed areas: drop --all-patches")
+    scores = scores_from_index(index, dates, method)
+    labels = read_patch_marks(marks_path, scores.patches)
+    click.echo(f"marks on {int((labels >= 0).sum())} patches: {int((labels == 1).sum())} changed, {int((labels == 0).sum())} not changed",
+               err=True)  # fmt: skip
+    return taught_patch_map(scores, method, labels, rule)
 
 
 def _refuse_scene_options_with_index(ctx, scenes) -> None:

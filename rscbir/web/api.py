@@ -3,7 +3,8 @@
 ``GET /api/query?lon=&lat=&k=[&date=][&exclude_radius=]`` answers the same GeoJSON
 FeatureCollection as ``rscbir query``; tiles are rendered by rio-tiler straight from
 the indexed rasters (``/api/tiles/SCENE/z/x/y.png``) and from a pair's change scores
-(``/api/change-tiles/D1/D2/z/x/y.png``). Bad parameters answer 400, unknown scenes,
+(``/api/change-tiles/D1/D2/z/x/y.png``); ``/api/change?dates=D1,D2[&marks=LON,LAT,1;LON,LAT,0]`` is a
+pair's change map, taught by marks when given. Bad parameters answer 400, unknown scenes,
 patches and points outside coverage 404, always as ``{"error": "..."}``.
 """
 
@@ -193,6 +194,28 @@ def change_query(index: Index, lon: float, lat: float, dates: tuple[str, str], k
     return export.to_geojson(query_change(index, lon, lat, dates, k, exclude_radius=exclude_radius))
 
 
+def taught_change(change: PairChange, marks: list[dict]) -> dict:
+    """A pair's change map after marks (``[{"lon", "lat", "changed": 1 | 0}, ...]``), as ``rscbir change --index
+    --marks`` makes it; the marks ride along as point features with ``mark: true`` (kept in a download)."""
+    import dataclasses
+
+    import geopandas as gpd
+
+    from rscbir.change.marks import patch_marks
+    from rscbir.change.taught import taught_patch_map
+
+    for mark in marks:
+        validate.lonlat(mark["lon"], mark["lat"])
+    points = gpd.GeoDataFrame({"changed": [int(bool(m["changed"])) for m in marks]},
+                              geometry=gpd.points_from_xy([m["lon"] for m in marks], [m["lat"] for m in marks]), crs="EPSG:4326")  # fmt: skip
+    scores = dataclasses.replace(change.scores, patches=change.scores.patches.copy())  # the cached label-free map stays as it is
+    found = taught_patch_map(scores, CHANGE_METHOD, patch_marks(points, scores.patches, "the marks"))
+    doc = export.change_geojson(found.areas, found.summary)
+    doc["features"] += [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [m["lon"], m["lat"]]},
+                         "properties": {"mark": True, "changed": int(bool(m["changed"]))}} for m in marks]  # fmt: skip
+    return doc
+
+
 def scene_boxes(index: Index) -> dict[str, tuple[float, float, float, float]]:
     """Each scene's lon/lat box (west, south, east, north): the bounds of its patches."""
     return index.scene_bounds()
@@ -320,7 +343,23 @@ def query_change_route():
 
 @api.get("/api/change")
 def change():
-    return _geojson(live().change(_dates(request.args.get("dates"))).geojson)
+    pair = live().change(_dates(request.args.get("dates")))
+    marks = _marks(request.args.get("marks"))
+    return _geojson(taught_change(pair, marks) if marks else pair.geojson)
+
+
+def _marks(text: str | None) -> list[dict]:
+    """``marks=LON,LAT,1;LON,LAT,0``: points marked changed (1) or not changed (0)."""
+    marks = []
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        try:
+            lon, lat, answer = part.split(",")
+            marks.append({"lon": float(lon), "lat": float(lat), "changed": {"1": 1, "0": 0}[answer.strip()]})
+        except (ValueError, KeyError):
+            raise ApiError(400, f"marks must be LON,LAT,1 or LON,LAT,0 separated by ';', not {part!r}") from None
+    return marks
 
 
 @api.get("/api/tiles/<scene_id>/<int:z>/<int:x>/<int:y>.png")

@@ -9,8 +9,9 @@ import dash_leaflet as dl
 from dash import ALL, Input, Output, State, ctx, html
 
 from rscbir.errors import RscbirError
-from rscbir.web.api import LiveIndex, change_query, point_query
-from rscbir.web.layout import CHANGE_STYLE, CSS, MARK_COLOURS, map_extent, result_rows, scene_layers
+from rscbir.web.api import LiveIndex, change_query, point_query, taught_change
+from rscbir.web.layout import CHANGE_STYLE, CSS, MARK_COLOURS, change_mark_layers, map_extent, result_rows, scene_layers
+
 
 def _latlng(click: dict) -> tuple[float, float]:
     latlng = click["latlng"]
@@ -36,6 +37,7 @@ def register_callbacks(app: dash.Dash, live: LiveIndex) -> None:
     """Wire the page's controls to the index ``live`` serves."""
     register_view_callbacks(app, live)
     register_search_callbacks(app, live)
+    register_change_mark_callbacks(app, live)
     register_result_callbacks(app)
 
 
@@ -50,9 +52,11 @@ def register_view_callbacks(app: dash.Dash, live: LiveIndex) -> None:
     @app.callback(Output("change-layers", "children"), Output("status", "children", allow_duplicate=True),
                   Output("results", "children", allow_duplicate=True), Output("hits-layer", "data", allow_duplicate=True),
                   Output("query-layer", "data", allow_duplicate=True), Output("query", "data", allow_duplicate=True),
+                  Output("change-marks", "data", allow_duplicate=True), Output("change-marks-layer", "children", allow_duplicate=True),
+                  Output("change-doc", "data", allow_duplicate=True),
                   Input("mode", "value"), Input("before", "value"), Input("after", "value"), prevent_initial_call=True)  # fmt: skip
     def show_change(mode, before, after):
-        cleared = [], None, None, None  # a new view starts without the other view's results
+        cleared = [], None, None, None, [], [], None  # a new view (or pair) starts without results or marks
         if mode != "change":
             return [], "Click the map to search with the patch under the click.", *cleared
         try:
@@ -60,12 +64,55 @@ def register_view_callbacks(app: dash.Dash, live: LiveIndex) -> None:
         except RscbirError as exc:
             return [], f"Error: {exc}", *cleared
         s = change.geojson["change"]
-        layers = [dl.TileLayer(url=f"/api/change-tiles/{before}/{after}/{{z}}/{{x}}/{{y}}.png", opacity=0.55, maxZoom=22,
-                               bounds=extent, className="change-scores"),
-                  dl.GeoJSON(data=change.geojson, options={"style": CHANGE_STYLE}, interactive=False, id="change-areas")]  # fmt: skip
         text = (f"Change {before} -> {after}: {s['changed_patches']} of {s['patches']} patches changed "
-                f"({s['method']} > {s['threshold']:.3f}). Click a place to find others that changed like it.")  # fmt: skip
-        return layers, html.Span(text, id="change-summary"), *cleared
+                f"({s['method']} > {s['threshold']:.3f}). Click a place to find others that changed like it, or mark it.")  # fmt: skip
+        return change_layers(before, after, change.geojson, extent), html.Span(text, id="change-summary"), *cleared[:-1], change.geojson
+
+
+def change_layers(before: str, after: str, doc: dict, extent) -> list:
+    """The change view's layers: the score tiles and the changed areas of ``doc`` (marks are drawn apart)."""
+    areas = {**doc, "features": [f for f in doc["features"] if not f["properties"].get("mark")]}
+    return [dl.TileLayer(url=f"/api/change-tiles/{before}/{after}/{{z}}/{{x}}/{{y}}.png", opacity=0.55, maxZoom=22,
+                         bounds=extent, className="change-scores"),
+            dl.GeoJSON(data=areas, options={"style": CHANGE_STYLE}, interactive=False, id="change-areas")]  # fmt: skip
+
+
+def register_change_mark_callbacks(app: dash.Dash, live: LiveIndex) -> None:
+    """Marks on the change view: a click marks "changed here" / "not changed here"; "Update change map" teaches the map."""
+    extent = map_extent(live)
+
+    @app.callback(Output("change-marks", "data"), Output("change-marks-layer", "children"), Output("status", "children", allow_duplicate=True),
+                  Input("map", "n_clicks"), State("map", "clickData"), State("mode", "value"), State("click-action", "value"),
+                  State("change-marks", "data"), prevent_initial_call=True)  # fmt: skip
+    def add_mark(_clicks, click, mode, action, marks):
+        if mode != "change" or action == "similar" or not click:
+            raise dash.exceptions.PreventUpdate
+        lat, lon = _latlng(click)
+        marks = [*marks, {"lon": lon, "lat": lat, "changed": int(action == "changed")}]
+        changed = sum(m["changed"] for m in marks)
+        text = f"{len(marks)} marks ({changed} changed, {len(marks) - changed} not changed): press Update change map."
+        return marks, change_mark_layers(marks), html.Span(text, id="marks-summary")
+
+    @app.callback(Output("change-layers", "children", allow_duplicate=True), Output("status", "children", allow_duplicate=True),
+                  Output("change-doc", "data", allow_duplicate=True), Input("update-change", "n_clicks"),
+                  State("change-marks", "data"), State("before", "value"), State("after", "value"), prevent_initial_call=True)  # fmt: skip
+    def update_change(_clicks, marks, before, after):
+        if not marks:
+            return dash.no_update, "Mark a place first: choose a marks option and click the map.", dash.no_update
+        try:
+            doc = taught_change(live.change((before, after)), marks)
+        except RscbirError as exc:
+            return dash.no_update, f"Error: {exc}", dash.no_update
+        s = doc["change"]
+        text = f"Change {before} -> {after} after {len(marks)} marks: {s['changed_patches']} of {s['patches']} patches changed."
+        return change_layers(before, after, doc, extent), html.Span(text, id="taught-summary"), doc
+
+    @app.callback(Output("download-change-file", "data"), Input("download-change", "n_clicks"), State("change-doc", "data"),
+                  prevent_initial_call=True)  # fmt: skip
+    def download_change(_clicks, doc):
+        if not doc:
+            raise dash.exceptions.PreventUpdate
+        return {"content": json.dumps(doc), "filename": "rscbir_change.geojson", "type": "application/geo+json"}
 
 
 def register_search_callbacks(app: dash.Dash, live: LiveIndex) -> None:
@@ -76,9 +123,11 @@ def register_search_callbacks(app: dash.Dash, live: LiveIndex) -> None:
         Input("map", "n_clicks"), Input("rerun", "n_clicks"),  # n_clicks: a second click on the same spot asks again
         State("map", "clickData"), State("query", "data"), State("marks", "data"), State("mode", "value"), State("date", "value"), State("k", "value"),
         State("use-bbox", "value"), State("draw", "geojson"), State("before", "value"), State("after", "value"),
-        prevent_initial_call=True,
+        State("click-action", "value"), prevent_initial_call=True,
     )  # fmt: skip
-    def search(_clicks, _rerun, click, asked, marks, mode, date, k, use_bbox, drawn, before, after):
+    def search(_clicks, _rerun, click, asked, marks, mode, date, k, use_bbox, drawn, before, after, action):
+        if ctx.triggered_id == "map" and mode == "change" and action != "similar":
+            raise dash.exceptions.PreventUpdate  # the click is a change mark (register_change_mark_callbacks)
         if ctx.triggered_id == "map" and click:
             lat, lon = _latlng(click)
             asked = {"lon": lon, "lat": lat, "mode": mode, "date": None if date == "all" else date}
@@ -142,4 +191,4 @@ def register_result_callbacks(app: dash.Dash) -> None:
         return {"content": json.dumps(doc), "filename": "rscbir_results.geojson", "type": "application/geo+json"}
 
 
-__all__ = ["register_callbacks", "register_result_callbacks", "register_search_callbacks", "register_view_callbacks"]
+__all__ = ["change_layers", "register_callbacks", "register_change_mark_callbacks", "register_result_callbacks", "register_search_callbacks", "register_view_callbacks"]

@@ -22,6 +22,16 @@ CSS = {
     "result": {"display": "flex", "alignItems": "center", "gap": "6px", "padding": "3px", "borderBottom": "1px solid #eee"},
 }
 MARK_COLOURS = {"right": "#c8f7c5", "wrong": "#f7c5c5", None: "white"}
+CLICK_ACTIONS = [{"label": " finds places that changed like it", "value": "similar"},
+                 {"label": " marks: changed here", "value": "changed"},
+                 {"label": " marks: not changed here", "value": "unchanged"}]  # fmt: skip
+CHANGE_MARK_COLOURS = {1: "#ff1744", 0: "#2979ff"}  # changed: red, not changed: blue
+
+
+def change_mark_layers(marks: list[dict]) -> list:
+    """The change marks as circles on the map (red: changed here, blue: not changed here)."""
+    return [dl.CircleMarker(center=[m["lat"], m["lon"]], radius=7, color=CHANGE_MARK_COLOURS[m["changed"]], fillOpacity=0.7,
+                            className=f"change-mark change-mark-{m['changed']}") for m in marks]  # fmt: skip
 
 
 def fit_zoom(west: float, south: float, east: float, north: float, width_px: int = 900, height_px: int = 700) -> int:
@@ -66,7 +76,12 @@ def page_layout(live: LiveIndex, index_dir: str | os.PathLike) -> html.Div:
                            value="search", inline=True),  # fmt: skip
             html.Div(
                 [html.Label("Change from"), dcc.Dropdown(id="before", options=dates, value=dates[0] if dates else None, clearable=False),
-                 html.Label("to"), dcc.Dropdown(id="after", options=dates, value=dates[-1] if dates else None, clearable=False)],  # fmt: skip
+                 html.Label("to"), dcc.Dropdown(id="after", options=dates, value=dates[-1] if dates else None, clearable=False),
+                 html.Label("A click on the map"),
+                 dcc.RadioItems(id="click-action", options=CLICK_ACTIONS, value="similar", labelStyle={"display": "block"}),
+                 html.Div([html.Button("Update change map", id="update-change"), html.Button("Download change map", id="download-change")],
+                          style={"display": "flex", "gap": "6px", "margin": "4px 0"}),
+                 dcc.Download(id="download-change-file")],  # fmt: skip
                 id="change-dates",
             ),
             html.Div([html.Label("Results k "), dcc.Input(id="k", type="number", value=10, min=1, max=200, step=1, style={"width": "60px"})]),
@@ -81,6 +96,8 @@ def page_layout(live: LiveIndex, index_dir: str | os.PathLike) -> html.Div:
             dcc.Store(id="query"),
             dcc.Store(id="marks", data={"positives": [], "negatives": []}),
             dcc.Store(id="hits"),
+            dcc.Store(id="change-marks", data=[]),
+            dcc.Store(id="change-doc"),
         ],
         style=CSS["side"],
     )
@@ -89,6 +106,7 @@ def page_layout(live: LiveIndex, index_dir: str | os.PathLike) -> html.Div:
             dl.LayerGroup(scene_layers(live, dates[-1] if dates else None), id="imagery"),
             dl.GeoJSON(data=footprints(index), id="footprints", options={"style": FOOTPRINT_STYLE}, interactive=False),
             dl.LayerGroup(id="change-layers"),
+            dl.LayerGroup(id="change-marks-layer"),
             dl.GeoJSON(id="hits-layer", options={"style": HIT_STYLE}, interactive=False),
             dl.GeoJSON(id="query-layer", options={"style": QUERY_STYLE}, interactive=False),
             dl.FeatureGroup([dl.EditControl(id="draw", draw={"rectangle": True, "polygon": False, "polyline": False, "circle": False,
@@ -135,4 +153,4 @@ def result_rows(doc: dict, marks: dict) -> list:
     return rows
 
 
-__all__ = ["CHANGE_STYLE", "CSS", "MARK_COLOURS", "fit_zoom", "map_extent", "page_layout", "result_rows", "scene_layers"]
+__all__ = ["CHANGE_STYLE", "CLICK_ACTIONS", "CSS", "MARK_COLOURS", "change_mark_layers", "fit_zoom", "map_extent", "page_layout", "result_rows", "scene_layers"]

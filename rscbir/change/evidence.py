@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import geopandas as gpd
 import numpy as np
 
+from rscbir.atomic import atomic_path
 from rscbir.cache import cache_root
 from rscbir.change.pairs import paired_patches
 from rscbir.change.radiometry import invariant_regression, radiometric_match
@@ -32,7 +34,7 @@ from rscbir.tiling import EdgePolicy, TilingConfig, aligned_grid
 if TYPE_CHECKING:
     from rscbir.models.features import FeatureModel
 
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2  # 2: the CVA scores (pixels and patches) are cached with the evidence
 F16_LIMIT = 6e4  # evidence is stored as float16; residuals of noise-free pixels can exceed its range
 DIRECTION_STAGES = 4  # stages whose feature-change directions are kept (more overfit the OSCD design cities: results.md)
 
@@ -54,7 +56,7 @@ class PairEvidence:
     def pixels(self, where: np.ndarray | None = None) -> np.ndarray:
         """(n, C) float32 evidence of the valid pixels (or of the pixels ``where`` is true), row-major."""
         chosen = self.valid if where is None else where & self.valid
-        return self.channels[:, chosen].T.astype(np.float32)
+        return self.channels.reshape(len(self.channels), -1)[:, chosen.ravel()].T.astype(np.float32)  # a flat gather: 10x a 2-D mask
 
 
 def pair_evidence(before: Scene, after: Scene, model: FeatureModel, tiling: TilingConfig = TilingConfig(32),
@@ -63,14 +65,12 @@ def pair_evidence(before: Scene, after: Scene, model: FeatureModel, tiling: Tili
     """The per-pixel evidence of a pair (see the module), read from ``cache`` when this pair, grid, tiling
     and model were seen before, computed and stored there otherwise (``cache`` None: no cache)."""
     grid = grid or aligned_grid([before, after])
-    tiling = dataclasses.replace(tiling, edge=EdgePolicy.FIT) if tiling.edge is EdgePolicy.DROP else tiling
+    tiling = _fit(tiling)
     spectral = spectral or (before, after)
-    scores = score_change(before, after, None, tiling, grid, spectral=spectral, pixel_maps=True)  # CVA: no CNN
     path = Path(cache) / f"{evidence_key(spectral, grid, tiling, model)}.npz" if cache else None
-    if path is not None and path.exists():
-        with np.load(path) as stored:
-            evidence = PairEvidence(stored["channels"], [str(n) for n in stored["names"]], stored["valid"], scores)
-    else:
+    evidence = _read_cached(path, grid, tiling, before, after) if path is not None else None
+    if evidence is None:
+        scores = score_change(before, after, None, tiling, grid, spectral=spectral, pixel_maps=True)  # CVA: no CNN
         cnn, cnn_names = _cnn_evidence(before, after, model, tiling, grid, batch)
         residuals = _band_residuals(*spectral, tiling, grid)
         stack = np.concatenate([cnn, residuals])
@@ -80,12 +80,34 @@ def pair_evidence(before: Scene, after: Scene, model: FeatureModel, tiling: Tili
         stack[:, ~valid] = 0
         evidence = PairEvidence(stack, names, valid, scores)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.stem + ".partial.npz")
-            np.savez(partial, channels=stack, names=np.array(names), valid=valid)
-            os.replace(partial, path)
+            _write_cached(path, evidence)
     _add_label_free(evidence)
     return evidence
+
+
+def _read_cached(path: Path, grid: Grid, tiling: TilingConfig, before: Scene, after: Scene) -> PairEvidence | None:
+    """The cached evidence of a pair with its CVA scores (pixels and patches), or None when not cached."""
+    patches_path = path.with_suffix(".patches.parquet")
+    if not (path.exists() and patches_path.exists()):
+        return None
+    with np.load(path) as stored:
+        if "cva" not in stored.files:
+            return None
+        channels, names, valid, cva = stored["channels"], [str(n) for n in stored["names"]], stored["valid"], stored["cva"]
+    scores = ChangeScores(gpd.read_parquet(patches_path), grid, tiling, before, after, {"cva": cva})
+    return PairEvidence(channels, names, valid, scores)
+
+
+def _write_cached(path: Path, evidence: PairEvidence) -> None:
+    """Store the evidence and its CVA scores; the .npz is renamed into place last, so it marks a whole entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = evidence.scores.patches[[c for c in evidence.scores.patches.columns if c not in ("dense", "fusion")]]
+    partial_frame = path.with_name(path.stem + ".partial.parquet")
+    frame.to_parquet(partial_frame)
+    os.replace(partial_frame, path.with_suffix(".patches.parquet"))
+    partial = path.with_name(path.stem + ".partial.npz")
+    np.savez(partial, channels=evidence.channels, names=np.array(evidence.names), valid=evidence.valid, cva=evidence.scores.pixels["cva"])
+    os.replace(partial, path)
 
 
 def _add_label_free(evidence: PairEvidence) -> None:
@@ -124,6 +146,11 @@ def scene_evidence(before: Scene, after: Scene, tiling: TilingConfig = TilingCon
     :func:`rscbir.change.scores.score_scenes` chooses them; ``model`` (e.g. a change model's backbone) wins over
     ``model_options``."""
     after = same_bands(after, before, named_bands)
+    asked = request_key(before, after, tiling, model_options, preset) if cache is not None and model is None else None
+    if asked is not None:
+        recalled = _recall(Path(cache), asked, before, after, tiling)
+        if recalled is not None:  # a new round of marks: no model is built, torch is not even imported
+            return recalled
     if model is None:
         from rscbir.models.load import model_for_scenes  # torch loads here
 
@@ -131,16 +158,63 @@ def scene_evidence(before: Scene, after: Scene, tiling: TilingConfig = TilingCon
     else:
         model_before, model_after = (s.select(list(model.config.input_bands)) for s in (before, after))
     evidence = pair_evidence(model_before, model_after, model, tiling, spectral=(before, after), cache=cache)
-    return evidence, evidence_meta(model, model_before, (before, after), tiling)
+    meta = evidence_meta(model, model_before, (before, after), tiling)
+    if asked is not None:
+        _remember(Path(cache), asked, evidence_key((before, after), evidence.grid, _fit(tiling), model), meta)
+    return evidence, meta
+
+
+def request_key(before: Scene, after: Scene, tiling: TilingConfig, model_options: ModelOptions, preset: Preset | None) -> str:
+    """A digest of what a user asked for (files, bands, scaling, tiling, model options, preset), known before any
+    model is built: it names the evidence an earlier run with the same request made."""
+    doc = {"version": EVIDENCE_VERSION, "files": [_file_stats(s) for s in (before, after)], "bands": [before.band_names, after.band_names],
+           "scaling": [before.scaling.to_dict(), after.scaling.to_dict()], "tiling": tiling.to_dict(),
+           "model": dataclasses.asdict(model_options), "preset": dataclasses.asdict(preset) if preset is not None else None}  # fmt: skip
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _remember(cache: Path, asked: str, evidence: str, meta: dict) -> None:
+    weights = meta["model"].get("weights")
+    stat = os.stat(weights) if weights and os.path.exists(weights) else None
+    doc = {"evidence": evidence, "meta": meta, "weights": [weights, stat.st_size, stat.st_mtime_ns] if stat else None}
+    (cache / "requests").mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache / "requests" / f"{asked}.json") as tmp:
+        tmp.write_text(json.dumps(doc, default=str))
+
+
+def _recall(cache: Path, asked: str, before: Scene, after: Scene, tiling: TilingConfig) -> tuple[PairEvidence, dict] | None:
+    """The evidence and meta an earlier run made for the same request, when its files and the weights are unchanged."""
+    try:
+        doc = json.loads((cache / "requests" / f"{asked}.json").read_text())
+        weights = doc["weights"]
+        if weights is not None:
+            stat = os.stat(weights[0])
+            if [stat.st_size, stat.st_mtime_ns] != weights[1:]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    meta = doc["meta"]
+    model_before, model_after = before.select(list(meta["bands"])), after.select(list(meta["bands"]))
+    grid = aligned_grid([model_before, model_after])
+    evidence = _read_cached(cache / f"{doc['evidence']}.npz", grid, _fit(tiling), model_before, model_after)
+    if evidence is None:
+        return None
+    _add_label_free(evidence)
+    return evidence, meta
+
+
+def _fit(tiling: TilingConfig) -> TilingConfig:
+    """Pixel maps cover the image: patches at the right and bottom edge move inward instead of being dropped."""
+    return dataclasses.replace(tiling, edge=EdgePolicy.FIT) if tiling.edge is EdgePolicy.DROP else tiling
+
+
+def _file_stats(scene: Scene) -> list:
+    return [[os.path.abspath(s.path), s.index, os.stat(s.path).st_size, os.stat(s.path).st_mtime_ns] for s in scene.sources]
 
 
 def evidence_key(spectral: tuple[Scene, Scene], grid: Grid, tiling: TilingConfig, model: FeatureModel) -> str:
     """A digest of what the evidence depends on: the files of both dates (path, size, mtime), grid, tiling, model."""
-    files = []
-    for scene in spectral:
-        for source in scene.sources:
-            stat = os.stat(source.path)
-            files.append([os.path.abspath(source.path), source.index, stat.st_size, stat.st_mtime_ns])
+    files = [f for scene in spectral for f in _file_stats(scene)]
     doc = {"version": EVIDENCE_VERSION, "files": files, "grid": grid.to_dict(), "tiling": tiling.to_dict(),
            "model": dataclasses.asdict(model.config), "directions": DIRECTION_STAGES}  # fmt: skip
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -69,7 +69,9 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     from rscbir.thresholds import Threshold
 
     rule = Threshold.parse(threshold) if threshold is not None else None
-    if not (index_dir and method == ChangeMethod.COSINE.value):  # cosine from an index compares stored vectors: no torch
+    # torch is set up only where a CNN surely runs: cosine from an index compares stored vectors, and a new round of
+    # marks reads the pair's cached evidence (its first round builds the model inside scene_evidence)
+    if not (index_dir and method == ChangeMethod.COSINE.value) and not (marks_path and not model_opts.weights):
         from rscbir.models.load import configure_threads
 
         configure_threads()

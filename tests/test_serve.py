@@ -150,8 +150,7 @@ def test_change_marks_teach_the_map_as_the_cli_does(client, naip_index, tmp_path
     assert not any(a.contains(area) for a in areas)  # the marked area is gone
     assert [f["properties"] for f in taught["features"] if f["properties"].get("mark")] == [{"mark": True, "changed": 0}]
     marks = tmp_path / "marks.geojson"
-    marks.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [area.x, area.y]}, "properties": {"changed": 0}}]}))
+    marks.write_text(json.dumps(taught))  # the page's "Download change map": areas and marks; the CLI reads its marks back
     out = tmp_path / "taught.geojson"
     result = CliRunner().invoke(cli, ["change", "--index", str(naip_index), "--dates", "20090818", "20200831", "--method", "cosine",
                                       "--marks", str(marks), "-o", str(out)])  # fmt: skip

@@ -35,6 +35,12 @@ Writers (score GeoTIFF, preview PNG, GeoJSON) live in :mod:`rscbir.export`;
 * :mod:`rscbir.change.scores` - per-patch and per-pixel scores of every method
 * :mod:`rscbir.change.areas` - changed areas from patches or from a pixel mask
 * :mod:`rscbir.change.detection` - label-free cuts and the one-call API (:func:`detect`, :func:`change_map`)
+* :mod:`rscbir.change.evidence` - per-pixel evidence of a pair, cached (what marks and change models read)
+* :mod:`rscbir.change.marks` - marks from vector files: each answers for its place, then corrects in evidence space
+* :mod:`rscbir.change.clicks` - clicks simulated from a label (to measure marks as users make them)
+* :mod:`rscbir.change.head` - the change model learnt from labelled pairs (torch) and its checkpoint
+* :mod:`rscbir.change.training` - labelled pairs -> evidence -> change model (``rscbir finetune-change``)
+* :mod:`rscbir.change.taught` - change maps taught by a change model and/or marks (pixel and patch level)
 
 The names below load their module on first use: cosine change from an index imports no torch.
 """
@@ -55,6 +61,7 @@ _HOMES = {
     "changed_areas": "areas", "changed_regions": "areas", "pixel_change_mask": "areas",
     "ChangeMap": "detection", "PATCH_THRESHOLD": "detection", "PIXEL_THRESHOLD": "detection", "change_map": "detection", "detect": "detection",
     "detect_in_index": "detection", "flag_changes": "detection",
+    "teach": "taught", "taught_change_map": "taught", "taught_patch_map": "taught",
 }  # fmt: skip
 
 

@@ -104,9 +104,10 @@ def _read(path) -> gpd.GeoDataFrame:
         raise MarksError(f"{path}: the marks have no CRS; save them with one (GeoJSON is EPSG:4326 by definition)")
     if "changed" not in frame.columns:
         raise MarksError(f"{path}: no 'changed' property; give each mark changed: 1 (changed here) or 0 (not changed here)")
-    if frame.empty:
-        raise MarksError(f"{path}: no marks in the file")
-    return frame
+    answered = frame["changed"].notna() & (frame["changed"].astype(str).str.strip() != "")
+    if not answered.any():
+        raise MarksError(f"{path}: no mark in the file has a 'changed' answer (1 changed here, 0 not changed here)")
+    return frame[answered]  # features without an answer (e.g. the areas of a downloaded change map) are not marks
 
 
 def _answer(value, path, k) -> int:

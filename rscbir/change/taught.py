@@ -9,7 +9,8 @@ components. Pixels above 0 after smoothing are changed; areas smaller than the m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -17,9 +18,14 @@ from rscbir.change.areas import AREA_PERCENTILE, AREA_SCORE, PixelRegularisation
 from rscbir.change.detection import PATCH_THRESHOLD, PIXEL_THRESHOLD, ChangeMap
 from rscbir.change.scores import ChangeScores
 from rscbir.change.evidence import PairEvidence
-from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space, mark_regions
+from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space, mark_regions, read_marks
+from rscbir.errors import ModelMismatchError
+from rscbir.models.options import ModelOptions
 from rscbir.modes import TAUGHT, ChangeMethod
+from rscbir.presets import Preset, SceneOptions, load_preset
+from rscbir.scene import Scene
 from rscbir.thresholds import Threshold, robust_spread
+from rscbir.tiling import TilingConfig
 
 LOGIT_LIMIT = 10.0
 
@@ -78,6 +84,49 @@ def taught_change_map(evidence: PairEvidence, head: ChangeHead | None = None, ma
     return ChangeMap(evidence.scores, changed_regions(evidence.scores, mask, probability), summary, mask)
 
 
+def teach(before: Scene | str, after: Scene | str, marks: str | os.PathLike | None = None,
+          change_model: ChangeHead | str | os.PathLike | None = None, *, preset: str | Preset | None = None,
+          bands: Sequence[str] | None = None, named_bands: bool | None = None, tiling: TilingConfig = TilingConfig(32), model_options: ModelOptions = ModelOptions(),
+          regularisation: PixelRegularisation = PixelRegularisation(), cache: str | os.PathLike | None = "default") -> ChangeMap:  # fmt: skip
+    """What changed between two scenes, taught by ``marks`` (a vector file of points or polygons with ``changed`` 1/0)
+    and/or ``change_model`` (a ``rscbir finetune-change`` checkpoint), in one call, as ``rscbir change --marks
+    --weights`` makes it. The pair's CNN evidence is cached (``cache``), so a new round of marks takes seconds.
+
+    Examples
+    --------
+    >>> from rscbir.change import teach
+    >>> found = teach("../shared/data/oscd/rennes/imgs_1", "../shared/data/oscd/rennes/imgs_2", "marks.geojson", preset="sentinel2")
+    >>> found.summary["changed_pixels"], found.areas.head()
+    """
+    from rscbir.change.evidence import default_cache, scene_evidence
+    from rscbir.tiling import aligned_grid
+
+    if isinstance(before, Scene) and isinstance(after, Scene):
+        scenes, loaded = [before, after], load_preset(preset) if isinstance(preset, str) else preset
+    else:
+        name = preset.name if isinstance(preset, Preset) else preset
+        scenes, loaded = SceneOptions(name, tuple(bands) if bands else None).open([str(before), str(after)])
+    named = named_bands if named_bands is not None else bool(preset or bands)
+    read = read_marks(marks, aligned_grid(scenes)) if marks is not None else None  # a bad file fails before the CNN runs
+    head, model = change_model, None
+    if isinstance(change_model, (str, os.PathLike)):
+        from rscbir.change.head import read_change_head  # torch loads with a change model
+
+        head = read_change_head(change_model)
+        if head is None:
+            raise ModelMismatchError(f"{change_model}: not a change model; train one with `rscbir finetune-change`")
+    if head is not None:
+        from rscbir.models.config import ModelConfig
+        from rscbir.models.load import model_from_config
+
+        model = model_from_config(ModelConfig.from_dict(head.meta["model"]))
+    evidence, meta = scene_evidence(scenes[0], scenes[1], tiling, model_options, loaded, named, model,
+                                    cache=default_cache() if cache == "default" else cache)  # fmt: skip
+    if head is not None:
+        head.check(meta)
+    return taught_change_map(evidence, head, read, regularisation=regularisation)
+
+
 PATCH_MARKS = MarkRule(grow=2, least=0)  # patch level: a "changed" mark grows over leaning patches at most 2 patches away
 
 
@@ -114,4 +163,4 @@ def _taught_by(head, marks) -> str:
     return " + ".join(parts)
 
 
-__all__ = ["PATCH_MARKS", "starting_logit", "taught_change_map", "taught_patch_map"]
+__all__ = ["PATCH_MARKS", "starting_logit", "taught_change_map", "taught_patch_map", "teach"]

@@ -114,25 +114,13 @@ def _change_head(weights):
 
 def _taught(before, after, tiling, model_opts, preset, named, head, marks_path, regularisation):
     """A change map taught by a change model and/or marks (pixel level, evidence cached between rounds)."""
-    from rscbir.change.evidence import default_cache, scene_evidence
-    from rscbir.change.marks import read_marks
-    from rscbir.change.taught import taught_change_map
+    from rscbir.change.taught import teach
 
-    from rscbir.tiling import aligned_grid
-
-    marks = read_marks(marks_path, aligned_grid([before, after])) if marks_path else None  # a bad file fails before the CNN runs
-    model = None
-    if head is not None:
-        from rscbir.models.config import ModelConfig
-        from rscbir.models.load import model_from_config
-
-        model = model_from_config(ModelConfig.from_dict(head.meta["model"]))
-    evidence, meta = scene_evidence(before, after, tiling, model_opts, preset, named, model, cache=default_cache())
-    if head is not None:
-        head.check(meta)
-    if marks is not None:
-        click.echo(f"{marks.count} marks: {marks.changed} changed and {marks.unchanged} unchanged pixels", err=True)
-    return taught_change_map(evidence, head, marks, regularisation=regularisation)
+    found = teach(before, after, marks_path, head, preset=preset, named_bands=named, tiling=tiling, model_options=model_opts,
+                  regularisation=regularisation)  # fmt: skip
+    if marks_path:
+        click.echo(f"{found.summary['marked_pixels']} marked pixels ({found.summary['taught_by']})", err=True)
+    return found
 
 
 def _taught_in_index(index, dates, method, rule, marks_path, all_patches):

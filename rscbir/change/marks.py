@@ -111,6 +111,8 @@ def _read(path) -> gpd.GeoDataFrame:
 
 
 def _answer(value, path, k) -> int:
+    if isinstance(value, (bool, int, float, np.number)) and float(value) in (0.0, 1.0):  # 1.0 when other rows lack one
+        return int(value)
     text = str(value).strip().lower()
     if text in TRUE_WORDS:
         return 1

@@ -36,6 +36,11 @@ demo: install
 	# what changed: OSCD Rennes (Sentinel-2, labelled) and the two NAIP years from the index
 	$(BIN)/rscbir change $(DATA)/oscd/rennes/imgs_1 $(DATA)/oscd/rennes/imgs_2 --preset sentinel2 --patch-size 32 \
 		-o $(OUT)/rennes_change.geojson --scores $(OUT)/rennes_scores.tif --preview $(OUT)/rennes_change.png
+	# teach it: mark the top Rennes area "not changed" and run again (the pair's CNN evidence is now cached: rounds take seconds)
+	$(BIN)/python -c "import geopandas as g; a = g.read_file('$(OUT)/rennes_change.geojson'); \
+		g.GeoDataFrame({'changed': [0]}, geometry=[a.geometry.iloc[0].representative_point()], crs=a.crs).to_file('$(OUT)/rennes_marks.geojson')"
+	$(BIN)/rscbir change $(DATA)/oscd/rennes/imgs_1 $(DATA)/oscd/rennes/imgs_2 --preset sentinel2 --patch-size 32 \
+		--marks $(OUT)/rennes_marks.geojson -o $(OUT)/rennes_taught.geojson
 	$(BIN)/rscbir change --index $(OUT)/naip_index --dates 20090818 20200831 --method cosine -o $(OUT)/naip_change.geojson
 	$(BIN)/python scripts/demo_report.py $(OUT)
 	@echo "explore the index on a map (click to search, mark results, see the change): $(BIN)/rscbir serve $(OUT)/naip_index"

@@ -47,7 +47,7 @@ def geojson_report(path: Path) -> str:
 
     doc = json.loads(path.read_text())
     extra = doc.get("change") or doc.get("query") or {}
-    summary = ", ".join(f"{k}={v}" for k, v in extra.items() if k in ("method", "level", "threshold", "changed_patches", "patches", "changed_pixels", "pixels", "patch_id"))
+    summary = ", ".join(f"{k}={v}" for k, v in extra.items() if k in ("method", "level", "threshold", "changed_patches", "patches", "changed_pixels", "pixels", "patch_id", "taught_by"))
     if extra.get("feedback"):
         summary += f", feedback: {len(extra['feedback']['positives'])} right, {len(extra['feedback']['negatives'])} wrong"
     marks = sum(f["properties"].get("label") is not None for f in doc["features"])
@@ -61,7 +61,7 @@ def main(out: str) -> None:
         print(alignment_report(path))
     for path in sorted(p for p in out.glob("*_index") if (p / "index.json").exists()):
         print(index_report(path))
-    for path in sorted(out.glob("*_query*.geojson")) + sorted(out.glob("*_change.geojson")):
+    for path in sorted(out.glob("*_query*.geojson")) + sorted(out.glob("*_change.geojson")) + sorted(out.glob("*_taught.geojson")):
         print(geojson_report(path))
     written = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".html", ".tif"))
     print("pictures and rasters:", ", ".join(written))

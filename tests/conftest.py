@@ -94,3 +94,15 @@ def naip10_index(tmp_path_factory):
     result = CliRunner().invoke(cli, ["-q", "index", "build", *files, "--align", "--preset", "naip", "--patch-size", "320m", "-o", str(out)])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """The suite caches pair evidence in a folder of its own, never in the user's ~/.cache/rscbir."""
+    before = os.environ.get("RSCBIR_CACHE")
+    os.environ["RSCBIR_CACHE"] = str(tmp_path_factory.mktemp("rscbir-cache"))
+    yield
+    if before is None:
+        os.environ.pop("RSCBIR_CACHE", None)
+    else:
+        os.environ["RSCBIR_CACHE"] = before

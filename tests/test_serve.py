@@ -290,9 +290,27 @@ def test_page_in_a_real_browser(server, naip_index, tmp_path):
         page.screenshot(path=str(tmp_path / "change_marks.png"))
         page.locator(".result img").nth(2).click()  # fly to a result: the map zooms to 16 over it
         page.wait_for_selector(".imagery img.leaflet-tile-loaded[src*='/16/']", timeout=30_000)
+        # pixel detail: the map from the rasters, pixel by pixel, and a mark on it
+        pixels = json.loads(urllib.request.urlopen(f"{server}/api/change?dates={DATES}&level=pixel", timeout=600).read())
+        page.goto(server + "/")  # afresh: the map at its first view
+        page.wait_for_selector(".imagery img.leaflet-tile-loaded", timeout=60_000)
+        page.locator("input[name='mode'][value='change']").click()
+        page.locator("input[name='click-action'][value='unchanged']").click()
+        page.locator("#pixel-level input").click()
+        page.wait_for_function("() => (document.querySelector('#change-summary') || {}).innerText?.includes('pixels changed')", timeout=300_000)
+        page.wait_for_selector(".change-scores img.leaflet-tile-loaded[src*='level=pixel']", timeout=60_000)
+        top = shapely.geometry.shape(pixels["features"][0]["geometry"]).representative_point()
+        page.mouse.click(*_on_screen(box, naip_index, top.x, top.y))
+        page.wait_for_selector("path.change-mark", timeout=30_000)
+        page.click("#update-change")
+        page.wait_for_function("() => (document.querySelector('#taught-summary') || {}).innerText?.includes('pixels changed')", timeout=120_000)
+        changed = int(page.inner_text("#taught-summary").split("marks: ")[1].split(" of ")[0])
+        assert changed < pixels["change"]["changed_pixels"]
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(tmp_path / "change_pixels.png"))
         browser.close()
     assert outside == [], f"the page fetched from outside the app: {outside[:3]}"
     assert errors == []
     if os.environ.get("RSCBIR_SCREENSHOTS"):  # `make screenshots` refreshes the README's pictures
-        for name in ("search.png", "change.png", "change_marks.png"):
+        for name in ("search.png", "change.png", "change_marks.png", "change_pixels.png"):
             shutil.copy(tmp_path / name, Path(os.environ["RSCBIR_SCREENSHOTS"]) / f"serve_{name}")

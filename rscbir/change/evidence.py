@@ -233,7 +233,8 @@ def _cnn_evidence(before, after, model, tiling, grid, batch) -> tuple[np.ndarray
 
     model.eval()
     with torch.inference_mode():
-        widths = [m.shape[1] for m in stage_maps(model, torch.zeros(1, before.count, tiling.patch_size, tiling.patch_size))]
+        side = tiling.pixels(grid)[0]  # the patch side in pixels, also when it was given in ground units (320m)
+        widths = [m.shape[1] for m in stage_maps(model, torch.zeros(1, before.count, side, side))]
     names = []
     for k, width in enumerate(widths):
         names.append(f"stage{k}:distance")

@@ -51,12 +51,16 @@ def read_marks(path: str | os.PathLike, grid: Grid) -> Marks:
     a polygon every pixel whose centre it covers (at least its own pixel). Raises :class:`MarksError`
     for a file without CRS or ``changed`` property, or with no mark on the pair's footprint."""
     frame = _read(path)
-    answers = [_answer(value, path, k) for k, value in enumerate(frame["changed"])]
-    local = frame.to_crs(grid.crs)
+    return grid_marks(frame.assign(changed=[_answer(v, path, k) for k, v in enumerate(frame["changed"])]), grid, str(path))
+
+
+def grid_marks(marks: gpd.GeoDataFrame, grid: Grid, source: str = "marks") -> Marks:
+    """Marks (geometries with a 0/1 ``changed`` column, any CRS) burnt onto ``grid`` (see :func:`read_marks`)."""
+    local = marks.to_crs(grid.crs)
     labels = np.full(grid.shape, -1, np.int8)
     seen = np.zeros(grid.shape, np.uint8)
     inside = 0
-    for geometry, answer in zip(local.geometry, answers):
+    for geometry, answer in zip(local.geometry, local["changed"].astype(int)):
         if geometry is None or geometry.is_empty:
             continue
         burnt = features.rasterize([(geometry, 1)], out_shape=grid.shape, transform=grid.transform, all_touched=geometry.geom_type.endswith("Point"))
@@ -68,8 +72,8 @@ def read_marks(path: str | os.PathLike, grid: Grid) -> Marks:
         labels[both & (burnt > 0)] = -1  # marked both ways: no answer
         seen |= burnt.astype(np.uint8)
     if not inside:
-        bounds = ", ".join(f"{v:.6g}" for v in frame.total_bounds)
-        raise MarksError(f"{path}: none of its {len(frame)} marks lies on the pair's footprint (marks span {bounds} in {frame.crs.to_string()})")
+        bounds = ", ".join(f"{v:.6g}" for v in marks.total_bounds)
+        raise MarksError(f"{source}: none of its {len(marks)} marks lies on the pair's footprint (marks span {bounds} in {marks.crs.to_string()})")
     return Marks(labels, inside)
 
 
@@ -220,4 +224,4 @@ def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
     return np.exp(-np.maximum(d2, 0) / (2 * bandwidth**2)).astype(np.float32)
 
 
-__all__ = ["MarkRule", "Marks", "MarksError", "correct_with_marks", "evidence_space", "mark_regions", "marks_geojson", "patch_marks", "read_marks", "read_patch_marks"]
+__all__ = ["MarkRule", "Marks", "MarksError", "correct_with_marks", "evidence_space", "grid_marks", "mark_regions", "marks_geojson", "patch_marks", "read_marks", "read_patch_marks"]

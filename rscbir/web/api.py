@@ -3,8 +3,8 @@
 ``GET /api/query?lon=&lat=&k=[&date=][&exclude_radius=]`` answers the same GeoJSON
 FeatureCollection as ``rscbir query``; tiles are rendered by rio-tiler straight from
 the indexed rasters (``/api/tiles/SCENE/z/x/y.png``) and from a pair's change scores
-(``/api/change-tiles/D1/D2/z/x/y.png``); ``/api/change?dates=D1,D2[&marks=LON,LAT,1;LON,LAT,0]`` is a
-pair's change map, taught by marks when given. Bad parameters answer 400, unknown scenes,
+(``/api/change-tiles/D1/D2/z/x/y.png``); ``/api/change?dates=D1,D2[&level=pixel][&marks=LON,LAT,1;LON,LAT,0]`` is a
+pair's change map (patch by patch from the stored vectors, or pixel by pixel from the rasters), taught by marks when given. Bad parameters answer 400, unknown scenes,
 patches and points outside coverage 404, always as ``{"error": "..."}``.
 """
 
@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 from PIL import Image
@@ -32,6 +33,7 @@ from rscbir.errors import IndexFileError, OutsideCoverageError, QueryError, Rscb
 from rscbir.index import Index
 from rscbir.index.describe import describe_index
 from rscbir.index.layout import MANIFEST
+from rscbir.modes import TAUGHT
 from rscbir.query import Feedback, Filters, QueryExpansion, query_change, query_point
 from rscbir.scene import ScalingMode, Scene, apply_scaling
 
@@ -107,6 +109,25 @@ class LiveIndex:
                 self._scenes[scene_id] = Scene.from_dict(index.scene_record(scene_id).doc)
             return self._scenes[scene_id]
 
+    def pixel_change(self, dates: tuple[str, str], marks: tuple = ()) -> PairChange:
+        """A pair's change map pixel by pixel (``marks``: ``(lon, lat, changed)`` triples), as ``rscbir change BEFORE
+        AFTER [--marks]`` makes it from the indexed rasters. The first call makes the pair's CNN evidence (about a
+        minute for a NAIP tile on 2 cores) and caches it on disk; every later map, with any marks, takes seconds.
+        The latest map of each pair is what ``/api/change-tiles/...?level=pixel`` draws."""
+        index = self.get()
+        with self._lock:
+            key = (dates, "pixel", tuple(marks))
+            if key not in self._changes:
+                self._changes[key] = _pixel_pair_change(index, dates, [self.scene(r.scene_id) for r in index.scenes_on(dates)], marks)
+            self._changes[(dates, "pixel")] = self._changes[key]
+            return self._changes[key]
+
+    def latest_pixel_change(self, dates: tuple[str, str]) -> PairChange:
+        """The pixel map of ``dates`` last asked for (label-free when none was)."""
+        with self._lock:
+            found = self._changes.get((dates, "pixel"))
+        return found if found is not None else self.pixel_change(dates)
+
     def change(self, dates: tuple[str, str]) -> PairChange:
         """Change scores of a date pair from the stored vectors, computed once per index generation."""
         index = self.get()
@@ -124,6 +145,37 @@ class LiveIndex:
                 geojson = export.change_geojson(frame, summary)
                 self._changes[dates] = PairChange(scores, geojson, raster, float(low), float(max(high, low + 1e-9)))
             return self._changes[dates]
+
+
+def _pixel_pair_change(index: Index, dates: tuple[str, str], scenes: list[Scene], marks: tuple) -> PairChange:
+    from rscbir.change.evidence import default_cache, scene_evidence
+    from rscbir.change.marks import grid_marks
+    from rscbir.change.taught import taught_change_map
+    from rscbir.models.load import model_from_config
+    from rscbir.tiling import aligned_grid
+
+    before, after = scenes
+    grid = aligned_grid([before, after])
+    read = None
+    if marks:
+        points = gpd.GeoDataFrame({"changed": [int(m[2]) for m in marks]}, geometry=gpd.points_from_xy([m[0] for m in marks], [m[1] for m in marks]),
+                                  crs="EPSG:4326")  # fmt: skip
+        read = grid_marks(points, grid, "the marks")
+    evidence, _ = scene_evidence(before, after, index.tiling, model=model_from_config(index.model_config), cache=default_cache())
+    found = taught_change_map(evidence, None, read)
+    data = found.scores.pixels[TAUGHT]
+    raster = MemoryFile()
+    with raster.open(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="float32", crs=grid.crs,
+                     transform=found.scores.grid.transform, nodata=float("nan")) as dst:  # fmt: skip
+        dst.write(data.astype(np.float32), 1)
+    doc = export.change_geojson(found.areas, found.summary)
+    doc["features"] += _mark_features([{"lon": m[0], "lat": m[1], "changed": m[2]} for m in marks])
+    return PairChange(found.scores, doc, raster, 0.0, 1.0)
+
+
+def _mark_features(marks: list[dict]) -> list[dict]:
+    return [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [m["lon"], m["lat"]]},
+             "properties": {"mark": True, "changed": int(bool(m["changed"]))}} for m in marks]  # fmt: skip
 
 
 # ------------------------------------------------------------------ parameters
@@ -199,8 +251,6 @@ def taught_change(change: PairChange, marks: list[dict]) -> dict:
     --marks`` makes it; the marks ride along as point features with ``mark: true`` (kept in a download)."""
     import dataclasses
 
-    import geopandas as gpd
-
     from rscbir.change.marks import patch_marks
     from rscbir.change.taught import taught_patch_map
 
@@ -211,8 +261,7 @@ def taught_change(change: PairChange, marks: list[dict]) -> dict:
     scores = dataclasses.replace(change.scores, patches=change.scores.patches.copy())  # the cached label-free map stays as it is
     found = taught_patch_map(scores, CHANGE_METHOD, patch_marks(points, scores.patches, "the marks"))
     doc = export.change_geojson(found.areas, found.summary)
-    doc["features"] += [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [m["lon"], m["lat"]]},
-                         "properties": {"mark": True, "changed": int(bool(m["changed"]))}} for m in marks]  # fmt: skip
+    doc["features"] += _mark_features(marks)
     return doc
 
 
@@ -343,9 +392,18 @@ def query_change_route():
 
 @api.get("/api/change")
 def change():
-    pair = live().change(_dates(request.args.get("dates")))
-    marks = _marks(request.args.get("marks"))
+    dates, marks = _dates(request.args.get("dates")), _marks(request.args.get("marks"))
+    if _level() == "pixel":
+        return _geojson(live().pixel_change(dates, tuple((m["lon"], m["lat"], m["changed"]) for m in marks)).geojson)
+    pair = live().change(dates)
     return _geojson(taught_change(pair, marks) if marks else pair.geojson)
+
+
+def _level() -> str:
+    level = request.args.get("level", "patch")
+    if level not in ("patch", "pixel"):
+        raise ApiError(400, f"level must be patch or pixel, not {level!r}")
+    return level
 
 
 def _marks(text: str | None) -> list[dict]:
@@ -370,7 +428,8 @@ def tiles(scene_id: str, z: int, x: int, y: int):
 
 @api.get("/api/change-tiles/<d1>/<d2>/<int:z>/<int:x>/<int:y>.png")
 def change_tiles(d1: str, d2: str, z: int, x: int, y: int):
-    return _png(change_tile(live().change((d1, d2)), z, x, y))
+    pair = live().latest_pixel_change((d1, d2)) if _level() == "pixel" else live().change((d1, d2))
+    return _png(change_tile(pair, z, x, y))
 
 
 @api.get("/api/thumbs/<patch_id>.png")

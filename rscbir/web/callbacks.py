@@ -54,25 +54,31 @@ def register_view_callbacks(app: dash.Dash, live: LiveIndex) -> None:
                   Output("query-layer", "data", allow_duplicate=True), Output("query", "data", allow_duplicate=True),
                   Output("change-marks", "data", allow_duplicate=True), Output("change-marks-layer", "children", allow_duplicate=True),
                   Output("change-doc", "data", allow_duplicate=True),
-                  Input("mode", "value"), Input("before", "value"), Input("after", "value"), prevent_initial_call=True)  # fmt: skip
-    def show_change(mode, before, after):
+                  Input("mode", "value"), Input("before", "value"), Input("after", "value"), Input("pixel-level", "value"),
+                  prevent_initial_call=True)  # fmt: skip
+    def show_change(mode, before, after, pixel):
         cleared = [], None, None, None, [], [], None  # a new view (or pair) starts without results or marks
         if mode != "change":
             return [], "Click the map to search with the patch under the click.", *cleared
         try:
-            change = live.change((before, after))
+            change = live.pixel_change((before, after)) if pixel else live.change((before, after))
         except RscbirError as exc:
             return [], f"Error: {exc}", *cleared
-        s = change.geojson["change"]
-        text = (f"Change {before} -> {after}: {s['changed_patches']} of {s['patches']} patches changed "
-                f"({s['method']} > {s['threshold']:.3f}). Click a place to find others that changed like it, or mark it.")  # fmt: skip
-        return change_layers(before, after, change.geojson, extent), html.Span(text, id="change-summary"), *cleared[:-1], change.geojson
+        text = f"Change {before} -> {after}: {_changed(change.geojson)}. Click a place to find others that changed like it, or mark it."
+        return change_layers(before, after, change.geojson, extent, bool(pixel)), html.Span(text, id="change-summary"), *cleared[:-1], change.geojson
 
 
-def change_layers(before: str, after: str, doc: dict, extent) -> list:
+def _changed(doc: dict) -> str:
+    s = doc["change"]
+    unit = "pixels" if s["level"] == "pixel" else "patches"
+    return f"{s['changed_' + unit]} of {s[unit]} {unit} changed ({s['method']} > {s['threshold']:.3g})"
+
+
+def change_layers(before: str, after: str, doc: dict, extent, pixel: bool = False) -> list:
     """The change view's layers: the score tiles and the changed areas of ``doc`` (marks are drawn apart)."""
     areas = {**doc, "features": [f for f in doc["features"] if not f["properties"].get("mark")]}
-    return [dl.TileLayer(url=f"/api/change-tiles/{before}/{after}/{{z}}/{{x}}/{{y}}.png", opacity=0.55, maxZoom=22,
+    level = f"?level=pixel&v={len(doc['features'])}-{doc['change'].get('changed_pixels')}" if pixel else ""  # a new map: new tile URLs
+    return [dl.TileLayer(url=f"/api/change-tiles/{before}/{after}/{{z}}/{{x}}/{{y}}.png{level}", opacity=0.55, maxZoom=22,
                          bounds=extent, className="change-scores"),
             dl.GeoJSON(data=areas, options={"style": CHANGE_STYLE}, interactive=False, id="change-areas")]  # fmt: skip
 
@@ -95,17 +101,20 @@ def register_change_mark_callbacks(app: dash.Dash, live: LiveIndex) -> None:
 
     @app.callback(Output("change-layers", "children", allow_duplicate=True), Output("status", "children", allow_duplicate=True),
                   Output("change-doc", "data", allow_duplicate=True), Input("update-change", "n_clicks"),
-                  State("change-marks", "data"), State("before", "value"), State("after", "value"), prevent_initial_call=True)  # fmt: skip
-    def update_change(_clicks, marks, before, after):
+                  State("change-marks", "data"), State("before", "value"), State("after", "value"), State("pixel-level", "value"),
+                  prevent_initial_call=True)  # fmt: skip
+    def update_change(_clicks, marks, before, after, pixel):
         if not marks:
             return dash.no_update, "Mark a place first: choose a marks option and click the map.", dash.no_update
         try:
-            doc = taught_change(live.change((before, after)), marks)
+            if pixel:
+                doc = live.pixel_change((before, after), tuple((m["lon"], m["lat"], m["changed"]) for m in marks)).geojson
+            else:
+                doc = taught_change(live.change((before, after)), marks)
         except RscbirError as exc:
             return dash.no_update, f"Error: {exc}", dash.no_update
-        s = doc["change"]
-        text = f"Change {before} -> {after} after {len(marks)} marks: {s['changed_patches']} of {s['patches']} patches changed."
-        return change_layers(before, after, doc, extent), html.Span(text, id="taught-summary"), doc
+        text = f"Change {before} -> {after} after {len(marks)} marks: {_changed(doc)}."
+        return change_layers(before, after, doc, extent, bool(pixel)), html.Span(text, id="taught-summary"), doc
 
     @app.callback(Output("download-change-file", "data"), Input("download-change", "n_clicks"), State("change-doc", "data"),
                   prevent_initial_call=True)  # fmt: skip

@@ -77,6 +77,8 @@ def page_layout(live: LiveIndex, index_dir: str | os.PathLike) -> html.Div:
             html.Div(
                 [html.Label("Change from"), dcc.Dropdown(id="before", options=dates, value=dates[0] if dates else None, clearable=False),
                  html.Label("to"), dcc.Dropdown(id="after", options=dates, value=dates[-1] if dates else None, clearable=False),
+                 dcc.Checklist(id="pixel-level", options=[{"label": " pixel detail (CNN on both dates; about a minute the first time)",
+                                                           "value": "on"}], value=[]),
                  html.Label("A click on the map"),
                  dcc.RadioItems(id="click-action", options=CLICK_ACTIONS, value="similar", labelStyle={"display": "block"}),
                  html.Div([html.Button("Update change map", id="update-change"), html.Button("Download change map", id="download-change")],

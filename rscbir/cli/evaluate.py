@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -76,7 +77,7 @@ Examples:
 @click.option("--pixel-threshold", default="robust:3", show_default=True, help="Label-free rule for pixel scores (--dense), as `rscbir change`.")
 @click.option("--all-bands", is_flag=True, help="CNN reads all 13 bands through an inflated first convolution (default: B04 B03 B02).")
 @click.option("--dense", is_flag=True, help="Also score pixel by pixel (DCVA feature maps, CVA) and report pixel-level figures.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A change model from `rscbir finetune-change`: measure its maps.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="A change model from `rscbir finetune-change`: measure its maps.")
 @click.option("--marks", "clicks", callback=options.split_list, metavar="N[,N...]",
               help="Simulate N clicks per pair from its label (half in separate changed areas, half on unchanged ground; seeded) "
                    "and measure the map they teach, for each N given.")
@@ -116,6 +117,8 @@ def _taught(folder, chosen, patch_size, weights, clicks, rounds, seeds, say) -> 
     from rscbir.presets import SceneOptions
     from rscbir.tiling import TilingConfig
 
+    if weights and not Path(weights).is_file():
+        raise click.BadParameter(f"{weights}: no such file", param_hint="--weights")
     head = read_change_head(weights) if weights else None
     if weights and head is None:
         raise ModelMismatchError(f"{weights}: not a change model; train one with `rscbir finetune-change`")

@@ -392,3 +392,43 @@ def test_cosine_change_from_an_index_never_loads_torch(naip_index, tmp_path):
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert child.stdout.strip().splitlines()[-1] == "False"
     assert gpd.read_file(tmp_path / "c.geojson").crs.to_epsg() == 4326
+
+
+def _dated_sequence(root, dates, changed_at, size=192):
+    """The same textured ground on every date, each date brighter than the last; one 32 px block becomes a bright
+    checkerboard 'building' from date ``changed_at`` on."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    ground = np.stack([ndimage.gaussian_filter(rng.random((size, size)), 3) for _ in range(3)])
+    ground = 40 + 120 * (ground - ground.min()) / (ground.max() - ground.min())
+    paths = []
+    for k, date in enumerate(dates):
+        image = ground * (1 + 0.08 * k)
+        if k >= changed_at:
+            checker = (np.indices((32, 32)).sum(axis=0) // 4) % 2
+            image[:, 64:96, 96:128] = 60 + 180 * checker
+        paths.append(write_raster(root / f"scene_{date}.tif", np.clip(image, 1, 255).astype(np.uint8)))
+    return paths
+
+
+def test_time_series_says_when_a_place_changed(tmp_path):
+    dates = ["20180101", "20190101", "20200101", "20210101"]
+    paths = _dated_sequence(tmp_path, dates, changed_at=2)
+    index = tmp_path / "idx"
+    built = CliRunner().invoke(cli, ["-q", "index", "build", *map(str, paths), "--align", "--preset", "rgb", "--patch-size", "32",
+                                     "--input-size", "64", "-o", str(index)])  # fmt: skip
+    assert built.exit_code == 0, built.output
+    out = tmp_path / "when.geojson"
+    result = CliRunner().invoke(cli, ["change", "--index", str(index), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    changed = [f["properties"] for f in doc["features"]]
+    assert [(p["row"], p["col"], p["changed_between"], p["changed_steps"]) for p in changed] == [(2, 3, "2019-01-01/2020-01-01", 1)]
+    assert doc["change"]["changed_by_interval"] == {"2018-01-01/2019-01-01": 0, "2019-01-01/2020-01-01": 1, "2020-01-01/2021-01-01": 0}
+    single = tmp_path / "one"
+    assert CliRunner().invoke(cli, ["-q", "index", "build", str(paths[0]), "--align", "--preset", "rgb", "--patch-size", "32",
+                                    "--input-size", "64", "-o", str(single)]).exit_code == 0  # fmt: skip
+    refused = CliRunner().invoke(cli, ["change", "--index", str(single), "-o", str(tmp_path / "x.geojson")])
+    assert refused.exit_code == 2 and "a time series of change needs two or more" in refused.output
+    assert not (tmp_path / "x.geojson").exists()

@@ -40,6 +40,7 @@ Writers (score GeoTIFF, preview PNG, GeoJSON) live in :mod:`rscbir.export`;
 * :mod:`rscbir.change.clicks` - clicks simulated from a label (to measure marks as users make them)
 * :mod:`rscbir.change.head` - the change model learnt from labelled pairs (torch) and its checkpoint
 * :mod:`rscbir.change.training` - labelled pairs -> evidence -> change model (``rscbir finetune-change``)
+* :mod:`rscbir.change.series` - change through every date of an index: when did each place change
 * :mod:`rscbir.change.taught` - change maps taught by a change model and/or marks (pixel and patch level)
 
 The names below load their module on first use: cosine change from an index imports no torch.
@@ -61,6 +62,7 @@ _HOMES = {
     "changed_areas": "areas", "changed_regions": "areas", "pixel_change_mask": "areas",
     "ChangeMap": "detection", "PATCH_THRESHOLD": "detection", "PIXEL_THRESHOLD": "detection", "change_map": "detection", "detect": "detection",
     "detect_in_index": "detection", "flag_changes": "detection",
+    "SeriesChange": "series", "series_change": "series",
     "teach": "taught", "taught_change_map": "taught", "taught_patch_map": "taught",
 }  # fmt: skip
 

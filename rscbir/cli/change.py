@@ -26,17 +26,19 @@ class TwoModeCommand(click.Command):
 
 @click.command(
     cls=TwoModeCommand,
-    usages=("[OPTIONS] BEFORE AFTER -o OUTPUT", "[OPTIONS] --index INDEX_DIR --dates D1 D2 -o OUTPUT"),
+    usages=("[OPTIONS] BEFORE AFTER -o OUTPUT", "[OPTIONS] --index INDEX_DIR [--dates D1 D2] -o OUTPUT"),
     epilog="""\b
 Examples:
   rscbir change ../shared/data/oscd/rennes/imgs_1 ../shared/data/oscd/rennes/imgs_2 --preset sentinel2 \\
                 --patch-size 32 -o out/rennes_change.geojson --scores out/rennes_scores.tif --preview out/rennes.png
-  rscbir change --index out/naip_index --dates 20090818 20200831 -o out/naip_change.geojson""",
+  rscbir change --index out/naip_index --dates 20090818 20200831 -o out/naip_change.geojson
+  rscbir change --index out/naip_all -o out/naip_when.geojson      # every date: when did each place change?""",
 )
 @click.argument("scenes", nargs=-1, metavar="[BEFORE AFTER]")
 @click.option("-o", "--output", required=True, callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="GeoJSON of changed areas (EPSG:4326).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), help="Take both dates from an aligned index instead of scenes, patch by patch: --method cosine compares the stored embeddings; other methods read the rasters again.")
-@click.option("--dates", "index_dates", nargs=2, metavar="D1 D2", help="With --index: the two dates to compare.")
+@click.option("--dates", "index_dates", nargs=2, metavar="D1 D2",
+              help="With --index: the two dates to compare. Without: every date of the index, and when each place changed.")
 @options.scene_options
 @options.tiling_options
 @options.model_options
@@ -69,6 +71,9 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     from rscbir.thresholds import Threshold
 
     rule = Threshold.parse(threshold) if threshold is not None else None
+    if index_dir and not index_dates:  # every date of the index: when did each place change?
+        _refuse_scene_options_with_index(click.get_current_context(), scenes)
+        return _series(index_dir, method, threshold, all_patches, output, scores_path, preview, html, marks_path)
     # torch is set up only where a CNN surely runs: cosine from an index compares stored vectors, and a new round of
     # marks reads the pair's cached evidence (its first round builds the model inside scene_evidence)
     if not (index_dir and method == ChangeMethod.COSINE.value) and not (marks_path and not model_opts.weights):
@@ -123,6 +128,39 @@ def _taught(before, after, tiling, model_opts, preset, named, head, marks_path, 
     return found
 
 
+def _series(index_dir, method, threshold, all_patches, output, scores_path, preview, html, marks_path) -> None:
+    """Change through every date of an index: per place, the interval it changed most in (stored vectors only)."""
+    from rscbir import export
+    from rscbir.atomic import all_or_nothing
+    from rscbir.change.series import ACQUISITION_WARNING, SERIES_CUT, series_change
+    from rscbir.index import Index
+
+    ctx = click.get_current_context()
+    explicit = {n for n in ("method", "threshold") if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+    if ("method" in explicit and method != ChangeMethod.COSINE.value) or scores_path or preview or marks_path:
+        raise click.UsageError("a time series (--index without --dates) compares the stored vectors date to date: "
+                               "use --method cosine and no --scores, --preview or --marks, or give --dates D1 D2")  # fmt: skip
+    try:
+        cut = float(threshold) if threshold is not None else SERIES_CUT
+    except ValueError:
+        raise click.BadParameter(f"{threshold!r}: a time series cuts at a number of robust SD (default {SERIES_CUT:g})",
+                                 param_hint="--threshold") from None
+    found = series_change(Index.open(index_dir), cut=cut)
+    places = found.places if all_patches else found.places[found.places["changed_between"].notna()]
+    with all_or_nothing():
+        export.write_text(json.dumps(export.change_geojson(places, found.summary)), output)
+        if html:
+            export.change_map(places, html)
+    s = found.summary
+    worst = max(s["median_step_distance"].values())
+    if worst > ACQUISITION_WARNING:
+        click.echo(f"note: one place's vectors differ by a median cosine distance of up to {worst:.2f} between consecutive dates: "
+                   "this index sees how each date was acquired as much as the ground, so real change may not stand out", err=True)  # fmt: skip
+    busiest = max(s["changed_by_interval"].items(), key=lambda item: item[1]) if s["changed_by_interval"] else ("-", 0)
+    click.echo(f"{s['changed_places']} of {s['places']} places changed over {len(found.dates)} dates ({s['threshold_rule']}); "
+               f"most in {busiest[0]} ({busiest[1]}); {len(places)} places written to {output}", err=True)  # fmt: skip
+
+
 def _taught_in_index(index, dates, method, rule, marks_path, all_patches):
     """Two dates of an index, patch by patch, taught by marks (a bad marks file fails before any score is computed)."""
     from rscbir.change.marks import read_patch_marks
@@ -142,8 +180,6 @@ def _refuse_scene_options_with_index(ctx, scenes) -> None:
     """With --index the scenes, bands, tiling and model are the index's own: options that would change them are an error."""
     if scenes:
         raise click.UsageError(f"with --index, give the two dates after --dates and no scenes (extra value: {' '.join(scenes)})")
-    if not ctx.params.get("index_dates"):
-        raise click.UsageError("with --index give --dates D1 D2")
     ignored = [f"--{name.replace('_', '-')}" for name in SCENE_ONLY
                if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
     if ignored:

@@ -9,6 +9,7 @@ fills (RSCBIR_CACHE=benchmarks/_work/cache_taught).
     python benchmarks/explore_change_taught.py recut     # marks that also move the global cut (OSCD, LEVIR, DSIFN design halves)
     python benchmarks/explore_change_taught.py heads     # change-model variants: design-trained, confirmation-measured
     python benchmarks/explore_change_taught.py cuts      # label-free cuts per regime, every half
+    python benchmarks/explore_change_taught.py loco      # change model blended with the label-free score, leave-one-city-out
 """
 
 from __future__ import annotations
@@ -173,6 +174,26 @@ def cuts() -> None:
             print(label, method, " | ".join(line), flush=True)
 
 
+def loco() -> None:
+    """Leave one design city out: train the head on four, map the fifth; the head's logit alone, the label-free one,
+    and blends of both (each 0 at its own cut), pooled over the five held-out cities."""
+    from rscbir.change.areas import drop_small_areas
+    from rscbir.change.head import HeadTraining, train_change_head
+    from rscbir.change.taught import starting_logit
+
+    design, meta = _oscd(DESIGN)
+    totals: dict[str, np.ndarray] = {}
+    for k, city in enumerate(DESIGN):
+        head = train_change_head([p for j, p in enumerate(design) if j != k], meta, HeadTraining())
+        evidence, truth = design[k]
+        own, free = (np.clip(starting_logit(evidence, h, 1.0)[0], -10, 10) for h in (head, None))
+        for name, logit in (("head", own), ("label-free fusion", free), ("mean of both", (own + free) / 2),
+                            ("head + 0.5 label-free", own + 0.5 * free), ("min of both", np.minimum(own, free))):  # fmt: skip
+            mask = drop_small_areas(evidence.valid & (np.nan_to_num(logit, nan=-99) > 0), 10)
+            totals[name] = totals.get(name, 0) + np.array([(mask & truth).sum(), (mask & ~truth).sum(), (~mask & truth).sum()])
+        print(f"after {city}:", {n: round(2 * c[0] / (2 * c[0] + c[1] + c[2]), 3) for n, c in totals.items()}, flush=True)
+
+
 def mixture_cut(values, min_weight=0.05, min_separation=1.5) -> float:
     """Two Gaussians fitted by EM: when the upper one holds >= min_weight and is well apart (Ashman's D), cut where
     it becomes the likelier (never above robust:3); otherwise robust:3."""
@@ -198,4 +219,4 @@ def mixture_cut(values, min_weight=0.05, min_separation=1.5) -> float:
 
 
 if __name__ == "__main__":
-    {"rules": rules, "recut": recut, "heads": heads, "cuts": cuts}[sys.argv[1] if len(sys.argv) > 1 else "rules"]()
+    {"rules": rules, "recut": recut, "heads": heads, "cuts": cuts, "loco": loco}[sys.argv[1] if len(sys.argv) > 1 else "rules"]()

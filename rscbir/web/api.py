@@ -16,6 +16,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -109,14 +110,14 @@ class LiveIndex:
                 self._scenes[scene_id] = Scene.from_dict(index.scene_record(scene_id).doc)
             return self._scenes[scene_id]
 
-    def pixel_change(self, dates: tuple[str, str], marks: tuple = ()) -> PairChange:
-        """A pair's change map pixel by pixel (``marks``: ``(lon, lat, changed)`` triples), as ``rscbir change BEFORE
+    def pixel_change(self, dates: tuple[str, str], marks: Sequence[dict] = ()) -> PairChange:
+        """A pair's change map pixel by pixel (``marks``: ``{"lon", "lat", "changed"}``), as ``rscbir change BEFORE
         AFTER [--marks]`` makes it from the indexed rasters. The first call makes the pair's CNN evidence (about a
         minute for a NAIP tile on 2 cores) and caches it on disk; every later map, with any marks, takes seconds.
         The latest map of each pair is what ``/api/change-tiles/...?level=pixel`` draws."""
         index = self.get()
         with self._lock:
-            key = (dates, "pixel", tuple(marks))
+            key = (dates, "pixel", tuple((m["lon"], m["lat"], int(bool(m["changed"]))) for m in marks))
             if key not in self._changes:
                 self._changes[key] = _pixel_pair_change(index, dates, [self.scene(r.scene_id) for r in index.scenes_on(dates)], marks)
             self._changes[(dates, "pixel")] = self._changes[key]
@@ -136,10 +137,7 @@ class LiveIndex:
                 scores = scores_from_index(index, dates, CHANGE_METHOD)
                 frame, summary = flag_changes(scores, CHANGE_METHOD)
                 data, transform = export.score_grid(scores, CHANGE_METHOD)
-                raster = MemoryFile()
-                with raster.open(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="float32",
-                                 crs=scores.grid.crs, transform=transform, nodata=float("nan")) as dst:  # fmt: skip
-                    dst.write(data.astype(np.float32), 1)
+                raster = _memory_raster(data, scores.grid.crs, transform)
                 finite = data[np.isfinite(data)]
                 low, high = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
                 geojson = export.change_geojson(frame, summary)
@@ -147,7 +145,7 @@ class LiveIndex:
             return self._changes[dates]
 
 
-def _pixel_pair_change(index: Index, dates: tuple[str, str], scenes: list[Scene], marks: tuple) -> PairChange:
+def _pixel_pair_change(index: Index, dates: tuple[str, str], scenes: list[Scene], marks: Sequence[dict]) -> PairChange:
     from rscbir.change.evidence import default_cache, scene_evidence
     from rscbir.change.marks import grid_marks
     from rscbir.change.taught import taught_change_map
@@ -156,24 +154,32 @@ def _pixel_pair_change(index: Index, dates: tuple[str, str], scenes: list[Scene]
 
     before, after = scenes
     grid = aligned_grid([before, after])
-    read = None
-    if marks:
-        points = gpd.GeoDataFrame({"changed": [int(m[2]) for m in marks]}, geometry=gpd.points_from_xy([m[0] for m in marks], [m[1] for m in marks]),
-                                  crs="EPSG:4326")  # fmt: skip
-        read = grid_marks(points, grid, "the marks")
+    read = grid_marks(_mark_points(marks), grid, "the marks") if marks else None
     evidence, _ = scene_evidence(before, after, index.tiling, model=model_from_config(index.model_config), cache=default_cache())
     found = taught_change_map(evidence, None, read)
-    data = found.scores.pixels[TAUGHT]
-    raster = MemoryFile()
-    with raster.open(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="float32", crs=grid.crs,
-                     transform=found.scores.grid.transform, nodata=float("nan")) as dst:  # fmt: skip
-        dst.write(data.astype(np.float32), 1)
     doc = export.change_geojson(found.areas, found.summary)
-    doc["features"] += _mark_features([{"lon": m[0], "lat": m[1], "changed": m[2]} for m in marks])
-    return PairChange(found.scores, doc, raster, 0.0, 1.0)
+    doc["features"] += _mark_features(marks)
+    return PairChange(found.scores, doc, _memory_raster(found.scores.pixels[TAUGHT], grid.crs, found.scores.grid.transform), 0.0, 1.0)
 
 
-def _mark_features(marks: list[dict]) -> list[dict]:
+def _memory_raster(data: np.ndarray, crs, transform) -> MemoryFile:
+    """A float32 score map as an in-memory GeoTIFF (NaN nodata) that rio-tiler cuts tiles from."""
+    raster = MemoryFile()
+    with raster.open(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="float32", crs=crs,
+                     transform=transform, nodata=float("nan")) as dst:  # fmt: skip
+        dst.write(data.astype(np.float32), 1)
+    return raster
+
+
+def _mark_points(marks: Sequence[dict]) -> gpd.GeoDataFrame:
+    """Clicked marks (``{"lon", "lat", "changed"}``) as EPSG:4326 points with a 0/1 ``changed`` column, checked."""
+    for mark in marks:
+        validate.lonlat(mark["lon"], mark["lat"])
+    return gpd.GeoDataFrame({"changed": [int(bool(m["changed"])) for m in marks]},
+                            geometry=gpd.points_from_xy([m["lon"] for m in marks], [m["lat"] for m in marks]), crs="EPSG:4326")  # fmt: skip
+
+
+def _mark_features(marks: Sequence[dict]) -> list[dict]:
     return [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [m["lon"], m["lat"]]},
              "properties": {"mark": True, "changed": int(bool(m["changed"]))}} for m in marks]  # fmt: skip
 
@@ -254,12 +260,8 @@ def taught_change(change: PairChange, marks: list[dict]) -> dict:
     from rscbir.change.marks import patch_marks
     from rscbir.change.taught import taught_patch_map
 
-    for mark in marks:
-        validate.lonlat(mark["lon"], mark["lat"])
-    points = gpd.GeoDataFrame({"changed": [int(bool(m["changed"])) for m in marks]},
-                              geometry=gpd.points_from_xy([m["lon"] for m in marks], [m["lat"] for m in marks]), crs="EPSG:4326")  # fmt: skip
     scores = dataclasses.replace(change.scores, patches=change.scores.patches.copy())  # the cached label-free map stays as it is
-    found = taught_patch_map(scores, CHANGE_METHOD, patch_marks(points, scores.patches, "the marks"))
+    found = taught_patch_map(scores, CHANGE_METHOD, patch_marks(_mark_points(marks), scores.patches, "the marks"))
     doc = export.change_geojson(found.areas, found.summary)
     doc["features"] += _mark_features(marks)
     return doc
@@ -394,7 +396,7 @@ def query_change_route():
 def change():
     dates, marks = _dates(request.args.get("dates")), _marks(request.args.get("marks"))
     if _level() == "pixel":
-        return _geojson(live().pixel_change(dates, tuple((m["lon"], m["lat"], m["changed"]) for m in marks)).geojson)
+        return _geojson(live().pixel_change(dates, marks).geojson)
     pair = live().change(dates)
     return _geojson(taught_change(pair, marks) if marks else pair.geojson)
 

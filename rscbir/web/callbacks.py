@@ -108,7 +108,7 @@ def register_change_mark_callbacks(app: dash.Dash, live: LiveIndex) -> None:
             return dash.no_update, "Mark a place first: choose a marks option and click the map.", dash.no_update
         try:
             if pixel:
-                doc = live.pixel_change((before, after), tuple((m["lon"], m["lat"], m["changed"]) for m in marks)).geojson
+                doc = live.pixel_change((before, after), marks).geojson
             else:
                 doc = taught_change(live.change((before, after)), marks)
         except RscbirError as exc:

@@ -62,6 +62,8 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     """Compare BEFORE and AFTER (files or band-file folders), or two dates of an aligned
     index (--index DIR --dates D1 D2), on one grid, and write the changed areas as GeoJSON,
     each with its score (p75 of its pixels), max and mean score, area in m² and both dates.
+    With --index and no --dates: every date of the index, and when each place changed
+    (changed_between, an ISO 8601 interval).
 
     \b
     Teach it what counts as change:

@@ -46,11 +46,11 @@ def timed(*args: str) -> float:
 
 
 def measure(root, names, head=None, patch=32):
+    from rscbir.datasets.change_sets import change_set_defaults
     from rscbir.evaluate import evaluate_taught_change
-    from rscbir.presets import SceneOptions
     from rscbir.tiling import TilingConfig
 
-    options = SceneOptions("sentinel2") if root.name == "oscd" else SceneOptions()
+    options, _ = change_set_defaults(root)
     return evaluate_taught_change(root, names, options, TilingConfig(patch), head, CLICKS, rounds=2, seeds=3)["pooled"]
 
 

@@ -30,8 +30,7 @@ from rscbir.embed import EmbedOptions, embed_images
 from rscbir.errors import LabelError
 from rscbir.models.features import FeatureModel
 from rscbir.datasets.scene_sets import LabelledImages
-from rscbir.models.config import ModelConfig
-from rscbir.models.load import load_feature_model, model_for_images, model_for_scenes, model_from_config
+from rscbir.models.load import load_feature_model, model_for_images, model_for_scenes
 from rscbir.models.options import ModelOptions
 from rscbir.presets import SceneOptions
 from rscbir.metrics import RankingScores, precision_recall_f1, roc_auc
@@ -379,9 +378,7 @@ def evaluate_taught_change(
     from rscbir.change.training import labelled_evidence
 
     cache = default_cache() if cache == "default" else cache
-    model = None
-    if head is not None:
-        model = model_from_config(ModelConfig.from_dict(head.meta["model"]))
+    model = head.backbone() if head is not None else None
     totals: dict[str, np.ndarray] = {}
     per_pair = {}
     for pair in labelled_pairs(root, names, scene_options):

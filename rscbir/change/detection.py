@@ -12,7 +12,7 @@ from rscbir.change.areas import AREA_PERCENTILE, AREA_SCORE, PixelRegularisation
 from rscbir.change.scores import ChangeScores, score_scenes, scores_from_index
 from rscbir.models.options import ModelOptions
 from rscbir.modes import ChangeMethod
-from rscbir.presets import SceneOptions, load_preset
+from rscbir.presets import Preset, SceneOptions, load_preset
 from rscbir.scene import Scene
 from rscbir.thresholds import Threshold
 from rscbir.tiling import TilingConfig
@@ -67,13 +67,19 @@ def detect(
     >>> found = detect("../shared/data/oscd/rennes/imgs_1", "../shared/data/oscd/rennes/imgs_2", preset="sentinel2")
     >>> found.areas.head()  # changed areas, ranked by their robust score
     """
-    if isinstance(before, Scene) and isinstance(after, Scene):
-        scenes, loaded = [before, after], load_preset(preset) if preset else None
-    else:
-        scenes, loaded = SceneOptions(preset, tuple(bands) if bands else None).open([str(before), str(after)])
+    scenes, loaded = open_pair(before, after, preset, bands)
     scores = score_scenes(scenes[0], scenes[1], tiling, method, model_options, loaded, bool(preset or bands),
                           pixel_maps=level == "pixel")  # fmt: skip
     return change_map(scores, method, threshold, rule, all_patches)
+
+
+def open_pair(before: Scene | str, after: Scene | str, preset: str | Preset | None = None,
+              bands: Sequence[str] | None = None) -> tuple[list[Scene], Preset | None]:
+    """Two scenes (paths, band-file folders or opened scenes) and the preset they are read with (a name or a Preset)."""
+    if isinstance(before, Scene) and isinstance(after, Scene):
+        return [before, after], load_preset(preset) if isinstance(preset, str) else preset
+    name = preset.name if isinstance(preset, Preset) else preset
+    return SceneOptions(name, tuple(bands) if bands else None).open([str(before), str(after)])
 
 
 def detect_in_index(index: Index, dates: Sequence[str], method: ChangeMethod | str = ChangeMethod.COSINE,
@@ -108,4 +114,4 @@ def change_map(scores: ChangeScores, method: ChangeMethod | str, threshold: Thre
     return ChangeMap(scores, frame, summary)
 
 
-__all__ = ["ChangeMap", "PATCH_THRESHOLD", "PIXEL_THRESHOLD", "change_map", "detect", "detect_in_index", "flag_changes"]
+__all__ = ["ChangeMap", "PATCH_THRESHOLD", "PIXEL_THRESHOLD", "change_map", "detect", "detect_in_index", "flag_changes", "open_pair"]

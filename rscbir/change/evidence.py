@@ -102,12 +102,10 @@ def _write_cached(path: Path, evidence: PairEvidence) -> None:
     """Store the evidence and its CVA scores; the .npz is renamed into place last, so it marks a whole entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = evidence.scores.patches[[c for c in evidence.scores.patches.columns if c not in ("dense", "fusion")]]
-    partial_frame = path.with_name(path.stem + ".partial.parquet")
-    frame.to_parquet(partial_frame)
-    os.replace(partial_frame, path.with_suffix(".patches.parquet"))
-    partial = path.with_name(path.stem + ".partial.npz")
-    np.savez(partial, channels=evidence.channels, names=np.array(evidence.names), valid=evidence.valid, cva=evidence.scores.pixels["cva"])
-    os.replace(partial, path)
+    with atomic_path(path.with_suffix(".patches.parquet")) as tmp:
+        frame.to_parquet(tmp)
+    with atomic_path(path, suffix=".npz") as tmp:  # np.savez keeps a name that ends in .npz
+        np.savez(tmp, channels=evidence.channels, names=np.array(evidence.names), valid=evidence.valid, cva=evidence.scores.pixels["cva"])
 
 
 def _add_label_free(evidence: PairEvidence) -> None:

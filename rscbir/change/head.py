@@ -28,6 +28,7 @@ from rscbir.atomic import atomic_path
 from rscbir.change.areas import drop_small_areas, smooth_scores
 from rscbir.change.evidence import PairEvidence
 from rscbir.errors import ModelMismatchError
+from rscbir.models.features import FeatureModel
 
 CHANGE_CHECKPOINT = 1
 CUTS = tuple(np.round(np.arange(0.3, 0.96, 0.05), 2))
@@ -85,6 +86,13 @@ class ChangeHead:
         out = np.full(evidence.valid.shape, np.nan, np.float32)
         out[evidence.valid] = np.concatenate(probability) if probability else []
         return out, (np.concatenate(hidden) if hidden else np.zeros((0, self.net[-1].in_features), np.float32))
+
+    def backbone(self) -> FeatureModel:
+        """The pretrained backbone this head's evidence was made with (verified by weights hash)."""
+        from rscbir.models.config import ModelConfig
+        from rscbir.models.load import model_from_config
+
+        return model_from_config(ModelConfig.from_dict(self.meta["model"]))
 
     def check(self, meta: dict) -> None:
         """Refuse evidence made another way than the training evidence, naming what differs."""

@@ -50,8 +50,7 @@ def read_marks(path: str | os.PathLike, grid: Grid) -> Marks:
     """The marks of a vector file (GeoJSON, GeoPackage, ...) burnt onto ``grid``: a point marks its pixel,
     a polygon every pixel whose centre it covers (at least its own pixel). Raises :class:`MarksError`
     for a file without CRS or ``changed`` property, or with no mark on the pair's footprint."""
-    frame = _read(path)
-    return grid_marks(frame.assign(changed=[_answer(v, path, k) for k, v in enumerate(frame["changed"])]), grid, str(path))
+    return grid_marks(_read(path), grid, str(path))
 
 
 def grid_marks(marks: gpd.GeoDataFrame, grid: Grid, source: str = "marks") -> Marks:
@@ -80,8 +79,7 @@ def grid_marks(marks: gpd.GeoDataFrame, grid: Grid, source: str = "marks") -> Ma
 def read_patch_marks(path: str | os.PathLike, patches: gpd.GeoDataFrame) -> np.ndarray:
     """The marks of a vector file on patches (``patches``: EPSG:4326 footprints, as an index's change scores hold),
     see :func:`patch_marks`. Raises :class:`MarksError` as :func:`read_marks` does."""
-    frame = _read(path)
-    return patch_marks(frame.assign(changed=[_answer(v, path, k) for k, v in enumerate(frame["changed"])]), patches, str(path))
+    return patch_marks(_read(path), patches, str(path))
 
 
 def patch_marks(marks: gpd.GeoDataFrame, patches: gpd.GeoDataFrame, source: str = "marks") -> np.ndarray:
@@ -111,7 +109,8 @@ def _read(path) -> gpd.GeoDataFrame:
     answered = frame["changed"].notna() & (frame["changed"].astype(str).str.strip() != "")
     if not answered.any():
         raise MarksError(f"{path}: no mark in the file has a 'changed' answer (1 changed here, 0 not changed here)")
-    return frame[answered]  # features without an answer (e.g. the areas of a downloaded change map) are not marks
+    frame = frame[answered]  # features without an answer (e.g. the areas of a downloaded change map) are not marks
+    return frame.assign(changed=[_answer(value, path, k) for k, value in enumerate(frame["changed"])])
 
 
 def _answer(value, path, k) -> int:

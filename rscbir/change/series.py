@@ -23,8 +23,8 @@ import geopandas as gpd
 import numpy as np
 
 from rscbir.change.pairs import cosine_distance
+from rscbir.change.scores import robust_z
 from rscbir.errors import QueryError
-from rscbir.thresholds import robust_spread
 
 if TYPE_CHECKING:
     from rscbir.index.reader import Index
@@ -54,8 +54,8 @@ def series_change(index: Index, dates: Sequence[str] | None = None, cut: float =
     places = sorted(set().union(*(f.index for f in frames.values())))
     where = {place: k for k, place in enumerate(places)}
     vectors = [_centred(_vectors(index, frames[r.scene_id], where, len(places))) for r in records]
-    steps = np.stack([_distance(a, b) for a, b in zip(vectors[:-1], vectors[1:])], axis=1)  # (places, steps)
-    span = _distance(_first(vectors), _last(vectors))
+    steps = np.stack([cosine_distance(a, b) for a, b in zip(vectors[:-1], vectors[1:])], axis=1)  # (places, steps)
+    span = cosine_distance(_first(vectors), _last(vectors))
     z = _robust_z(np.log(np.clip(steps, 1e-6, None)))  # distances are positive and skewed: their logs are near-symmetric
     span_z = _robust_z(np.log(np.clip(span[:, None], 1e-6, None)))[:, 0]
     intervals = [f"{a}/{b}" for a, b in zip(dates[:-1], dates[1:])]
@@ -78,8 +78,7 @@ def series_change(index: Index, dates: Sequence[str] | None = None, cut: float =
 
 def _robust_z(distances: np.ndarray) -> np.ndarray:
     """Each column (a step) in robust SD units of that column: how much more a place changed than the rest then."""
-    centre, spread = robust_spread(distances, axis=0)
-    return (distances - centre) / np.where(spread > 1e-6, spread, 1.0)
+    return np.stack([robust_z(column) for column in distances.T], axis=1)
 
 
 def _vectors(index: Index, frame, where: dict, count: int) -> np.ndarray:
@@ -93,10 +92,6 @@ def _centred(vectors: np.ndarray) -> np.ndarray:
     """A date's vectors less their mean, re-normalised: what the whole date shares (its light, season, sensor) goes."""
     centred = vectors - np.nanmean(vectors, axis=0)
     return centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-12)
-
-
-def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return cosine_distance(a, b)  # NaN where a place is missing on either date
 
 
 def _first(vectors: list[np.ndarray]) -> np.ndarray:

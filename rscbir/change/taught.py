@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from rscbir.change.areas import AREA_PERCENTILE, AREA_SCORE, PixelRegularisation, changed_areas, changed_regions, drop_small_areas, smooth_scores
-from rscbir.change.detection import PATCH_THRESHOLD, PIXEL_THRESHOLD, ChangeMap
+from rscbir.change.detection import PATCH_THRESHOLD, PIXEL_THRESHOLD, ChangeMap, open_pair
 from rscbir.change.scores import ChangeScores
 from rscbir.change.evidence import PairEvidence
 from rscbir.change.marks import MarkRule, Marks, correct_with_marks, evidence_space, mark_regions, read_marks
 from rscbir.errors import ModelMismatchError
 from rscbir.models.options import ModelOptions
 from rscbir.modes import TAUGHT, ChangeMethod
-from rscbir.presets import Preset, SceneOptions, load_preset
+from rscbir.presets import Preset
 from rscbir.scene import Scene
 from rscbir.thresholds import Threshold, robust_spread
 from rscbir.tiling import TilingConfig
@@ -101,11 +101,7 @@ def teach(before: Scene | str, after: Scene | str, marks: str | os.PathLike | No
     from rscbir.change.evidence import default_cache, scene_evidence
     from rscbir.tiling import aligned_grid
 
-    if isinstance(before, Scene) and isinstance(after, Scene):
-        scenes, loaded = [before, after], load_preset(preset) if isinstance(preset, str) else preset
-    else:
-        name = preset.name if isinstance(preset, Preset) else preset
-        scenes, loaded = SceneOptions(name, tuple(bands) if bands else None).open([str(before), str(after)])
+    scenes, loaded = open_pair(before, after, preset, bands)
     named = named_bands if named_bands is not None else bool(preset or bands)
     read = read_marks(marks, aligned_grid(scenes)) if marks is not None else None  # a bad file fails before the CNN runs
     head, model = change_model, None
@@ -116,10 +112,7 @@ def teach(before: Scene | str, after: Scene | str, marks: str | os.PathLike | No
         if head is None:
             raise ModelMismatchError(f"{change_model}: not a change model; train one with `rscbir finetune-change`")
     if head is not None:
-        from rscbir.models.config import ModelConfig
-        from rscbir.models.load import model_from_config
-
-        model = model_from_config(ModelConfig.from_dict(head.meta["model"]))
+        model = head.backbone()
     evidence, meta = scene_evidence(scenes[0], scenes[1], tiling, model_options, loaded, named, model,
                                     cache=default_cache() if cache == "default" else cache)  # fmt: skip
     if head is not None:

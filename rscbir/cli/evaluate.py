@@ -111,10 +111,9 @@ def change(folder, cities, pairs, patch_size, threshold, pixel_threshold, all_ba
 
 def _taught(folder, chosen, patch_size, weights, clicks, rounds, seeds, say) -> dict:
     from rscbir.change.head import read_change_head
-    from rscbir.datasets.pairs import is_pair_layout
+    from rscbir.datasets.change_sets import change_set_defaults
     from rscbir.errors import ModelMismatchError
     from rscbir.evaluate import evaluate_taught_change
-    from rscbir.presets import SceneOptions
     from rscbir.tiling import TilingConfig
 
     if weights and not Path(weights).is_file():
@@ -128,9 +127,8 @@ def _taught(folder, chosen, patch_size, weights, clicks, rounds, seeds, say) -> 
         raise click.BadParameter(f"{','.join(clicks)}: give click counts as whole numbers, e.g. 1,3,10", param_hint="--marks") from None
     if any(n < 1 for n in counts):
         raise click.BadParameter("click counts must be 1 or more", param_hint="--marks")
-    layout_pairs = is_pair_layout(folder)
-    size = patch_size or (head.meta["patch_size"] if head else (64 if layout_pairs else 32))
-    scene_options = SceneOptions() if layout_pairs else SceneOptions("sentinel2")
+    scene_options, default_patch = change_set_defaults(folder)
+    size = patch_size or (head.meta["patch_size"] if head else default_patch)
     result = evaluate_taught_change(folder, chosen or None, scene_options, TilingConfig(size), head, counts, rounds, seeds, progress=say)
     click.echo(f"pixel level over {len(result['pairs'])} pairs ({size} px patches; clicks: {seeds} draws per pair, pooled):")
     for key, m in result["pooled"].items():

@@ -37,19 +37,15 @@ def finetune_change(ctx, folder, output, pairs, scene_opts, patch_size, model_op
     residuals, label-free scores) is change, with the last rows of every pair held out for early stopping and
     the cut. `rscbir change --weights` and `rscbir eval change --weights` use the checkpoint; a scene read with
     other bands, scaling or patch size is refused."""
-    import dataclasses
-
     from rscbir.change.head import HeadTraining
     from rscbir.change.training import finetune_change as train
-    from rscbir.datasets.pairs import is_pair_layout
+    from rscbir.datasets.change_sets import change_set_defaults
     from rscbir.models.load import configure_threads
     from rscbir.tiling import TilingConfig
 
     configure_threads()
-    layout_pairs = is_pair_layout(folder)
-    if not layout_pairs and not scene_opts.preset and not scene_opts.bands:
-        scene_opts = dataclasses.replace(scene_opts, preset="sentinel2")
-    tiling = TilingConfig(patch_size or (64 if layout_pairs else 32))
+    scene_opts, default_patch = change_set_defaults(folder, scene_opts)
+    tiling = TilingConfig(patch_size or default_patch)
     say = None if ctx.obj["quiet"] else (lambda line: click.echo(line, err=True))
     start = time.perf_counter()
     head = train(folder, pairs, scene_opts, tiling, model_opts, HeadTraining(hidden=hidden, epochs=epochs, seed=seed), progress=say)

@@ -4,6 +4,7 @@ what training a change model and measuring one both need."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -40,6 +41,20 @@ def change_set_names(root: str | os.PathLike) -> list[str]:
     return pair_names(root) if is_pair_layout(root) else find_change_sets(root)
 
 
+OSCD_PRESET = "sentinel2"  # OSCD cities are Sentinel-2 band files: read as `rscbir change --preset sentinel2` reads them
+OSCD_PATCH, PAIRS_PATCH = 32, 64  # patch sides (px) the change figures of each layout are measured with
+
+
+def change_set_defaults(root: str | os.PathLike, scene_options: SceneOptions = SceneOptions()) -> tuple[SceneOptions, int]:
+    """How the pairs of ``root`` are read unless told otherwise: the scene options (OSCD cities with the Sentinel-2
+    preset when none names their bands; image pairs need none) and the patch side in pixels."""
+    if is_pair_layout(root):
+        return scene_options, PAIRS_PATCH
+    if scene_options.preset or scene_options.bands:
+        return scene_options, OSCD_PATCH
+    return dataclasses.replace(scene_options, preset=OSCD_PRESET), OSCD_PATCH
+
+
 def labelled_pairs(root: str | os.PathLike, names: Sequence[str] | None = None, scene_options: SceneOptions = SceneOptions(),
                    workdir: str | os.PathLike | None = None) -> Iterator[LabelledPair]:  # fmt: skip
     """Each labelled pair of ``root`` (or only ``names``), opened as ``rscbir change BEFORE AFTER`` opens them with
@@ -74,4 +89,4 @@ def _pair_workdir(root: Path) -> Path:
     return cache_root() / "pairs" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
 
 
-__all__ = ["LabelledPair", "change_set_names", "labelled_pairs"]
+__all__ = ["OSCD_PATCH", "OSCD_PRESET", "PAIRS_PATCH", "LabelledPair", "change_set_defaults", "change_set_names", "labelled_pairs"]

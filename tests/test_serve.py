@@ -141,6 +141,21 @@ def test_change_view_matches_rscbir_change(client, naip_index, tmp_path):
     assert len(hits["features"]) == 5 and hits["features"][0]["properties"]["date"] == "2009-08-18/2020-08-31"
 
 
+def test_when_did_this_place_change_answers_what_the_cli_writes(client, naip_index, tmp_path):
+    history = client.get(f"/api/when?lon={POINT[0]}&lat={POINT[1]}").get_json(force=True)
+    assert history["dates"] == ["2009-08-18", "2020-08-31"] and history["intervals"] == ["2009-08-18/2020-08-31"]
+    assert shapely.geometry.shape(history["geometry"]).contains(shapely.Point(*POINT))
+    out = tmp_path / "when.geojson"
+    result = CliRunner().invoke(cli, ["change", "--index", str(naip_index), "--all-patches", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    place = next(f["properties"] for f in json.loads(out.read_text())["features"]
+                 if (f["properties"]["row"], f["properties"]["col"]) == (history["row"], history["col"]))  # fmt: skip
+    assert history["scores"] == [pytest.approx(place["score 2009-08-18/2020-08-31"])]
+    assert history["changed_between"] == place["changed_between"] and history["cut"] == 3.0
+    answer = client.get("/api/when?lon=2.35&lat=48.85")
+    assert answer.status_code == 404 and "outside every place" in answer.get_json(force=True)["error"]
+
+
 def test_change_marks_teach_the_map_as_the_cli_does(client, naip_index, tmp_path):
     plain = client.get(f"/api/change?dates={DATES}").get_json(force=True)
     area = shapely.geometry.shape(plain["features"][0]["geometry"]).representative_point()  # the top changed area
@@ -288,6 +303,11 @@ def test_page_in_a_real_browser(server, naip_index, tmp_path):
         changed = int(page.inner_text("#taught-summary").split("marks: ")[1].split(" of ")[0])
         assert changed < plain["change"]["changed_patches"]  # the marked area left the map
         page.screenshot(path=str(tmp_path / "change_marks.png"))
+        page.locator("input[name='click-action'][value='when']").click()  # when did this place change? its score per step
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        page.wait_for_selector("#when-plot .js-plotly-plot .bars path", timeout=60_000)
+        assert page.locator("#when-plot .bars path").count() == 1  # two dates: one step
+        assert page.inner_text("#when-summary").startswith(("Changed most between", "No step stands out"))
         page.locator(".result img").nth(2).click()  # fly to a result: the map zooms to 16 over it
         page.wait_for_selector(".imagery img.leaflet-tile-loaded[src*='/16/']", timeout=30_000)
         # pixel detail: the map from the rasters, pixel by pixel, and a mark on it

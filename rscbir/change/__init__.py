@@ -62,7 +62,7 @@ _HOMES = {
     "changed_areas": "areas", "changed_regions": "areas", "pixel_change_mask": "areas",
     "ChangeMap": "detection", "PATCH_THRESHOLD": "detection", "PIXEL_THRESHOLD": "detection", "change_map": "detection", "detect": "detection",
     "detect_in_index": "detection", "flag_changes": "detection",
-    "SeriesChange": "series", "series_change": "series",
+    "SeriesChange": "series", "place_history": "series", "series_change": "series",
     "teach": "taught", "taught_change_map": "taught", "taught_patch_map": "taught",
 }  # fmt: skip
 

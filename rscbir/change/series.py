@@ -24,7 +24,7 @@ import numpy as np
 
 from rscbir.change.pairs import cosine_distance
 from rscbir.change.scores import robust_z
-from rscbir.errors import QueryError
+from rscbir.errors import OutsideCoverageError, QueryError
 
 if TYPE_CHECKING:
     from rscbir.index.reader import Index
@@ -76,6 +76,28 @@ def series_change(index: Index, dates: Sequence[str] | None = None, cut: float =
     return SeriesChange(frame, dates, summary)
 
 
+def place_history(found: SeriesChange, lon: float, lat: float) -> dict:
+    """"When did this place change?": the place under (lon, lat) with its score at every step (robust z, ``None``
+    where a date lacks the place), the step it changed most in and the cut, as JSON-ready values."""
+    from shapely.geometry import Point
+
+    under = found.places[found.places.contains(Point(lon, lat))]
+    if under.empty:
+        raise OutsideCoverageError(f"({lon:.6f}, {lat:.6f}) is outside every place of this time series")
+    place = under.iloc[0]
+    intervals = [f"{a}/{b}" for a, b in zip(found.dates[:-1], found.dates[1:])]
+    scores = [_finite(place[f"score {i}"]) for i in intervals]
+    return {"lon": lon, "lat": lat, "row": int(place["row"]), "col": int(place["col"]), "dates": found.dates,
+            "intervals": intervals, "scores": scores, "cut": found.summary["threshold"],
+            "changed_between": place["changed_between"], "changed_steps": int(place["changed_steps"]),
+            "step_score": _finite(place["step_score"]), "span_score": _finite(place["span_score"]),
+            "geometry": place.geometry.__geo_interface__}  # fmt: skip
+
+
+def _finite(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def _robust_z(distances: np.ndarray) -> np.ndarray:
     """Each column (a step) in robust SD units of that column: how much more a place changed than the rest then."""
     return np.stack([robust_z(column) for column in distances.T], axis=1)
@@ -115,4 +137,4 @@ def _footprints(frames: dict, places: list) -> gpd.GeoDataFrame:
                             geometry=[geometry[p] for p in places], crs="EPSG:4326")  # fmt: skip
 
 
-__all__ = ["ACQUISITION_WARNING", "SERIES_CUT", "SeriesChange", "series_change"]
+__all__ = ["ACQUISITION_WARNING", "SERIES_CUT", "SeriesChange", "place_history", "series_change"]

@@ -4,7 +4,9 @@
 FeatureCollection as ``rscbir query``; tiles are rendered by rio-tiler straight from
 the indexed rasters (``/api/tiles/SCENE/z/x/y.png``) and from a pair's change scores
 (``/api/change-tiles/D1/D2/z/x/y.png``); ``/api/change?dates=D1,D2[&level=pixel][&marks=LON,LAT,1;LON,LAT,0]`` is a
-pair's change map (patch by patch from the stored vectors, or pixel by pixel from the rasters), taught by marks when given. Bad parameters answer 400, unknown scenes,
+pair's change map (patch by patch from the stored vectors, or pixel by pixel from the rasters), taught by marks when given;
+``/api/when?lon=&lat=`` is "when did this place change?" over every date (``rscbir change --index`` without
+``--dates``): the place's score at each step. Bad parameters answer 400, unknown scenes,
 patches and points outside coverage 404, always as ``{"error": "..."}``.
 """
 
@@ -30,6 +32,7 @@ from rio_tiler.utils import render
 
 from rscbir import export, validate
 from rscbir.change import ChangeScores, flag_changes, scores_from_index
+from rscbir.change.series import SeriesChange, place_history, series_change
 from rscbir.errors import IndexFileError, OutsideCoverageError, QueryError, RscbirError
 from rscbir.index import Index
 from rscbir.index.describe import describe_index
@@ -128,6 +131,14 @@ class LiveIndex:
         with self._lock:
             found = self._changes.get((dates, "pixel"))
         return found if found is not None else self.pixel_change(dates)
+
+    def series(self) -> SeriesChange:
+        """Change through every date of the index (``rscbir change --index`` without ``--dates``), once per generation."""
+        index = self.get()
+        with self._lock:
+            if "series" not in self._changes:
+                self._changes["series"] = series_change(index)
+            return self._changes["series"]
 
     def change(self, dates: tuple[str, str]) -> PairChange:
         """Change scores of a date pair from the stored vectors, computed once per index generation."""
@@ -399,6 +410,13 @@ def change():
         return _geojson(live().pixel_change(dates, marks).geojson)
     pair = live().change(dates)
     return _geojson(taught_change(pair, marks) if marks else pair.geojson)
+
+
+@api.get("/api/when")
+def when():
+    """When did the place under lon/lat change? Its score at every step of the index's dates (JSON)."""
+    lon, lat = _lonlat()
+    return jsonify(place_history(live().series(), lon, lat))
 
 
 def _level() -> str:

@@ -10,7 +10,9 @@ from dash import ALL, Input, Output, State, ctx, html
 
 from rscbir.errors import RscbirError
 from rscbir.web.api import LiveIndex, change_query, point_query, taught_change
-from rscbir.web.layout import CHANGE_STYLE, CSS, MARK_COLOURS, change_mark_layers, map_extent, result_rows, scene_layers
+from rscbir.change.series import place_history
+from rscbir.web.layout import (CHANGE_STYLE, CSS, MARK_ACTIONS, MARK_COLOURS, change_mark_layers, map_extent, result_rows, scene_layers,
+                               when_panel)  # fmt: skip
 
 
 def _latlng(click: dict) -> tuple[float, float]:
@@ -91,13 +93,27 @@ def register_change_mark_callbacks(app: dash.Dash, live: LiveIndex) -> None:
                   Input("map", "n_clicks"), State("map", "clickData"), State("mode", "value"), State("click-action", "value"),
                   State("change-marks", "data"), prevent_initial_call=True)  # fmt: skip
     def add_mark(_clicks, click, mode, action, marks):
-        if mode != "change" or action == "similar" or not click:
+        if mode != "change" or action not in MARK_ACTIONS or not click:
             raise dash.exceptions.PreventUpdate
         lat, lon = _latlng(click)
         marks = [*marks, {"lon": lon, "lat": lat, "changed": int(action == "changed")}]
         changed = sum(m["changed"] for m in marks)
         text = f"{len(marks)} marks ({changed} changed, {len(marks) - changed} not changed): press Update change map."
         return marks, change_mark_layers(marks), html.Span(text, id="marks-summary")
+
+    @app.callback(Output("when-panel", "children"), Output("status", "children", allow_duplicate=True),
+                  Input("map", "n_clicks"), State("map", "clickData"), State("mode", "value"), State("click-action", "value"),
+                  prevent_initial_call=True)  # fmt: skip
+    def when_changed(_clicks, click, mode, action):
+        if mode != "change" or action != "when" or not click:
+            raise dash.exceptions.PreventUpdate
+        lat, lon = _latlng(click)
+        try:
+            history = place_history(live.series(), lon, lat)
+        except RscbirError as exc:
+            return [], f"Error: {exc}"
+        text = f"Place at row {history['row']}, col {history['col']} over {len(history['dates'])} dates."
+        return when_panel(history), html.Span(text, id="when-status")
 
     @app.callback(Output("change-layers", "children", allow_duplicate=True), Output("status", "children", allow_duplicate=True),
                   Output("change-doc", "data", allow_duplicate=True), Input("update-change", "n_clicks"),

@@ -24,7 +24,9 @@ CSS = {
 MARK_COLOURS = {"right": "#c8f7c5", "wrong": "#f7c5c5", None: "white"}
 CLICK_ACTIONS = [{"label": " finds places that changed like it", "value": "similar"},
                  {"label": " marks: changed here", "value": "changed"},
-                 {"label": " marks: not changed here", "value": "unchanged"}]  # fmt: skip
+                 {"label": " marks: not changed here", "value": "unchanged"},
+                 {"label": " when did this place change? (every date)", "value": "when"}]  # fmt: skip
+MARK_ACTIONS = ("changed", "unchanged")
 CHANGE_MARK_COLOURS = {1: "#ff1744", 0: "#2979ff"}  # changed: red, not changed: blue
 
 
@@ -83,7 +85,8 @@ def page_layout(live: LiveIndex, index_dir: str | os.PathLike) -> html.Div:
                  dcc.RadioItems(id="click-action", options=CLICK_ACTIONS, value="similar", labelStyle={"display": "block"}),
                  html.Div([html.Button("Update change map", id="update-change"), html.Button("Download change map", id="download-change")],
                           style={"display": "flex", "gap": "6px", "margin": "4px 0"}),
-                 dcc.Download(id="download-change-file")],  # fmt: skip
+                 dcc.Download(id="download-change-file"),
+                 html.Div(id="when-panel")],  # fmt: skip
                 id="change-dates",
             ),
             html.Div([html.Label("Results k "), dcc.Input(id="k", type="number", value=10, min=1, max=200, step=1, style={"width": "60px"})]),
@@ -125,6 +128,24 @@ def map_extent(live: LiveIndex) -> list[list[float]]:
     the map is placed by centre and zoom, layers by this extent)."""
     west, south, east, north = live.get().bounds
     return [[south, west], [north, east]]
+
+
+def when_panel(history: dict) -> list:
+    """"When did this place change?": a sentence and the place's score at every step as a bar chart (red above the cut)."""
+    cut, scores = history["cut"], history["scores"]
+    labels = [i.replace("/", " \u2192 ") for i in history["intervals"]]
+    if history["changed_between"]:
+        text = (f"Changed most between {history['changed_between'].replace('/', ' and ')} (score {history['step_score']:.1f}); "
+                f"{history['changed_steps']} of {len(scores)} steps above {cut:g}.")
+    else:
+        text = f"No step stands out: every score is at most {cut:g} (robust SD above that step's median)."
+    figure = {"data": [{"type": "bar", "x": labels, "y": [v if v is not None else 0 for v in scores],
+                        "marker": {"color": ["#ff1744" if (v or 0) > cut else "#90a4ae" for v in scores]}}],
+              "layout": {"height": 220, "margin": {"l": 36, "r": 8, "t": 24, "b": 70}, "title": {"text": "score per step", "font": {"size": 12}},
+                         "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": cut, "y1": cut, "line": {"dash": "dot", "color": "#ff1744"}}],
+                         "xaxis": {"tickangle": -45, "tickfont": {"size": 9}}, "yaxis": {"title": {"text": "robust z"}}}}  # fmt: skip
+    return [html.Div(text, id="when-summary", style={"margin": "6px 0"}),
+            dcc.Graph(id="when-plot", figure=figure, config={"displayModeBar": False}, style={"height": "220px"})]  # fmt: skip
 
 
 def result_rows(doc: dict, marks: dict) -> list:

@@ -279,7 +279,7 @@ def evaluate_same_place(
     model_options: ModelOptions = ModelOptions(),
     tiling: TilingConfig = TilingConfig(32),
     embed_options: EmbedOptions = EmbedOptions(),
-    centre_scenes: bool = False,
+    centre_scenes: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Does a search across dates find the same ground? For each OSCD city both dates are indexed on one

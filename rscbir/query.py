@@ -395,8 +395,9 @@ def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:
     model = model_from_config(config)
     with torch.inference_mode():
         vector = model(x[None]).float().numpy()
-    pca = index.pca
-    return pca.transform(vector) if pca is not None else vector
+    pca, places = index.pca, index.places
+    vector = pca.transform(vector) if pca is not None else vector
+    return places.transform(vector) if places is not None else vector  # the chip's date is unknown: not centred
 
 
 def _read_chip(index: Index, path: Path, bands: list[str]) -> np.ndarray:

@@ -70,7 +70,7 @@ def test_model_or_tiling_mismatch_refused_index_untouched(tmp_path):
     assert index_cli(a, "-o", out).exit_code == 0
     before = folder_digest(out)
     result = index_cli(b, "-o", out, "--pooling", "gem")
-    assert result.exit_code == 2 and "built with another model" in result.output and "pooling: avg -> gem" in result.output
+    assert result.exit_code == 2 and "built with another model" in result.output and "pooling: grid -> gem" in result.output
     result = CliRunner().invoke(cli, ["index", "build", str(b), "-o", str(out), "--patch-size", "16", "--input-size", "32"])
     assert result.exit_code == 2 and "another tiling" in result.output
     assert folder_digest(out) == before
@@ -173,3 +173,44 @@ def test_info_describes_an_index_from_its_manifest(tmp_path):
     doc = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
     assert doc["patches"] == 32 and doc["model"]["stages"] == 4 and doc["vectors"]["augment"] == 5
     assert doc["bytes_on_disk"] == sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+
+
+def test_within_place_whitening_divides_out_what_each_date_adds():
+    """Each place seen on two dates, the second date adding its own amount of one acquisition direction (haze, light:
+    not a shift every place shares, so centring alone cannot take it off). Before whitening the other date's nearest
+    patch is rarely the same place; after it, nearly always."""
+    from rscbir.defaults import PLACE_SHRINK
+    from rscbir.models.whitening import PlaceWhitening
+    from rscbir.rerank import normalise
+
+    rng = np.random.default_rng(0)
+    places, dim = 300, 32
+    ground = rng.normal(size=(places, dim))
+    acquisition = np.zeros(dim)
+    acquisition[:3] = 1.0
+    first = normalise(ground + 0.1 * rng.normal(size=(places, dim)))
+    second = normalise(ground + 0.1 * rng.normal(size=(places, dim)) + rng.normal(0, 12, size=(places, 1)) * acquisition)
+    mean = (first + second) / 2
+    whitening = PlaceWhitening.fit(np.concatenate([first - mean, second - mean]), PLACE_SHRINK)
+
+    def same_place_first(a, b):
+        return float(np.mean(np.argmax(a @ b.T, axis=1) == np.arange(places)))
+
+    assert same_place_first(first, second) < 0.6
+    assert same_place_first(whitening.transform(first), whitening.transform(second)) > 0.95
+
+
+def test_an_aligned_index_of_two_dates_keeps_its_whitening_for_appends(tmp_path):
+    """Created from 2 dates on one grid, the index stores the within-place whitening (and says so); an append keeps it
+    (every segment comparable); one date, --no-centre-scenes or no common grid: none."""
+    a, b, c = scenes(tmp_path, size=384)  # 144 patches each: enough for a 128-d PCA and its whitening
+    out = tmp_path / "idx"
+    assert index_cli(a, b, "--align", "-o", out).exit_code == 0
+    places = Index.open(out).places
+    assert places is not None and "within-place whitening" in CliRunner().invoke(cli, ["info", str(out)]).output
+    assert index_cli(c, "-o", out).exit_code == 0
+    np.testing.assert_array_equal(Index.open(out).places.matrix, places.matrix)
+    for args, name in (((a,), "one"), ((a, b, "--no-centre-scenes"), "plain"), ((a, b), "unaligned")):
+        extra = ("--align",) if name != "unaligned" else ()
+        assert index_cli(*args, *extra, "-o", tmp_path / name).exit_code == 0
+        assert Index.open(tmp_path / name).places is None, name

@@ -94,7 +94,8 @@ def test_exclude_radius_bbox_and_csv(naip_index):
 
 
 def test_query_by_image_chip_finds_its_source(naip_index, tmp_path):
-    """A PNG cut from an indexed patch's pixels retrieves that patch first."""
+    """A PNG cut from an indexed patch's pixels retrieves its place first, the patch itself among that place's dates
+    (a chip carries no date, so a two-date index ranks the place, whichever year scores higher)."""
     from rscbir.export import patch_pixels
 
     index = Index.open(naip_index)
@@ -102,8 +103,8 @@ def test_query_by_image_chip_finds_its_source(naip_index, tmp_path):
     row["scene_id"] = "m_4709963_se_14_1_20090818"
     Image.fromarray(patch_pixels(index, row)).save(tmp_path / "chip.png")
     result = query_image(index, tmp_path / "chip.png", k=3)
-    assert result.hits.iloc[0]["patch_id"] == "m_4709963_se_14_1_20090818:6:10"
-    assert result.hits.iloc[0]["score"] > 0.97
+    assert "m_4709963_se_14_1_20090818:6:10" in result.hits.iloc[0]["matched_patches"]
+    assert result.hits.iloc[0]["score"] > 0.95 and result.hits.iloc[1]["score"] < 0.8
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ def test_feedback_ranks_a_positives_neighbours_above_a_negatives(blob_index, tmp
     from rscbir.query import Feedback
 
     plain = list(query_patch(blob_index, "site_20200101:0:0", k=31, places=False).hits["patch_id"])
-    assert plain.index("site_20200101:1:1") > 10
+    assert "site_20200101:1:1" not in plain[:10]  # near the bottom, or below the 31 listed
     marks = Feedback(positives=("site_20210101:2:2",), negatives=("site_20200101:3:3",))
     refined = query_patch(blob_index, "site_20200101:0:0", k=31, feedback=marks, places=False)
     ranked = list(refined.hits["patch_id"])
@@ -338,6 +339,28 @@ def test_share_of_answers_from_other_dates(naip10_index, tmp_path):
     assert doc["probes"] == 40 and len(doc["dates"]) == 10 and 0.0 <= doc["other_dates_share"] <= 1.0
     shares = [v for v in doc["by_query_date"].values() if v is not None]
     assert min(shares) <= doc["other_dates_share"] <= max(shares)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_two_date_index_finds_the_other_date_by_default(naip_index, tmp_path):
+    """Ground, not acquisition: NAIP 2009 and 2020 indexed with the defaults (grid pooling, dates centred, within-place
+    whitening) answer a query with patches of the other year; the earlier default (plain averages, nothing centred)
+    hardly ever did (0.070 of the top 10)."""
+    from conftest import DATA, NAIP
+    from rscbir.evaluate import evaluate_other_dates
+    from rscbir.index.describe import describe_index
+
+    assert describe_index(naip_index)["vectors"]["place_whitening"] and Index.open(naip_index).places is not None
+    now = evaluate_other_dates(Index.open(naip_index), probes=60)["other_dates_share"]
+    before = tmp_path / "before"
+    built = CliRunner().invoke(cli, ["-q", "index", "build", str(DATA / NAIP.format("20090818")), str(DATA / NAIP.format("20200831")),
+                                     "--align", "--preset", "naip", "--patch-size", "320m", "--pooling", "avg", "--no-centre-scenes",
+                                     "-o", str(before)])  # fmt: skip
+    assert built.exit_code == 0, built.output
+    assert Index.open(before).places is None
+    earlier = evaluate_other_dates(Index.open(before), probes=60)["other_dates_share"]
+    assert now >= 0.3 and now > earlier + 0.15, (now, earlier)
 
 
 def test_identical_dates_share_every_answer(tmp_path):

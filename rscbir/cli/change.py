@@ -8,6 +8,7 @@ import click
 from click.core import ParameterSource
 
 from rscbir.cli import options
+from rscbir.defaults import CHANGE_POOLING
 from rscbir.modes import ChangeMethod, choices
 
 
@@ -41,7 +42,7 @@ Examples:
               help="With --index: the two dates to compare. Without: every date of the index, and when each place changed.")
 @options.scene_options
 @options.tiling_options
-@options.model_options
+@options.model_options(pooling=CHANGE_POOLING)
 @click.option("--method", type=click.Choice(choices(ChangeMethod)), default="fusion", show_default=True, help="Change score (see rscbir.change).")
 @click.option("--threshold", default=None,
               help="robust:3 (median + 3 robust SD; default at pixel level), otsu (default at patch level), percentile:95, sigma:3 or a number.")

@@ -200,14 +200,15 @@ def across_dates(index_dir, k, probes, every_date, json_path):
     epilog="""\b
 Examples:
   rscbir eval dates ../shared/data/oscd --json out/oscd_same_place.json
-  rscbir eval dates ../shared/data/oscd --pooling grid --whiten 0.5 --centre-scenes""",
+  rscbir eval dates ../shared/data/oscd --pooling avg --no-centre-scenes   # the earlier default""",
 )
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="OSCD_DIR")
 @click.option("--city", "cities", multiple=True, help="These cities only (default: every city folder with labels).")
 @options.model_options
 @options.dim_option
 @options.whiten_option
-@click.option("--centre-scenes", is_flag=True, help="Subtract each scene's mean vector, as `rscbir index build --centre-scenes`.")
+@click.option("--centre-scenes/--no-centre-scenes", default=True, show_default=True,
+              help="Dates centred and within-place whitening, as `rscbir index build` does by default.")
 @click.option("--patch-size", type=click.IntRange(1), default=32, show_default=True, help="Patch side in 10 m pixels.")
 @options.json_file_option()
 @click.pass_context

@@ -7,6 +7,7 @@ import time
 import click
 
 from rscbir.cli import options
+from rscbir.defaults import CHANGE_POOLING
 
 
 @click.command(
@@ -25,7 +26,7 @@ Examples:
 @options.scene_options
 @click.option("--patch-size", type=click.IntRange(8), default=None, metavar="PX",
               help="Side of the patches the CNN compares, in pixels (default: 32 for OSCD cities, 64 for image pairs).")
-@options.model_options
+@options.model_options(pooling=CHANGE_POOLING)
 @click.option("--hidden", type=click.IntRange(1), default=32, show_default=True, help="Hidden units of the change head.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Most passes (training stops early when the hold-out stops improving).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling and training order.")

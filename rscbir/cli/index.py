@@ -64,8 +64,9 @@ Example:
 @click.option("--index-type", default="auto", show_default=True, metavar="FACTORY",
               help="FAISS factory string (Flat, HNSW32, IVF1024,PQ32 ...); auto: Flat up to 100k vectors, HNSW32 up to 1M, IVF-SQ8 beyond.")  # fmt: skip
 @options.augment_option
-@click.option("--centre-scenes", is_flag=True,
-              help="Subtract each scene's mean vector: what a whole date shares (light, season) no longer hides the same ground.")
+@click.option("--centre-scenes/--no-centre-scenes", default=True, show_default=True,
+              help="Ground, not acquisition: take each date's mean vector off and, in an aligned index of 2+ dates, whiten "
+                   "what varies between dates at the same place, so a search finds the same ground on other dates.")
 @options.batch_size_option
 @options.workers_option
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
@@ -90,6 +91,7 @@ def build(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     from rscbir.models.load import configure_threads, model_for_scenes
 
     configure_threads()
+    model_opts, centre_scenes = _as_the_index_was_built(ctx, output, model_opts, centre_scenes)
     opened, preset, failed = scene_opts.open_each(scenes)
     model, opened = model_for_scenes(opened, preset, model_opts)
     run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dim=dim or None, whiten=whiten,
@@ -110,6 +112,30 @@ def build(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
         for failure in summary.failed:
             click.echo(f"skipped {failure['scene']}: {failure['error']}", err=True)
         ctx.exit(3)  # partial run: the index holds the other scenes
+
+
+def _as_the_index_was_built(ctx, output, model_opts, centre_scenes):
+    """An append without --pooling or --centre-scenes takes the index's own (an index made before a default changed
+    stays appendable); options given on the command line are checked against the index as they are."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from click.core import ParameterSource
+
+    from rscbir.index.layout import MANIFEST
+    from rscbir.modes import Pooling
+
+    try:
+        doc = json.loads((Path(output) / MANIFEST).read_text())
+        pooling, centred = Pooling(doc["model"]["pooling"]), bool(doc.get("centre_scenes", False))
+    except (OSError, ValueError, KeyError, TypeError):
+        return model_opts, centre_scenes  # a new folder (or a damaged one: the build says what is wrong)
+    if ctx.get_parameter_source("pooling") is not ParameterSource.COMMANDLINE:
+        model_opts = dataclasses.replace(model_opts, pooling=pooling)
+    if ctx.get_parameter_source("centre_scenes") is not ParameterSource.COMMANDLINE:
+        centre_scenes = centred
+    return model_opts, centre_scenes
 
 
 def _describe(summary) -> str:

@@ -14,7 +14,7 @@ import functools
 
 import click
 
-from rscbir.defaults import DEFAULT_AUGMENT, DEFAULT_DIM, DEFAULT_INPUT_SIZE, DEFAULT_STAGES, DEFAULT_WHITEN
+from rscbir.defaults import DEFAULT_AUGMENT, DEFAULT_DIM, DEFAULT_INPUT_SIZE, DEFAULT_POOLING, DEFAULT_STAGES, DEFAULT_WHITEN
 from rscbir.modes import Device, Pooling, Runtime, choices
 
 EDGE_CHOICES = ["drop", "pad", "fit"]  # rscbir.tiling.EdgePolicy, spelled here so --help needs no rasterio
@@ -134,8 +134,13 @@ def _model_options(backbone, weights, all_bands, pooling, input_size, runtime, d
                         stages, int(views))  # fmt: skip
 
 
-def model_options(func):
-    """--model --weights --all-bands --pooling --input-size --runtime --device --stages --views, passed as ``model_opts``."""
+def model_options(func=None, *, pooling: str = DEFAULT_POOLING):
+    """--model --weights --all-bands --pooling --input-size --runtime --device --stages --views, passed as ``model_opts``.
+
+    ``pooling`` is the command's default: grid for search (it keeps where things lie: the same ground across dates),
+    plain averages where change between two scenes was measured with them."""
+    if func is None:
+        return functools.partial(model_options, pooling=pooling)
     names = ["backbone", "weights", "all_bands", "pooling", "input_size", "runtime", "device", "stages", "views"]
     return _apply(_bundle(names, "model_opts", _model_options)(func), [
         click.option("--model", "backbone", default=None, metavar="NAME",
@@ -144,8 +149,8 @@ def model_options(func):
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Local weights: a state dict for --model, or a checkpoint from `rscbir finetune`."),
         click.option("--all-bands", is_flag=True, help="Feed every band (the preset's all_bands) through a first conv inflated from RGB."),
-        click.option("--pooling", type=click.Choice(choices(Pooling)), default="avg", show_default=True,
-                     help="Global pooling of the last feature map."),
+        click.option("--pooling", type=click.Choice(choices(Pooling)), default=pooling, show_default=True,
+                     help="Pooling of each stage's feature map: avg, gem, or grid (averages of its 2 x 2 quarters)."),
         click.option("--input-size", type=int, default=DEFAULT_INPUT_SIZE, show_default=True,
                      help="Patches are resized to this many pixels per side before the CNN (0: keep)."),
         click.option("--runtime", type=click.Choice(choices(Runtime)), default="auto", show_default=True,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from rscbir.defaults import DEFAULT_AUGMENT
+from rscbir.defaults import DEFAULT_AUGMENT, PLACE_SHRINK
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError
 from rscbir.grid import Grid, common_grid
 from rscbir.index.commit import Generation, remove_orphans
@@ -29,9 +29,10 @@ from rscbir.index.maintain import MAX_SEGMENTS, compact_index
 from rscbir.index.manifest import IndexSettings, Manifest, SceneRecord, SegmentRecord
 from rscbir.index.reader import Index
 from rscbir.index.rows import joined
-from rscbir.index.writers import StagedScene, segment_faiss, write_augmented, write_vectors_and_catalog
+from rscbir.index.writers import (StagedScene, acquisition_means, place_deviations, segment_faiss, write_augmented,
+                                  write_vectors_and_catalog)  # fmt: skip
 from rscbir.models.config import ModelConfig
-from rscbir.models.whitening import PCAWhitening
+from rscbir.models.whitening import PCAWhitening, PlaceWhitening
 from rscbir.scene import Scene
 from rscbir.store import EmbeddingStore, EmbedOptions
 from rscbir.tiling import TilingConfig, aligned_grid
@@ -55,7 +56,7 @@ class BuildSummary:
 
 
 def index_settings(config: ModelConfig, tiling: TilingConfig, options: EmbedOptions, index_type: str = "auto",
-                   augment: int = DEFAULT_AUGMENT, centre_scenes: bool = False) -> IndexSettings:  # fmt: skip
+                   augment: int = DEFAULT_AUGMENT, centre_scenes: bool = True) -> IndexSettings:  # fmt: skip
     """The settings an index built with these options records."""
     return IndexSettings(config.fingerprint(), tiling.to_dict(), options.dim, options.whiten, int(augment), bool(centre_scenes),
                          index_type, options.dtype.value)  # fmt: skip
@@ -72,7 +73,7 @@ def build_index(
     index_type: str = "auto",
     runner: Runner | None = None,
     augment: int = DEFAULT_AUGMENT,
-    centre_scenes: bool = False,
+    centre_scenes: bool = True,
 ) -> tuple[Index, BuildSummary]:
     """Create ``path`` or append ``scenes`` to it; returns the index and a :class:`BuildSummary`.
 
@@ -83,10 +84,12 @@ def build_index(
     the model (default in this process; :class:`rscbir.scale.DaskRunner` on a cluster).
     ``augment`` k > 0 stores database-side augmented vectors for search
     (:func:`rscbir.rerank.augment_database`); an append augments only the new
-    patches, with neighbours among every patch. ``centre_scenes`` subtracts each
-    scene's mean vector (after PCA): what a whole date shares (light, season,
-    sensor) is removed, so the same ground matches across dates (OSCD: the same
-    place ranks first for 0.58 -> 0.65 of unchanged places; with grid pooling 0.88).
+    patches, with neighbours among every patch. ``centre_scenes`` (default) takes
+    each date's mean vector off (after PCA): what a whole date shares (light,
+    season, sensor) goes; an aligned index created from 2+ dates also divides
+    out what varies between dates at the same place (:class:`PlaceWhitening`),
+    so a search ranks ground, not acquisition (OSCD, the same unchanged place
+    first across dates: 0.606 with neither, 0.962 with both and grid pooling).
     """
     path = Path(path)
     settings = index_settings(model.config, tiling, options, index_type, augment, centre_scenes)
@@ -260,6 +263,24 @@ def _index_pca(existing: Index | None, staged: Sequence[StagedScene], settings: 
     return PCAWhitening.fit(sample, settings.dim, settings.whiten)
 
 
+def _place_whitening(existing: Index | None, staged: Sequence[StagedScene], pca: PCAWhitening | None,
+                     means: dict | None, grid: Grid | None) -> PlaceWhitening | None:  # fmt: skip
+    """The within-place whitening of an aligned index of 2+ acquisitions: the index's own (fitted when it was
+    created; appends keep it so every segment stays comparable), or one fitted now. None without dates centred, without
+    a common grid (places cannot be paired) or with one acquisition."""
+    if existing is not None:
+        return existing.places
+    if means is None or grid is None or len(means) < 2:
+        return None
+    deviations, seen = place_deviations(staged, pca, means)
+    if len(deviations) and float(np.mean(deviations**2)) < 1e-8:
+        return None  # every place looks the same on every date: nothing to whiten
+    if seen < deviations.shape[1]:  # fewer places than dimensions: the covariance would be mostly noise
+        log.info("%d places seen on 2+ dates, fewer than the %d dimensions: no within-place whitening", seen, deviations.shape[1])
+        return None
+    return PlaceWhitening.fit(deviations, PLACE_SHRINK)
+
+
 def write_generation(path: Path, existing: Index | None, staged: Sequence[StagedScene], settings: IndexSettings, config: ModelConfig,
                      grid: Grid | None) -> Index:  # fmt: skip
     """Add one segment (catalog, vectors, FAISS) for the ``staged`` scenes, then commit the new manifest.
@@ -276,7 +297,9 @@ def write_generation(path: Path, existing: Index | None, staged: Sequence[Staged
     trained = old.trained if old is not None else None
     with Generation(path, old) as change:
         change.add(*names.values())
-        vectors, lookup = write_vectors_and_catalog(path, names, staged, np.dtype(settings.dtype), pca, settings.centre_scenes)
+        means = acquisition_means(staged, pca) if settings.centre_scenes else None
+        places = _place_whitening(existing, staged, pca, means, grid)
+        vectors, lookup = write_vectors_and_catalog(path, names, staged, np.dtype(settings.dtype), pca, means, places)
         total = old_count + len(vectors)
         requested = old.index_type_requested if (old is not None and settings.index_type == "auto") else settings.index_type
         factory = auto_index_type(total) if requested == "auto" else requested
@@ -290,6 +313,10 @@ def write_generation(path: Path, existing: Index | None, staged: Sequence[Staged
             shared["pca"] = f"pca-{generation:06d}.npz"
             change.add(shared["pca"])
             pca.save(path / shared["pca"])
+        if places is not None and "places" not in shared:
+            shared["places"] = f"places-{generation:06d}.npz"
+            change.add(shared["places"])
+            places.save(path / shared["places"])
         sample = joined([*(s.search_vectors for s in existing.segments), searched]) if existing else searched
         index, trained = segment_faiss(change, searched, factory, trained, generation, training=sample)
         write_faiss(index, path / names["faiss"])

@@ -25,7 +25,8 @@ def describe_index(path: str | os.PathLike) -> dict:
         "dates": sorted({s["date"] for s in scenes if s["date"]}),
         "model": {k: model.get(k) for k in ("backbone", "weights", "checkpoint", "pooling", "stages", "views", "input_bands", "input_size")},
         "vectors": {"dim": manifest.dim, "dtype": manifest.dtype, "pca_dim": manifest.pca_dim, "whiten": manifest.whiten,
-                    "augment": manifest.augment, "centre_scenes": manifest.centre_scenes},  # fmt: skip
+                    "augment": manifest.augment, "centre_scenes": manifest.centre_scenes,
+                    "place_whitening": "places" in manifest.files},  # fmt: skip
         "tiling": manifest.tiling,
         "index_type": manifest.index_type,
         "aligned_grid": {"crs": grid["crs"], "width": grid["width"], "height": grid["height"]} if grid else None,
@@ -45,7 +46,8 @@ def describe_text(doc: dict) -> str:
         f"{model.get('views') or 1} view(s), bands {','.join(model['input_bands'])}, input {model['input_size']} px)"
         + (f", checkpoint {model['checkpoint']}" if model.get("checkpoint") else ""),
         f"  vectors    {vectors['dim']}-d {vectors['dtype']}, PCA {vectors['pca_dim'] or 'none'}, augment {vectors['augment']}"
-        + (", scenes centred" if vectors["centre_scenes"] else ""),
+        + (", dates centred" if vectors["centre_scenes"] else "")
+        + (", within-place whitening across dates" if vectors.get("place_whitening") else ""),
         f"  tiling     patch {doc['tiling']['patch_size']}, stride {doc['tiling'].get('stride') or 'patch size'}, edge {doc['tiling']['edge']}",
         f"  search     FAISS {doc['index_type']}, {len(doc['segments'])} segment(s), generation {doc['generation']}, "
         f"{doc['bytes_on_disk'] / 2**20:.1f} MiB on disk",

@@ -9,6 +9,7 @@ Layout of ``INDEX_DIR``::
     segment-000003-faiss.index          the segment's FAISS index (inner product on L2-normalised vectors)
     segment-000003-lookup.npy, -cells.npy   what a query needs of the catalog (rscbir.index.lookup)
     pca-000001.npz, trained-000001.faiss   shared: the PCA, the trained empty index of IVF/PQ types
+    places-000001.npz                      shared: the within-place whitening of an aligned index of 2+ dates
     .staging/                           per-scene embedding stores of a run in progress (resume)
 
 Standard library only: ``rscbir info`` and ``rscbir check`` answer without numpy, FAISS or a model.
@@ -30,7 +31,7 @@ STAGING = ".staging"
 # Rows handled at once everywhere the index streams: GeoParquet row groups, FAISS adds, vector copies. A reader
 # fetches a patch's row group by id, so the size is part of the format.
 CHUNK = 65536
-DATA_FILE = re.compile(r"^(segment-\d+-(catalog\.parquet|vectors\.npy|augmented\.npy|faiss\.index|lookup\.npy|cells\.npy)|trained-\d+\.faiss|pca-\d+\.npz"
+DATA_FILE = re.compile(r"^(segment-\d+-(catalog\.parquet|vectors\.npy|augmented\.npy|faiss\.index|lookup\.npy|cells\.npy)|trained-\d+\.faiss|pca-\d+\.npz|places-\d+\.npz"
                        r"|(catalog|vectors|augmented|faiss)-\d+\.(parquet|npy|index))$")  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from rscbir.index.rows import joined
 from rscbir.index.search import search_segments
 from rscbir.index.segment import Segment, by_segment, catalog_rows, read_segment_catalog, vector_rows
 from rscbir.models.config import ModelConfig
-from rscbir.models.whitening import PCAWhitening
+from rscbir.models.whitening import PCAWhitening, PlaceWhitening
 from rscbir.tiling import TilingConfig
 
 WGS84 = pyproj.CRS.from_epsg(4326)  # parsed once: every query result carries it
@@ -100,6 +100,12 @@ class Index:
     def pca(self) -> PCAWhitening | None:
         name = self.manifest.files.get("pca")
         return PCAWhitening.load(self.path / name) if name else None
+
+    @property
+    def places(self) -> PlaceWhitening | None:
+        """The within-place whitening the vectors went through (an aligned index of 2+ dates), else None."""
+        name = self.manifest.files.get("places")
+        return PlaceWhitening.load(self.path / name) if name else None
 
     @property
     def tiling(self) -> TilingConfig:

@@ -23,7 +23,7 @@ from rscbir.index.segment import UNREADABLE, Segment, corrupt
 from rscbir.index.commit import Generation
 from rscbir.index.manifest import Trained
 from rscbir.index.reader import Index
-from rscbir.models.whitening import PCAWhitening
+from rscbir.models.whitening import PCAWhitening, PlaceWhitening
 from rscbir.rerank import augment_database, normalise
 from rscbir.store import EmbeddingStore
 
@@ -72,28 +72,74 @@ class StagedScene:
     folder: Path
 
 
+def acquisition_key(record: dict) -> str:
+    """What one acquisition is: the scene's date (every tile flown that day), else the scene itself."""
+    return record.get("date") or record["scene_id"]
+
+
+def projected(stored: np.ndarray, pca: PCAWhitening | None, rows: slice | np.ndarray) -> np.ndarray:
+    chunk = np.asarray(stored[rows], dtype=np.float32)
+    return pca.transform(chunk) if pca is not None else chunk
+
+
+def acquisition_means(staged: Sequence[StagedScene], pca: PCAWhitening | None) -> dict[str, np.ndarray]:
+    """Each acquisition's mean vector (after PCA) over the staged scenes: what a whole date shares (light, season)."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for scene in staged:
+        key, stored = acquisition_key(scene.record), scene.store.vectors
+        for start in range(0, len(stored), CHUNK):
+            part = projected(stored, pca, slice(start, start + CHUNK)).sum(axis=0)
+            sums[key] = sums.get(key, 0.0) + part
+        counts[key] = counts.get(key, 0) + len(stored)
+    return {key: sums[key] / counts[key] for key in sums if counts[key]}
+
+
+def place_deviations(staged: Sequence[StagedScene], pca: PCAWhitening | None, means: dict[str, np.ndarray],
+                     places: int = 20_000) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Deviations of each place's centred vectors from that place's mean over its acquisitions, for up to ``places``
+    places (a fixed spread of grid cells) seen on 2+ acquisitions (what :class:`PlaceWhitening` divides out), and
+    how many places they come from."""
+    largest = max(len(s.store.vectors) for s in staged)
+    step = max(1, -(-largest // places))
+    keys, vectors = [], []
+    for scene in staged:
+        catalog = scene.store.catalog
+        rows = np.flatnonzero(((catalog["row"].to_numpy() * 7919 + catalog["col"].to_numpy()) % step) == 0)
+        if not len(rows):
+            continue
+        v = projected(scene.store.vectors, pca, rows)
+        shift = means.get(acquisition_key(scene.record))
+        vectors.append(normalise(v - shift) if shift is not None else v)
+        keys.append(catalog["row"].to_numpy()[rows] * (1 << 32) + catalog["col"].to_numpy()[rows])
+    if not vectors:
+        return np.zeros((0, 0), np.float32), 0
+    keys, vectors = np.concatenate(keys), np.concatenate(vectors)
+    _, place, count = np.unique(keys, return_inverse=True, return_counts=True)
+    sums = np.zeros((count.size, vectors.shape[1]))
+    np.add.at(sums, place, vectors)
+    deviations = vectors - sums[place] / count[place, None]
+    return deviations[count[place] >= 2], int((count >= 2).sum())
+
+
 def write_vectors_and_catalog(path: Path, names: dict, staged: Sequence[StagedScene], dtype: np.dtype, pca: PCAWhitening | None,
-                              centre_scenes: bool = False) -> tuple[np.ndarray, dict]:  # fmt: skip
-    """The new segment's vectors (memory-mapped, after PCA), catalog and lookup, from the staged scenes; returns the
-    vectors and the lookup's manifest record."""
+                              means: dict[str, np.ndarray] | None = None, places: PlaceWhitening | None = None) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """The new segment's vectors (memory-mapped, after PCA, each acquisition's mean taken off with ``means``, then the
+    within-place whitening ``places``), catalog and lookup, from the staged scenes; returns the vectors and the
+    lookup's manifest record."""
     count = sum(len(s.store.vectors) for s in staged)
     dim = pca.dim if pca is not None else staged[0].store.vectors.shape[1]
     vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=dtype, shape=(count, dim))
     offset = 0
     for scene in staged:
         stored = scene.store.vectors
-
-        def project(start: int) -> np.ndarray:
-            chunk = np.asarray(stored[start : start + CHUNK], dtype=np.float32)
-            return pca.transform(chunk) if pca is not None else chunk
-
-        shift = 0.0
-        if centre_scenes and len(stored):  # each scene's mean direction, what the whole date shares
-            shift = sum(project(start).sum(axis=0) for start in range(0, len(stored), CHUNK)) / len(stored)
+        shift = (means or {}).get(acquisition_key(scene.record))
         for start in range(0, len(stored), CHUNK):
-            chunk = project(start)
-            if centre_scenes:
+            chunk = projected(stored, pca, slice(start, start + CHUNK))
+            if shift is not None:
                 chunk = normalise(chunk - shift)
+            if places is not None:
+                chunk = places.transform(chunk)
             vectors[offset + start : offset + start + len(chunk)] = chunk
         offset += len(stored)
     vectors.flush()

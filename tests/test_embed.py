@@ -78,7 +78,8 @@ def test_embed_cli_with_preset(tmp_path, naip_like):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "model.json").read_text())
     assert meta["model"]["input_bands"] == ["R", "G", "B"] and meta["model"]["backbone"] == "efficientnet_lite0"
-    assert EmbeddingStore.open(out).vectors.shape == (12, 1904)  # 4 stages: 112 + 192 + 320 + 1280; too few for a PCA
+    assert meta["model"]["pooling"] == "grid"  # the search default: each stage averaged over its 2 x 2 quarters
+    assert EmbeddingStore.open(out).vectors.shape == (12, 4 * 1904)  # 4 stages: 112 + 192 + 320 + 1280, x 4 quarters; too few for a PCA
 
 
 @pytest.mark.parametrize(

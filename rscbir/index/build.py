@@ -89,7 +89,7 @@ def build_index(
     season, sensor) goes; an aligned index created from 2+ dates also divides
     out what varies between dates at the same place (:class:`PlaceWhitening`),
     so a search ranks ground, not acquisition (OSCD, the same unchanged place
-    first across dates: 0.606 with neither, 0.962 with both and grid pooling).
+    first across dates: 0.606 with neither, 0.961 with both and grid pooling).
     """
     path = Path(path)
     settings = index_settings(model.config, tiling, options, index_type, augment, centre_scenes)

@@ -124,11 +124,12 @@ def _as_the_index_was_built(ctx, output, model_opts, centre_scenes):
     from click.core import ParameterSource
 
     from rscbir.index.layout import MANIFEST
+    from rscbir.index.manifest import Manifest
     from rscbir.modes import Pooling
 
     try:
-        doc = json.loads((Path(output) / MANIFEST).read_text())
-        pooling, centred = Pooling(doc["model"]["pooling"]), bool(doc.get("centre_scenes", False))
+        manifest = Manifest.from_dict(json.loads((Path(output) / MANIFEST).read_text()))
+        pooling, centred = Pooling(manifest.model["pooling"]), manifest.centre_scenes
     except (OSError, ValueError, KeyError, TypeError):
         return model_opts, centre_scenes  # a new folder (or a damaged one: the build says what is wrong)
     if ctx.get_parameter_source("pooling") is not ParameterSource.COMMANDLINE:

@@ -8,7 +8,8 @@ A change between dates is only as right as its dates. The sources, in the order 
 3. an acquisition tag in the raster (``ACQUISITIONDATETIME``, ``DATE_ACQUIRED`` ...);
 4. the sensing date in a file name of a known format (current Sentinel-2 tiles ``T31UDQ_20171107T105229_B01``,
    Sentinel-2 products ``S2A_MSIL1C_<sensing>_N..._<discriminator>``, Landsat ``LC08_L1TP_..._<acquired>_<processed>``,
-   NAIP ``m_..._20090818``), or the one date in a name of no known format;
+   NAIP ``m_..._20090818``), or the one date in a name of no known format; a stem whose only digits
+   are a past year (``1985.tif``, ``pucallpa_1985.tif``: an annual composite) is taken as 1 January of it;
 5. the TIFF creation time (``TIFFTAG_DATETIME``), for files made straight from the sensor.
 
 A name whose only date is a processing time (the older Sentinel-2 naming
@@ -34,6 +35,8 @@ SIDECAR = "dates.txt"
 
 _DATE = r"((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])"
 _ANY_DATE = re.compile(rf"(?<!\d){_DATE}(?!\d)")
+_YEAR_ONLY = re.compile(r"[^\d]*((?:19|20)\d{2})[^\d]*")  # a stem whose only digits are a year
+_RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".nc"}
 # known names: (what the format is, pattern whose first three groups are the sensing date)
 _SENSING_NAMES = (
     ("Sentinel-2 product", re.compile(rf"S2[A-D]_MSIL(?:1C|2A)_{_DATE}T\d{{6}}_N\d{{4}}", re.IGNORECASE)),
@@ -89,6 +92,9 @@ def date_in_name(name: str) -> tuple[dt.date | None, str | None]:
         return found.pop(), "name"
     if len(found) > 1:
         return None, f"several dates ({', '.join(sorted(d.isoformat() for d in found))})"
+    year = _YEAR_ONLY.fullmatch(Path(name).stem if Path(name).suffix.lower() in _RASTER_SUFFIXES else name)
+    if year and int(year.group(1)) <= dt.date.today().year:
+        return dt.date(int(year.group(1)), 1, 1), "name (year only: an annual composite, taken as 1 January)"
     return None, None
 
 

@@ -31,6 +31,20 @@ def test_sensing_date_from_known_names(name, expected):
     assert date_in_name(name)[0] == expected
 
 
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("1985.tif", dt.date(1985, 1, 1)),  # an annual composite named by its year
+        ("pucallpa_2020.tif", dt.date(2020, 1, 1)),
+        ("tile_2048.tif", None),  # not a past year
+        ("m_4709963_se_14_1.tif", None),  # other digits: not only a year
+        ("1985_1990.tif", None),
+    ],
+)
+def test_a_name_that_is_only_a_year_dates_an_annual_composite(name, expected):
+    assert date_in_name(name)[0] == expected
+
+
 def test_processing_time_in_a_name_is_refused(tmp_path):
     name = "S2A_OPER_MSI_L1C_TL_EPA__20160706T155721_A000849_T30UWU_B02.tif"
     assert date_in_name(name) == (None, "Sentinel-2 OPER (processing time)")

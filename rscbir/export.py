@@ -141,6 +141,29 @@ def change_contact_sheet(index: Index, result: QueryResult, path: str | os.PathL
     return _write_png(_sheet(tiles, thumb, columns=3, width=2 * thumb + 4), path)
 
 
+def changed_places_sheet(index: Index, scores, method: str, threshold: float, path: str | os.PathLike, count: int = 18,
+                         thumb: int = 112) -> Path:  # fmt: skip
+    """A PNG of what the flagged places look like: the ``count`` highest-scoring changed patches of a change between two
+    dates of ``index`` (``scores``: :class:`~rscbir.change.ChangeScores` from its stored vectors), each a before | after
+    pair captioned with rank, score and grid row:col, strongest first."""
+    method = score_name(method)
+    patches = scores.patches
+    flagged = patches[patches[method] > threshold].sort_values(method, ascending=False).head(count)
+    if flagged.empty:
+        return _write_png(_sheet([(np.full((thumb, 2 * thumb + 4, 3), 255, np.uint8), "no place changed")], thumb, 1, 2 * thumb + 4), path)
+    before_doc, after_doc = index.scenes_on([flagged["date_before"].iloc[0], flagged["date_after"].iloc[0]])
+    ids = [f"{doc.scene_id}:{r}:{c}" for r, c in zip(flagged["row"], flagged["col"]) for doc in (before_doc, after_doc)]
+    rows = index.catalog_rows(index.rows_of(ids))
+    scenes: dict[str, Scene] = {}
+    tiles = []
+    for n, (r, c, value) in enumerate(zip(flagged["row"], flagged["col"], flagged[method])):
+        pair = [np.asarray(Image.fromarray(patch_pixels(index, rows.iloc[2 * n + k], scenes)).resize((thumb, thumb), Image.BILINEAR))
+                for k in (0, 1)]  # fmt: skip
+        tiles.append((np.concatenate([pair[0], np.full((thumb, 4, 3), 255, np.uint8), pair[1]], axis=1),
+                      f"#{n + 1} {value:.3f} {r}:{c}"))  # fmt: skip
+    return _write_png(_sheet(tiles, thumb, columns=3, width=2 * thumb + 4), path)
+
+
 def _sheet(tiles: list[tuple[np.ndarray, str]], thumb: int, columns: int, width: int | None = None) -> Image.Image:
     """Tiles in a grid with a caption under each; a first tile captioned ``query``/``example`` is outlined in red."""
     width = width or thumb

@@ -378,6 +378,22 @@ def test_index_change_refuses_options_it_would_ignore_and_orders_dates(naip_inde
         assert image.width > 600 and image.height > 100  # 3 columns of before | after pairs
 
 
+def test_places_sheet_shows_the_strongest_changed_places(naip_index, tmp_path):
+    """--places-sheet: the 18 strongest changed places as before | after pairs, 3 to a row, strongest first."""
+    result = run("change", "--index", naip_index, "--dates", "20090818", "20200831", "--method", "cosine", "--all-patches",
+                 "-o", tmp_path / "all.geojson", "--places-sheet", tmp_path / "places.png")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert int(result.output.strip().splitlines()[-1].split(" of ")[0]) >= 18  # "64 of 154 patches changed ..."
+    with Image.open(tmp_path / "places.png") as image:
+        assert image.size == (3 * (2 * 112 + 4 + 6) + 6, 6 * (112 + 16 + 6) + 6)  # 18 pairs of 112 px thumbnails
+        pixels = np.asarray(image.convert("RGB"))
+    first_pair = pixels[6 : 6 + 112, 6 : 6 + 2 * 112 + 4]
+    assert first_pair.std() > 5 and not np.array_equal(first_pair[:, :112], first_pair[:, 116:])  # two dates, real imagery
+    refused = run("change", "a.tif", "b.tif", "-o", tmp_path / "x.geojson", "--places-sheet", tmp_path / "x.png")
+    assert refused.exit_code == 2 and "--places-sheet shows places of an index" in refused.output
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.geojson").exists()
+
+
 def test_cosine_change_from_an_index_never_loads_torch(naip_index, tmp_path):
     """`rscbir change --index --method cosine` compares the stored vectors: it starts without torch, like a query."""
     code = textwrap.dedent(f"""
@@ -385,7 +401,8 @@ def test_cosine_change_from_an_index_never_loads_torch(naip_index, tmp_path):
         from click.testing import CliRunner
         from rscbir.cli import cli
         result = CliRunner().invoke(cli, ["change", "--index", "{naip_index}", "--dates", "20090818", "20200831",
-                                          "--method", "cosine", "-o", "{tmp_path / 'c.geojson'}"])
+                                          "--method", "cosine", "-o", "{tmp_path / 'c.geojson'}",
+                                          "--places-sheet", "{tmp_path / 'places.png'}"])
         assert result.exit_code == 0, result.output
         print("torch" in sys.modules)
     """)

@@ -55,11 +55,13 @@ Examples:
 @click.option("--scores", "scores_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Float32 Cloud-Optimized GeoTIFF (tiled, overviews) of the score map on the common grid (pixels or patches).")
 @click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
 @click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
+@click.option("--places-sheet", "places_sheet", callback=options.output_file, type=click.Path(dir_okay=False),
+              help="With --index and --dates: PNG of the 18 strongest changed places, each a before | after pair.")
 @click.option("--marks", "marks_path", type=click.Path(exists=True, dir_okay=False),
               help="Vector file of marks (points or polygons, any CRS, a 'changed' property 1/0): the map is corrected "
                    "around each mark toward its answer. Add marks and run again; the pair's CNN evidence is cached.")
 def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, level, min_pixels,
-           smooth, all_patches, scores_path, preview, html, marks_path):  # fmt: skip
+           smooth, all_patches, scores_path, preview, html, places_sheet, marks_path):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders), or two dates of an aligned
     index (--index DIR --dates D1 D2), on one grid, and write the changed areas as GeoJSON,
     each with its score (p75 of its pixels), max and mean score, area in m² and both dates.
@@ -76,13 +78,15 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     rule = Threshold.parse(threshold) if threshold is not None else None
     if index_dir and not index_dates:  # every date of the index: when did each place change?
         _refuse_scene_options_with_index(click.get_current_context(), scenes)
-        return _series(index_dir, method, threshold, all_patches, output, scores_path, preview, html, marks_path)
+        return _series(index_dir, method, threshold, all_patches, output, scores_path, preview or places_sheet, html, marks_path)
     # torch is set up only where a CNN surely runs: cosine from an index compares stored vectors, and a new round of
     # marks reads the pair's cached evidence (its first round builds the model inside scene_evidence)
     if not (index_dir and method == ChangeMethod.COSINE.value) and not (marks_path and not model_opts.weights):
         from rscbir.models.load import configure_threads
 
         configure_threads()
+    if places_sheet and not index_dir:
+        raise click.UsageError("--places-sheet shows places of an index: give --index IDX --dates D1 D2")
     if index_dir:
         _refuse_scene_options_with_index(click.get_current_context(), scenes)
         from rscbir.index import Index
@@ -90,7 +94,10 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
         if marks_path:
             found = _taught_in_index(Index.open(index_dir), options.ordered_dates(index_dates), method, rule, marks_path, all_patches)
             return _write_change(found, found.summary["method"], output, scores_path, preview, html, False)
-        found = ch.detect_in_index(Index.open(index_dir), options.ordered_dates(index_dates), method, rule, all_patches)
+        index = Index.open(index_dir)
+        found = ch.detect_in_index(index, options.ordered_dates(index_dates), method, rule, all_patches)
+        if places_sheet:
+            return _write_change(found, method, output, scores_path, preview, html, all_patches, (index, places_sheet))
     else:
         if len(scenes) != 2:
             raise click.UsageError("give BEFORE and AFTER scenes, or --index with --dates")
@@ -190,7 +197,8 @@ def _refuse_scene_options_with_index(ctx, scenes) -> None:
                                "tiling and model; compare the scenes themselves (rscbir change BEFORE AFTER) for these")
 
 
-def _write_change(found, method, output, scores_path, preview, html, all_patches) -> None:
+def _write_change(found, method, output, scores_path, preview, html, all_patches, sheet=None) -> None:
+    """Every output asked for; ``sheet`` = (index, path) of a contact sheet of the changed places."""
     from rscbir import export
     from rscbir.atomic import all_or_nothing
 
@@ -203,6 +211,8 @@ def _write_change(found, method, output, scores_path, preview, html, all_patches
             export.change_preview(found.scores, method, summary["threshold"], preview, mask=found.mask)
         if html:
             export.change_map(found.areas, html)
+        if sheet:
+            export.changed_places_sheet(sheet[0], found.scores, method, summary["threshold"], sheet[1])
     if output != "-":
         unit = "pixels" if summary["level"] == "pixel" else "patches"
         click.echo(f"{summary['changed_' + unit]} of {summary[unit]} {unit} changed ({method} > {summary['threshold']:.4g}); "

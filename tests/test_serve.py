@@ -334,3 +334,43 @@ def test_page_in_a_real_browser(server, naip_index, tmp_path):
     if os.environ.get("RSCBIR_SCREENSHOTS"):  # `make screenshots` refreshes the README's pictures
         for name in ("search.png", "change.png", "change_marks.png", "change_pixels.png"):
             shutil.copy(tmp_path / name, Path(os.environ["RSCBIR_SCREENSHOTS"]) / f"serve_{name}")
+
+
+def test_when_did_this_place_change_over_ten_dates_in_a_real_browser(naip10_index, tmp_path):
+    """The 10 NAIP dates: a click with "when" on the place that changed most plots its 9 steps, as /api/when says."""
+    chromium = _browser()
+    from playwright.sync_api import sync_playwright
+
+    from rscbir.change.series import series_change
+
+    found = series_change(Index.open(naip10_index))
+    strongest = found.places.sort_values("step_score", ascending=False).iloc[0]
+    lon, lat = strongest.geometry.representative_point().coords[0]
+    running = make_server(naip10_index, "127.0.0.1", 0)
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    url = running.url.rstrip("/")
+    try:
+        expected = json.loads(urllib.request.urlopen(f"{url}/api/when?lon={lon}&lat={lat}", timeout=120).read())
+        assert len(expected["scores"]) == 9 and expected["row"] == strongest["row"] and expected["col"] == strongest["col"]
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url + "/")
+            page.wait_for_selector(".imagery img.leaflet-tile-loaded", timeout=60_000)
+            box = page.locator("#map").bounding_box()
+            page.locator("input[name='mode'][value='change']").click()
+            page.wait_for_selector("#change-summary", timeout=120_000)
+            page.locator("input[name='click-action'][value='when']").click()
+            page.mouse.click(*_on_screen(box, naip10_index, lon, lat))
+            page.wait_for_selector("#when-plot .js-plotly-plot .bars path", timeout=120_000)
+            assert page.locator("#when-plot .bars path").count() == sum(s is not None for s in expected["scores"]) == 9
+            worst = expected["intervals"][int(np.nanargmax([s if s is not None else np.nan for s in expected["scores"]]))]
+            summary = page.inner_text("#when-summary")
+            assert summary.startswith(("Changed most between", "No step stands out")) and worst.split("/")[0] in summary
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(tmp_path / "when.png"))
+            browser.close()
+    finally:
+        running.shutdown()
+    if os.environ.get("RSCBIR_SCREENSHOTS"):
+        shutil.copy(tmp_path / "when.png", Path(os.environ["RSCBIR_SCREENSHOTS"]) / "serve_when.png")

@@ -137,8 +137,12 @@ def when_panel(history: dict) -> list:
     if history["changed_between"]:
         text = (f"Changed most between {history['changed_between'].replace('/', ' and ')} (score {history['step_score']:.1f}); "
                 f"{history['changed_steps']} of {len(scores)} steps above {cut:g}.")
+    elif any(v is not None for v in scores):
+        largest = max((v, i) for i, v in zip(history["intervals"], scores) if v is not None)
+        text = (f"No step stands out: every score is at most {cut:g} (robust SD above that step's median); the largest is "
+                f"{largest[1].replace('/', ' to ')} ({largest[0]:.1f}).")
     else:
-        text = f"No step stands out: every score is at most {cut:g} (robust SD above that step's median)."
+        text = "No step to score: this place is on fewer than two dates."
     figure = {"data": [{"type": "bar", "x": labels, "y": [v if v is not None else 0 for v in scores],
                         "marker": {"color": ["#ff1744" if (v or 0) > cut else "#90a4ae" for v in scores]}}],
               "layout": {"height": 220, "margin": {"l": 36, "r": 8, "t": 24, "b": 70}, "title": {"text": "score per step", "font": {"size": 12}},

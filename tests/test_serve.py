@@ -85,6 +85,8 @@ def test_api_date_filter_and_feedback(client):
         ("/api/query-change?lon=-99.13&lat=47.02&dates=20090818,20090818", 400, "two different dates"),
         ("/api/change?dates=20090818", 400, "two dates"),
         ("/api/tiles/no_such_scene/14/3680/5760.png", 404, "no scene 'no_such_scene'"),
+        ("/api/tilejson/no_such_scene.json", 404, "no scene 'no_such_scene'"),
+        ("/api/tilejson/change/20090818/19990101.json", 400, "no scene of date 1999-01-01"),
         ("/api/tiles/..%2F..%2F..%2Fetc%2Fpasswd/14/3680/5760.png", 404, "no API endpoint"),
         ("/api/tiles/x/..%2F..%2F..%2Fetc%2Fpasswd", 404, "no API endpoint"),
         ("/api/tiles/m_4709963_se_14_1_20090818/14/1/1.png", 404, "outside"),
@@ -197,6 +199,22 @@ def server(naip_index):
     thread.start()
     yield running.url.rstrip("/")
     running.shutdown()
+
+
+def test_tilejson_gives_qgis_a_url_whose_tiles_are_the_layer(server):
+    """TileJSON 3.0.0 for a scene's imagery and for the change layer: the XYZ template, filled in, serves the tiles."""
+    for url in (f"{server}/api/tilejson/m_4709963_se_14_1_20200831.json", f"{server}/api/tilejson/change/20090818/20200831.json"):
+        doc = json.loads(urllib.request.urlopen(url, timeout=120).read())
+        assert doc["tilejson"] == "3.0.0" and doc["minzoom"] <= doc["center"][2] <= doc["maxzoom"]
+        west, south, east, north = doc["bounds"]
+        assert west < POINT[0] < east and south < POINT[1] < north
+        tile = _tile_of(doc["maxzoom"], doc["center"][0], doc["center"][1])  # a tile well inside the layer
+        template = doc["tiles"][0]
+        assert template.startswith(server + "/api/") and "{z}/{x}/{y}" in template  # absolute: QGIS fetches it as given
+        with urllib.request.urlopen(template.format(z=tile.z, x=tile.x, y=tile.y), timeout=120) as answer:
+            assert answer.status == 200 and answer.headers["Content-Type"] == "image/png"
+            image = np.asarray(Image.open(io.BytesIO(answer.read())).convert("RGBA"))
+        assert image.shape == (256, 256, 4) and (image[..., 3] == 255).mean() > 0.9 and image[..., :3].std() > 5
 
 
 def test_serve_on_a_busy_port_says_so_in_one_line(naip_index):

@@ -314,6 +314,21 @@ def scene_tile(scene: Scene, rgb: list[int], z: int, x: int, y: int) -> bytes:
     return render(pixels, mask=mask, img_format="PNG")
 
 
+def tilejson(name: str, description: str, template: str, bounds: Sequence[float], zooms: tuple[int, int]) -> dict:
+    """A TileJSON 3.0.0 document: what QGIS ("XYZ Tiles"), Leaflet or MapLibre need to show a layer of this server."""
+    west, south, east, north = bounds
+    minzoom, maxzoom = zooms
+    return {"tilejson": "3.0.0", "name": name, "description": description, "scheme": "xyz", "tiles": [template],
+            "bounds": [west, south, east, north], "minzoom": minzoom, "maxzoom": maxzoom,
+            "center": [(west + east) / 2, (south + north) / 2, max(minzoom, min(maxzoom, maxzoom - 2))]}  # fmt: skip
+
+
+def scene_zooms(scene: Scene) -> tuple[int, int]:
+    """Web-Mercator zooms at which a scene's first display band is worth reading (rio-tiler's, from its resolution)."""
+    with Reader(scene.sources[0].path) as src:
+        return int(src.minzoom), int(src.maxzoom)
+
+
 def change_tile(change: PairChange, z: int, x: int, y: int) -> bytes:
     """A PNG map tile of a pair's change scores (inferno, 2-98 % of the scores), no-patch cells transparent."""
     with change.raster.open() as dataset, Reader(None, dataset=dataset) as src:
@@ -450,6 +465,27 @@ def tiles(scene_id: str, z: int, x: int, y: int):
 def change_tiles(d1: str, d2: str, z: int, x: int, y: int):
     pair = live().latest_pixel_change((d1, d2)) if _level() == "pixel" else live().change((d1, d2))
     return _png(change_tile(pair, z, x, y))
+
+
+@api.get("/api/tilejson/<scene_id>.json")
+def scene_tilejson(scene_id: str):
+    """TileJSON of a scene's imagery: paste its ``tiles`` URL into QGIS as an XYZ Tiles layer."""
+    scene = live().scene(scene_id)
+    record = live().get().scene_record(scene_id)
+    template = f"{request.host_url}api/tiles/{scene_id}/{{z}}/{{x}}/{{y}}.png"
+    return jsonify(tilejson(scene_id, f"{scene_id}, sensed {record.date or 'on an unknown date'} (rscbir serve)", template,
+                            live().get().scene_bounds()[scene_id], scene_zooms(scene)))  # fmt: skip
+
+
+@api.get("/api/tilejson/change/<d1>/<d2>.json")
+def change_tilejson(d1: str, d2: str):
+    """TileJSON of the change layer between two dates (``level=pixel`` for the pixel map), as the page draws it."""
+    level, index = _level(), live().get()
+    before, after = index.scenes_on([d1, d2])  # both dates must be indexed, on one grid
+    query = "?level=pixel" if level == "pixel" else ""
+    template = f"{request.host_url}api/change-tiles/{d1}/{d2}/{{z}}/{{x}}/{{y}}.png{query}"
+    return jsonify(tilejson(f"change {before.date} to {after.date}", f"rscbir change scores, {level} level (inferno, 2-98 %)",
+                            template, index.scene_bounds()[before.scene_id], scene_zooms(live().scene(before.scene_id))))  # fmt: skip
 
 
 @api.get("/api/thumbs/<patch_id>.png")

@@ -150,6 +150,20 @@ def test_pca_whitening_recovers_low_rank_structure():
         np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
 
 
+def test_pca_with_fewer_vectors_than_dimensions_keeps_the_principal_subspace():
+    """Fewer patches than dimensions (1,540 grid-pooled 7,616-d vectors): the Gram-matrix fit gives the distances of
+    the data's own top principal components, and whitening divides each by its spread."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 8)) * np.arange(8, 0, -1) @ rng.normal(size=(8, 300)) + 0.01 * rng.normal(size=(60, 300))
+    centred = vectors - vectors.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    for power in (0.0, 0.5):
+        out = PCAWhitening.fit(vectors, 5, power).transform(vectors)
+        expected = centred @ vt[:5].T / (singular[:5] ** 2 / 59 + 1e-6) ** power
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(out @ out.T, expected @ expected.T, atol=1e-4)
+
+
 def _image_folder(root, n=6, size=40):
     rng = np.random.default_rng(0)
     for name, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30))):

@@ -42,9 +42,11 @@ class PCAWhitening:
             raise ModelError(f"--dim {dim} needs 1 <= dim <= min(vectors - 1, {d}) = {min(n - 1, d)}")
         mean = vectors.mean(axis=0)
         centred = vectors - mean
-        if n < d:  # fewer vectors than dimensions (7616-d grid features): the SVD of the data is far cheaper
-            _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-            eigenvalues, eigenvectors = singular**2 / max(n - 1, 1), vt.T
+        if n < d:  # fewer vectors than dimensions (7616-d grid features): eigen-decompose the n x n Gram matrix
+            gram_values, gram_vectors = np.linalg.eigh(centred @ centred.T)  # 1540 x 7616: 0.6 s, its SVD 4.4 s
+            top = np.argsort(gram_values)[::-1][:dim]
+            singular = np.sqrt(np.maximum(gram_values[top], 1e-300))
+            eigenvalues, eigenvectors = singular**2 / max(n - 1, 1), centred.T @ gram_vectors[:, top] / singular
         else:
             eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / max(n - 1, 1))
         order = np.argsort(eigenvalues)[::-1][:dim]

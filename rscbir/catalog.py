@@ -25,6 +25,7 @@ from rasterio.enums import Resampling
 from rscbir.atomic import atomic_path
 from rscbir.errors import OutputError, TilingError
 from rscbir.grid import Grid
+from rscbir.progress import track
 from rscbir.scene import Scene
 from rscbir.tiling import PatchRecord, TilingConfig, aligned_grid, iter_patches
 
@@ -129,7 +130,7 @@ def tile_scene(
     config: TilingConfig = TilingConfig(),
     grid: Grid | None = None,
     resampling: Resampling = Resampling.bilinear,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> gpd.GeoDataFrame:
     """The patch catalog (GeoDataFrame, EPSG:4326) of one scene on ``grid``.
 
@@ -141,10 +142,8 @@ def tile_scene(
     grid = grid or scene.grid
     patches = iter_patches(scene, config, grid, with_data=False, resampling=resampling)
     if progress:
-        from tqdm import tqdm
-
         n_rows, n_cols = config.layout(grid)
-        patches = tqdm(patches, total=n_rows * n_cols, desc=scene.scene_id, unit="patch")
+        patches = track(patches, n_rows * n_cols, scene.scene_id, "patches", progress)
     return records_to_frame((p.record for p in patches), grid.crs)
 
 
@@ -153,7 +152,7 @@ def tile_scenes(
     config: TilingConfig = TilingConfig(),
     align: bool = False,
     resampling: Resampling = Resampling.bilinear,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> gpd.GeoDataFrame:
     """One catalog for several scenes; with ``align`` all share the common grid.
 

@@ -37,6 +37,7 @@ from rscbir.models.features import FeatureModel
 from rscbir.models.runtime import forward_for
 from rscbir.modes import Runtime
 from rscbir.models.whitening import PCAWhitening
+from rscbir.progress import track
 from rscbir.scene import Scene
 from rscbir.store import DEFAULT_DIM, STORE_VERSION, EmbeddingStore, EmbedOptions
 from rscbir.tiling import TilingConfig, aligned_grid, iter_patches, make_record
@@ -89,10 +90,8 @@ class LocalRunner:
         workers = options.workers if options.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
         batches = embed_batches(self.forward, DataLoader(stream, batch_size=options.batch_size, num_workers=workers))
         if options.progress:
-            from tqdm import tqdm
-
             n_rows, n_cols = tiling.layout(grid)
-            batches = tqdm(batches, total=-(-n_rows * n_cols // options.batch_size), desc=scene.scene_id, unit="batch")
+            batches = track(batches, -(-n_rows * n_cols // options.batch_size), scene.scene_id, "batches", options.progress)
         keys = []
         for batch_keys, vectors in batches:
             raw.write(vectors.astype(options.numpy_dtype).tobytes())

@@ -43,7 +43,7 @@ class EmbedOptions:
     dim: int | None = DEFAULT_DIM  # centred PCA to this many dimensions (None: keep the model's)
     whiten: float = 0.0  # whitening power: 0 centred PCA, 0.5 full whitening
     resampling: Resampling = Resampling.bilinear
-    progress: bool = False
+    progress: bool | str = False  # "bar", "lines" or "off" (rscbir.progress); True: as stderr suits
     device: Device = Device.AUTO
 
     def __post_init__(self) -> None:

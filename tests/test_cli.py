@@ -112,3 +112,28 @@ def test_a_closed_pipe_ends_quietly(rgb_tif):
     process.stdout.close()  # the reader is gone before rscbir writes a byte
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 141 and stderr.decode().strip() == ""
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_nothing_with_quiet(rgb_tif, tmp_path):
+    """A log or CI (stderr not a terminal) gets plain lines, not a bar's carriage returns; -q gets none."""
+    result = run("tile", rgb_tif, "--patch-size", "64", "-o", tmp_path / "c.parquet")
+    assert result.exit_code == 0, result.output
+    done = [line for line in result.output.splitlines() if " patches done in " in line]
+    assert len(done) == 1 and "\r" not in result.output and "patches/s" in done[0]
+    quiet = run("-q", "tile", rgb_tif, "--patch-size", "64", "-o", tmp_path / "q.parquet")
+    assert quiet.exit_code == 0 and " done in " not in quiet.output
+
+
+def test_progress_lines_say_how_far_at_what_rate_and_how_long_is_left():
+    import io
+
+    from rscbir.progress import progress_mode, track
+
+    stream = io.StringIO()
+    assert list(track(range(4), 4, "scene", "patches", "lines", every=0, stream=stream)) == [0, 1, 2, 3]
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 5 and lines[1].startswith("scene: 2/4 patches (50 %)") and "left" in lines[1]
+    assert lines[-1].startswith("scene: 4 patches done in")
+    assert progress_mode(quiet=True) == "off" and progress_mode(stream=io.StringIO()) == "lines"
+    with pytest.raises(ValueError, match="bar, lines, off"):
+        list(track(range(2), 2, "x", mode="loud"))

@@ -194,11 +194,11 @@ def workers_option(func):
                         help="Patch-reading worker processes (default: 0 on <= 2 cores, else 2).")(func)  # fmt: skip
 
 
-def progress_enabled(ctx) -> bool:
-    """Progress bars only on a terminal and without --quiet."""
-    import sys
+def progress_enabled(ctx) -> str:
+    """How long work reports progress: a bar on a terminal, plain periodic lines otherwise, nothing with --quiet."""
+    from rscbir.progress import progress_mode
 
-    return not ctx.obj["quiet"] and sys.stderr.isatty()
+    return progress_mode(quiet=ctx.obj["quiet"])
 
 
 def augment_option(func):

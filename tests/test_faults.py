@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -102,10 +103,18 @@ def _fail_write(monkeypatch, n: int, error: OSError) -> None:
     monkeypatch.setattr(rscbir.atomic, "fsync_path", failing)
 
 
+PROGRESS = re.compile(r"^[^:]+: \d+(/\d+)? \w+ (done in |\()")  # rscbir.progress's plain lines (stderr is no terminal here)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """What a command said on stderr, less its progress lines."""
+    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS.match(line)]
+
+
 def _assert_clean_failure(result, before: dict, work: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = _error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     after = _snapshot(work)
     assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
@@ -197,7 +206,7 @@ def test_a_real_read_only_folder(base, tmp_path):
     try:
         result = run("tile", base / "scene_20200101.tif", *MODEL[:4], "-o", folder / "tiles.parquet")
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-        assert len(result.stderr.strip().splitlines()) == 1
+        assert len(_error_lines(result.stderr)) == 1
         assert list(folder.iterdir()) == []
     finally:
         subprocess.run(["umount", str(folder)], check=False, capture_output=True)

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Sequence, TextIO
 
 import geopandas as gpd
 import numpy as np
@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from rscbir.atomic import atomic_path
-from rscbir.catalog import patch_grid
+from rscbir.catalog import OUTPUT_CRS, patch_grid
 from rscbir.errors import OutputError
 from rscbir.grid import Grid
 from rscbir.index import Index
@@ -181,43 +181,85 @@ def _sheet(tiles: list[tuple[np.ndarray, str]], thumb: int, columns: int, width:
     return sheet
 
 
-def leaflet_map(result: QueryResult, path: str | os.PathLike) -> Path:
-    """An HTML Leaflet map (folium) of the hits, the query patch outlined in red."""
+def results_map(result: QueryResult, path: str | os.PathLike, index: Index | None = None) -> Path:
+    """A self-contained HTML map of the hits (the query patch outlined in red) that opens offline; with ``index``
+    each hit's imagery is drawn in place, so the map shows what was found with no basemap from the internet."""
     hits = result.hits[[*PROPERTIES, "geometry"]] if len(result.hits) else result.hits
-    return _folium_map(hits, ["rank", "score", "date", "scene_id"], path, result.query_patch)
+    images = []
+    if index is not None and len(result.hits):
+        rows = index.catalog_rows(index.rows_of(list(result.hits["patch_id"])))
+        scenes: dict[str, Scene] = {}
+        images = [(patch_pixels(index, row, scenes), shape) for (_, row), shape in zip(rows.iterrows(), hits.geometry)]
+        if result.query_patch is not None and len(result.query_patch) and result.query_patch["patch_id"].iloc[0] not in set(hits["patch_id"]):
+            query_row = index.catalog_rows(index.rows_of([result.query_patch["patch_id"].iloc[0]])).iloc[0]
+            images.append((patch_pixels(index, query_row, scenes), result.query_patch.geometry.iloc[0]))
+    return offline_map(hits, ["rank", "score", "date", "scene_id"], path, result.query_patch, images)
 
 
 def change_map(areas: gpd.GeoDataFrame, path: str | os.PathLike) -> Path:
-    """An HTML Leaflet map (folium) of changed areas with their scores and dates."""
+    """A self-contained HTML map of changed areas with their scores and dates (opens offline)."""
     fields = [c for c in ("max_score", "mean_score", "score", "area_m2", "date_before", "date_after") if c in areas.columns]
-    return _folium_map(areas, fields, path)
+    return offline_map(areas, fields, path)
 
 
-def _folium_map(frame: gpd.GeoDataFrame, fields: list[str], path, outline: gpd.GeoDataFrame | None = None) -> Path:
-    try:
-        import folium
-    except ImportError:
-        raise OutputError("--html needs folium: `pip install folium`") from None
+def offline_map(frame: gpd.GeoDataFrame, fields: list[str], path, outline: gpd.GeoDataFrame | None = None,
+                images: Sequence[tuple[np.ndarray, object]] = ()) -> Path:  # fmt: skip
+    """One HTML file that needs no network: plotly.js (from the installed plotly package) inlined, lon/lat axes at the
+    true ground aspect (1 / cos(latitude)), ``images`` (RGB pixels, EPSG:4326 shape) drawn where they lie, ``frame``'s
+    shapes outlined in blue with ``fields`` on hover and ``outline`` in red; pan and zoom with the mouse. No basemap
+    and no WebGL: analysts often work where a CDN or a tile server cannot be reached."""
+    import plotly.graph_objects as go
+
     outline = outline if outline is not None and len(outline) else None
     if len(frame) == 0 and outline is None:
         raise OutputError(f"{path}: nothing to map (no results)")
-    bounds = (frame if len(frame) else outline).total_bounds
-    fmap = folium.Map(tiles="OpenStreetMap")
-    fmap.fit_bounds([[bounds[1], bounds[0]], [bounds[3], bounds[2]]])
-    if len(frame):
-        folium.GeoJson(
-            frame.to_json(),
-            name="results",
-            style_function=lambda _: {"color": "#1f6feb", "weight": 2, "fillOpacity": 0.15},
-            tooltip=folium.GeoJsonTooltip(fields=fields),
-        ).add_to(fmap)
-    if outline is not None:
-        folium.GeoJson(outline[["geometry"]].to_json(), name="query",
-                       style_function=lambda _: {"color": "#d1242f", "weight": 3, "fillOpacity": 0}).add_to(fmap)  # fmt: skip
-    folium.LayerControl().add_to(fmap)
+    west, south, east, north = (frame if len(frame) else outline).to_crs(OUTPUT_CRS).total_bounds
+    figure = go.Figure()
+    for shapes, colour, name, hover in ((frame, "#1f6feb", "results", fields), (outline, "#d1242f", "query", [])):
+        if shapes is None or not len(shapes):
+            continue
+        lons, lats, texts = [], [], []
+        for _, row in shapes.to_crs(OUTPUT_CRS).iterrows():
+            text = "<br>".join(f"{f}: {_hover_value(row[f])}" for f in hover if f in row) or name
+            for ring in _rings(row.geometry):
+                xs, ys = zip(*ring)
+                lons += [*xs, None]
+                lats += [*ys, None]
+                texts += [text] * len(xs) + [None]
+        figure.add_trace(go.Scatter(x=lons, y=lats, mode="lines", fill="none" if images else "toself", name=name,
+                                    line={"color": colour, "width": 3 if name == "query" else 2}, text=texts,
+                                    hoverinfo="text", hoveron="fills+points"))  # fmt: skip
+    for pixels, shape in images:
+        x0, y0, x1, y1 = shape.bounds
+        figure.add_layout_image(source=_png_data_url(pixels), x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0, xref="x", yref="y",
+                                sizing="stretch", layer="below")  # fmt: skip
+    pad = 0.05 * max(east - west, north - south, 1e-6)
+    figure.update_layout(
+        xaxis={"range": [west - pad, east + pad], "title": "longitude", "showgrid": False, "zeroline": False},
+        yaxis={"range": [south - pad, north + pad], "title": "latitude", "showgrid": False, "zeroline": False,
+               "scaleanchor": "x", "scaleratio": 1 / max(np.cos(np.radians((south + north) / 2)), 1e-6)},
+        plot_bgcolor="white", margin={"l": 60, "r": 10, "t": 10, "b": 50}, legend={"x": 0.01, "y": 0.99}, dragmode="pan",
+    )  # fmt: skip
     with atomic_path(path) as tmp:
-        fmap.save(str(tmp))
+        figure.write_html(str(tmp), include_plotlyjs=True, full_html=True, config={"scrollZoom": True, "displaylogo": False})
     return Path(path)
+
+
+def _rings(geometry) -> list[list[tuple[float, float]]]:
+    polygons = getattr(geometry, "geoms", [geometry])
+    return [list(p.exterior.coords) for p in polygons if hasattr(p, "exterior")]
+
+
+def _hover_value(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _png_data_url(pixels: np.ndarray) -> str:
+    import base64
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # ----------------------------------------------------------------------- change

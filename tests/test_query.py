@@ -70,7 +70,35 @@ def test_cli_geojson_valid_and_first_polygon_contains_point(naip_index, tmp_path
         assert sheet.size == (6 * 134 + 6, 2 * 150 + 6)
         pixels = np.asarray(sheet.convert("RGB"))
     assert pixels[6:134, 6:134].std() > 5  # the query thumbnail shows imagery, not a blank square
-    assert "leaflet" in (tmp_path / "map.html").read_text().lower()
+    page = (tmp_path / "map.html").read_text()
+    assert "<script src=\"http" not in page and "<link" not in page  # plotly.js inlined: nothing to fetch
+
+
+def test_html_map_opens_offline_in_a_real_browser(naip_index, tmp_path):
+    """`query --html` in chromium with every request that is not the file itself refused: the hits, the query and
+    their imagery are drawn, and nothing was asked of the network."""
+    from test_serve import _browser
+
+    chromium = _browser()
+    from playwright.sync_api import sync_playwright
+
+    page_file = tmp_path / "map.html"
+    result = CliRunner().invoke(cli, ["query", str(naip_index), "--lonlat", "-99.1329", "47.0294", "-k", "6", "--exclude-radius", "500", "-o",
+                                      str(tmp_path / "hits.geojson"), "--html", str(page_file)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    refused, errors = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:", "blob:"))
+                   else (refused.append(route.request.url), route.abort()))  # fmt: skip
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_file.as_uri())
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
+        assert sorted(page.locator(".legendtext").all_text_contents()) == ["query", "results"]
+        assert page.locator(".imagelayer image").count() == 7  # 6 hits and the query, each its own imagery
+        browser.close()
+    assert refused == [] and errors == []
 
 
 def test_exclude_radius_bbox_and_csv(naip_index):

@@ -54,7 +54,7 @@ Examples:
 @click.option("--all-patches", is_flag=True, help="Write every patch with its score instead of changed areas (patch level).")
 @click.option("--scores", "scores_path", callback=options.output_file, type=click.Path(dir_okay=False), help="Float32 Cloud-Optimized GeoTIFF (tiled, overviews) of the score map on the common grid (pixels or patches).")
 @click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG: before | after | score heat map, changes outlined.")
-@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the changed areas.")
+@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="HTML map of the changed areas: one self-contained file that opens offline.")
 @click.option("--places-sheet", "places_sheet", callback=options.output_file, type=click.Path(dir_okay=False),
               help="With --index and --dates: PNG of the 18 strongest changed places, each a before | after pair.")
 @click.option("--marks", "marks_path", type=click.Path(exists=True, dir_okay=False),
@@ -243,7 +243,7 @@ Example:
 @click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True, help="Results format.")
 @click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False),
               help="PNG contact sheet: the example patch and each hit, before | after.")
-@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the hits.")
+@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="HTML map of the hits: one self-contained file that opens offline.")
 def query_change(index_dir, lonlat, dates, k, all_pairs, threshold, exclude_radius, output, fmt, preview, html):
     """Places of INDEX_DIR whose change between D1 and D2 is most like the change at LON LAT
     (cosine similarity of normalised embedding differences)."""
@@ -261,4 +261,4 @@ def query_change(index_dir, lonlat, dates, k, all_pairs, threshold, exclude_radi
         if preview:
             export.change_contact_sheet(opened, result, preview)
         if html:
-            export.leaflet_map(result, html)
+            export.results_map(result, html)

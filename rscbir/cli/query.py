@@ -41,7 +41,7 @@ Examples:
 @click.option("-o", "--output", default="-", callback=options.output_file, type=click.Path(dir_okay=False, allow_dash=True), help="Results file (default stdout).")
 @click.option("--format", "fmt", type=click.Choice(["geojson", "csv"]), default="geojson", show_default=True, help="Results format.")
 @click.option("--preview", callback=options.output_file, type=click.Path(dir_okay=False), help="PNG contact sheet of the query and the hits.")
-@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="Leaflet map of the hits (folium).")
+@click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="HTML map of the hits with their imagery; one self-contained file that opens offline.")
 def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, dates, scenes, exclude_radius, qe, positives, negatives,
           feedback_file, every_date, output, fmt, preview, html):  # fmt: skip
     """Find the patches of INDEX_DIR most like an example: an image chip, the
@@ -84,7 +84,7 @@ def query(index_dir, image, lonlat, xy, crs, patch_id, query_date, k, bbox, date
         if preview:
             export.contact_sheet(opened, result, preview, query_image=image)
         if html:
-            export.leaflet_map(result, html)
+            export.results_map(result, html, opened)
     if output not in (None, "-"):
         best = f", best score {result.hits['score'].iloc[0]:.3f}" if len(result.hits) else ""
         click.echo(f"wrote {len(result.hits)} results to {output}{best}", err=True)

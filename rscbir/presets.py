@@ -10,7 +10,7 @@ of multi-band files), ``rgb`` (three band names), ``all_bands`` (bands read with
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +18,9 @@ from typing import Sequence
 import yaml
 
 from rscbir.errors import BandError, PresetError, RscbirError
+from rscbir.dates import parse_date
 from rscbir.scene import Scene, scene_locations
+from rscbir.stac import is_stac, stac_locations
 
 
 def _bundled() -> dict[str, Path]:
@@ -105,7 +107,10 @@ class SceneOptions:
     dates: tuple[str, ...] = ()
 
     def open(self, locations: Sequence[str | os.PathLike]) -> tuple[list[Scene], Preset | None]:
-        """Open every location; any unreadable one is an error."""
+        """Open every location; any unreadable one is an error. With STAC input, ``dates`` keep the Items sensed on
+        them (read from the Items, before any raster is opened) instead of dating each scene."""
+        if self.dates and _all_stac(locations):
+            return replace(self, dates=()).open(_stac_on_dates(locations, self.dates))
         locations = scene_locations(locations)
         if self.dates and len(self.dates) != len(locations):
             raise BandError(f"give --date once per scene ({len(locations)}), or not at all")
@@ -114,6 +119,8 @@ class SceneOptions:
     def open_each(self, locations: Sequence[str | os.PathLike]) -> tuple[list[Scene], Preset | None, list[dict]]:
         """Open the locations one by one: unreadable ones are returned as failures, not raised
         (indexing many scenes goes on past one bad file). A single location still raises."""
+        if self.dates and _all_stac(locations):
+            return replace(self, dates=()).open_each(_stac_on_dates(locations, self.dates))
         locations = scene_locations(locations)
         if len(locations) == 1:
             scenes, preset = self.open(locations)
@@ -129,6 +136,15 @@ class SceneOptions:
         if not scenes:
             raise BandError("no scene could be opened: " + "; ".join(f["error"] for f in failures))
         return scenes, preset, failures
+
+
+def _all_stac(locations) -> bool:
+    return bool(locations) and all(is_stac(os.fspath(location)) for location in locations)
+
+
+def _stac_on_dates(locations, dates) -> list[str]:
+    wanted = [parse_date(d) for d in dates]
+    return [found for location in locations for found in stac_locations(os.fspath(location), wanted)]
 
 
 def same_bands(after: Scene, before: Scene, named: bool) -> Scene:

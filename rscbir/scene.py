@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from rscbir.dates import DATE_TAGS, acquisition_date, normalise_date, parse_date
 from rscbir.errors import BandError, CRSError, InvalidSceneError, NoOverlapError, ScalingError
 from rscbir.grid import Grid, intersect_bounds
+from rscbir.stac import is_stac, item_bands, item_date, read_item, resolve_band_keys, stac_locations
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,8 @@ class Scene:
         >>> scene = Scene.open("../shared/data/oscd/paris/imgs_1", bands=["B04", "B03", "B02"])
         """
         location = os.fspath(location)
+        if is_stac(location):
+            return cls._open_stac(location, bands, date, scene_id, scaling, band_names)
         paths = _expand(location)
         sources, grids, dtypes, nodatas, tags = [], {}, [], [], {}
         for path in paths:
@@ -200,6 +203,35 @@ class Scene:
             location=location,
             date_source=acquired.source,
         )
+
+    @classmethod
+    def _open_stac(cls, location: str, bands, date, scene_id, scaling, band_names) -> "Scene":
+        """A STAC Item as a scene: its data assets' bands, its id, its datetime (see :mod:`rscbir.stac`)."""
+        from dataclasses import replace
+
+        described = item_bands(item := read_item(location), location)
+        if band_names:  # names for the bands of a single multi-band asset, as for a multi-band file
+            if len({b.href for b in described}) != 1 or len(band_names) != len(described):
+                raise BandError(f"{location}: {len(band_names)} band names given for {len(described)} bands in "
+                                f"{len({b.href for b in described})} asset(s); --band-names names the bands of one multi-band asset")  # fmt: skip
+            described = [replace(b, name=n) for b, n in zip(described, band_names)]
+        sources = [BandSource(b.href, b.index, b.name) for b in described]
+        _check_unique([s.name for s in sources], location)
+        grids, dtypes, nodatas = {}, [], []
+        for path in dict.fromkeys(s.path for s in sources):
+            with _open_raster(path) as ds:
+                grids[path] = _checked_grid(ds, path)
+                dtypes.extend(ds.dtypes)
+                nodatas.append(ds.nodata)
+        if bands:
+            sources = _select(sources, resolve_band_keys(described, bands, location), location)
+        if isinstance(scaling, str):
+            scaling = Scaling.parse(scaling)
+        dtype = np.result_type(*dtypes)
+        when = parse_date(date, location) if date else item_date(item)
+        return cls(scene_id=scene_id or item.id, sources=sources, grid=_finest_grid(grids, location), dtype=np.dtype(dtype),
+                   nodata=nodatas[0], date=when, scaling=(scaling or Scaling()).resolve(dtype), location=location,
+                   date_source="given (--date)" if date else ("STAC item datetime" if when else "none"))  # fmt: skip
 
     # --------------------------------------------------------------- properties
     @property
@@ -385,6 +417,9 @@ def scene_locations(locations: Sequence[str | os.PathLike]) -> list[str]:
     """
     out: list[str] = []
     for location in map(os.fspath, locations):
+        if is_stac(location):  # an Item, or every Item of an ItemCollection, Collection or Catalog
+            out.extend(stac_locations(location) if "#" not in location else [location])
+            continue
         if Path(location).exists() or not any(ch in location for ch in "*?["):
             out.append(location)
             continue

@@ -94,6 +94,9 @@ def patch_pixels(index: Index, row, scenes: dict[str, Scene] | None = None) -> n
     ``scenes`` caches opened scenes by id across calls (a contact sheet reads many patches).
     """
     scenes = {} if scenes is None else scenes
+    if "crs" not in row or not index.scene_record(row["scene_id"]).doc.get("sources"):
+        raise OutputError(f"{index.path}: scene {row['scene_id']!r} holds vectors imported without imagery; "
+                          "nothing to draw (query results and maps without --preview still work)")  # fmt: skip
     if row["scene_id"] not in scenes:
         scenes[row["scene_id"]] = Scene.from_dict(index.scene_record(row["scene_id"]).doc)
     scene = scenes[row["scene_id"]]

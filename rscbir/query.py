@@ -379,12 +379,15 @@ def embed_chip(index: Index, path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise QueryError(f"{path}: no such image file")
+    config = index.model_config
+    if config.backbone == "imported" or (index.pca is None and index.manifest.dim != config.dim):
+        raise QueryError(f"{index.path} holds vectors imported from a file ({config.weights if config.backbone == 'imported' else 'rscbir export'}), "
+                         "without the model or projection that made them: query it by --lonlat, --xy or --patch-id")  # fmt: skip
     import torch  # only an image query runs the model: point, patch and change queries never load torch
 
     from rscbir.images import load_image
     from rscbir.models.load import model_from_config
 
-    config = index.model_config
     bands = list(config.input_bands)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
         if len(bands) != 3:

@@ -50,9 +50,13 @@ def index():
 Example:
   rscbir index build ../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif \\
                      ../shared/data/naip_timeseries/m_4709963_se_14_1_20200831.tif \\
-                     --align --preset naip --patch-size 320m -o out/naip_index""",
+                     --align --preset naip --patch-size 320m -o out/naip_index
+  rscbir index build --from-embeddings embeddings.parquet -o out/their_index""",
 )
-@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
+@click.argument("scenes", nargs=-1, metavar="SCENE...")
+@click.option("--from-embeddings", "embeddings", type=click.Path(exists=True, dir_okay=False), metavar="FILE.parquet",
+              help="Build from a GeoParquet of vectors (another model's, or `rscbir export`'s) instead of embedding scenes.")
+@click.option("--vector-column", default=None, metavar="NAME", help="With --from-embeddings: the vector column (default: the only list column).")
 @click.option("-o", "--output", required=True, callback=options.output_folder, type=click.Path(file_okay=False),
               help="Index folder (created, or appended to).")  # fmt: skip
 @options.scene_options
@@ -72,8 +76,8 @@ Example:
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
               help="Embed on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 uses a running one.")  # fmt: skip
 @click.pass_context
-def build(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type, augment, centre_scenes,
-          batch_size, workers, scheduler):  # fmt: skip
+def build(ctx, scenes, embeddings, vector_column, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type,
+          augment, centre_scenes, batch_size, workers, scheduler):  # fmt: skip
     """Index SCENE... for retrieval: patch catalog, embeddings and a FAISS index in one folder.
 
     Appending to an existing folder skips scenes already present (same id and
@@ -83,6 +87,12 @@ def build(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     several is reported and skipped: exit code 3 says the run was partial.
     Each append adds one segment and leaves the existing ones untouched.
     """
+    if embeddings:
+        return _from_embeddings(ctx, scenes, embeddings, vector_column, output, index_type, augment)
+    if not scenes:
+        raise click.UsageError("give SCENE... to index, or --from-embeddings FILE.parquet")
+    if vector_column:
+        raise click.UsageError("--vector-column goes with --from-embeddings")
     from rasterio.enums import Resampling
 
     from rscbir.embed import EmbedOptions
@@ -112,6 +122,28 @@ def build(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
         for failure in summary.failed:
             click.echo(f"skipped {failure['scene']}: {failure['error']}", err=True)
         ctx.exit(3)  # partial run: the index holds the other scenes
+
+
+# options that only mean something when scenes are embedded (not with --from-embeddings)
+EMBEDDING_ONLY = ("preset", "bands", "band_names", "scale", "dates", "patch_size", "stride", "edge", "max_nodata", "resampling",
+                  "backbone", "weights", "all_bands", "pooling", "input_size", "runtime", "device", "stages", "views", "align",
+                  "dim", "whiten", "centre_scenes", "batch_size", "workers", "scheduler")  # fmt: skip
+
+
+def _from_embeddings(ctx, scenes, embeddings, vector_column, output, index_type, augment) -> None:
+    """``index build --from-embeddings``: the vectors of a GeoParquet file as a new index."""
+    from click.core import ParameterSource
+
+    from rscbir.index.imports import import_embeddings
+
+    given = [f"--{name.replace('_', '-')}" for name in EMBEDDING_ONLY if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    if scenes or given:
+        raise click.UsageError(f"{' '.join(list(scenes)[:1] + given)} cannot be used with --from-embeddings: the vectors are made already")
+    if ctx.get_parameter_source("augment") is not ParameterSource.COMMANDLINE:
+        augment = None  # the exported index's own, else 0
+    built = import_embeddings(embeddings, output, vector_column, index_type, augment)
+    click.echo(f"{output}: {len(built)} patches, {built.manifest.dim}-d, FAISS {built.manifest.index_type}; "
+               f"{len(built.manifest.scenes)} scene(s) imported from {embeddings}", err=True)  # fmt: skip
 
 
 def _as_the_index_was_built(ctx, output, model_opts, centre_scenes):

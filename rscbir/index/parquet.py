@@ -24,6 +24,8 @@ from rscbir.index.reader import Index
 from rscbir.index.segment import UNREADABLE, corrupt
 
 COLUMNS = ("patch_id", "scene_id", "date", "row", "col")  # copied from the catalog, beside datetime, geometry and the vector
+# where each patch lies in its scene's pixels: kept so that an import (`index build --from-embeddings`) can read imagery
+WINDOW = ("col_off", "row_off", "width", "height", "transform", "crs", "minx", "miny", "maxx", "maxy", "nodata_fraction")
 GEOPARQUET_VERSION = "1.1.0"
 
 
@@ -44,7 +46,8 @@ def export_embeddings(index: Index, path: str | os.PathLike, column: str = "embe
                     catalog = pq.ParquetFile(source)
                     start = 0
                     for group in range(catalog.metadata.num_row_groups):
-                        table = catalog.read_row_group(group, columns=[*COLUMNS, "geometry"])
+                        window = [c for c in WINDOW if c in catalog.schema_arrow.names]
+                        table = catalog.read_row_group(group, columns=[*COLUMNS, *window, "geometry"])
                         block = np.ascontiguousarray(vectors[start : start + len(table)], dtype=np.float32)
                         start += len(table)
                         out = _rows(table, block, dim, column)
@@ -71,6 +74,7 @@ def _rows(table: pa.Table, vectors: np.ndarray, dim: int, column: str) -> pa.Tab
         "datetime": dates.cast(pa.timestamp("s", tz="UTC")),
         "row": table["row"].cast(pa.int32()),
         "col": table["col"].cast(pa.int32()),
+        **{name: table[name] for name in WINDOW if name in table.column_names},
         "geometry": table["geometry"],
         column: embedding,
     })  # fmt: skip
@@ -88,6 +92,7 @@ def _metadata(index: Index, catalog_meta: dict | None, column: str, search: bool
         "vector_column": column,
         "vectors": "search (database-augmented)" if search else "patch",
         "dim": manifest.dim,
+        "dtype": manifest.dtype,  # how the index stored them: an import stores them alike
         "model": manifest.model,
         "pca_dim": manifest.pca_dim,
         "whiten": manifest.whiten,
@@ -97,6 +102,8 @@ def _metadata(index: Index, catalog_meta: dict | None, column: str, search: bool
         "index": str(Path(index.path).resolve()),
         "generation": manifest.generation,
         "scenes": [{"scene_id": s.scene_id, "date": s.date, "date_source": s.date_source} for s in manifest.scenes],
+        "grid": manifest.grid,  # with the scene records below, `index build --from-embeddings` rebuilds this index
+        "scene_records": [{k: v for k, v in s.doc.items() if k not in ("content_hash", "patches")} for s in manifest.scenes],
     }  # fmt: skip
     return {b"geo": json.dumps(geo).encode(), b"rscbir": json.dumps(provenance).encode()}
 

@@ -110,6 +110,8 @@ class LiveIndex:
                 known = {s.scene_id for s in index.manifest.scenes}
                 if scene_id not in known:
                     raise ApiError(404, f"no scene {scene_id!r} in this index; indexed: {', '.join(sorted(known))}")
+                if not index.scene_record(scene_id).doc.get("sources"):
+                    raise ApiError(404, f"scene {scene_id!r} holds vectors imported without imagery: no tiles to draw")
                 self._scenes[scene_id] = Scene.from_dict(index.scene_record(scene_id).doc)
             return self._scenes[scene_id]
 

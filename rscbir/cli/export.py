@@ -19,6 +19,6 @@ def export(index_dir, output, column, search_vectors):
     from rscbir.index import Index
     from rscbir.index.parquet import export_embeddings
 
-    index = Index.open(index_dir)
+    index = Index.open(index_dir, search=False)  # rows only: an HNSW graph would be read whole for nothing
     rows = export_embeddings(index, output, column, search_vectors)
     click.echo(f"{output}: {rows} patches, {index.manifest.dim}-d float32 vectors in column {column!r}", err=True)

@@ -41,7 +41,7 @@ def export_embeddings(index: Index, path: str | os.PathLike, column: str = "embe
         try:
             for segment in index.segments:
                 source = index.path / segment.record.files["catalog"]
-                vectors = segment.search_vectors if search else segment.vectors
+                vectors = segment.search_file if search else segment.vector_file  # pread: no mapped pages stay resident
                 try:
                     catalog = pq.ParquetFile(source)
                     start = 0

@@ -75,18 +75,19 @@ class Index:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Index":
+    def open(cls, path: str | os.PathLike, search: bool = True) -> "Index":
         """Open ``path``; raises :class:`IndexFileError` naming the file when it is not a complete index.
 
         Vectors and IVF/Flat FAISS files are memory-mapped (HNSW graphs read whole) and lookups opened for
-        ``pread``: opening reads no patch record, whatever the size.
+        ``pread``: opening reads no patch record, whatever the size. ``search=False`` reads no FAISS file
+        (export, checks): such an index cannot search.
         """
         path = Path(path)
         manifest = read_manifest(path)
         check_sizes(path, manifest)
         segments, offset = [], 0
         for record in manifest.segments:
-            segments.append(Segment.open(path, record, offset))
+            segments.append(Segment.open(path, record, offset, search))
             offset += segments[-1].count
         if offset != manifest.count:
             raise IndexFileError(f"{path}: segments hold {offset} patches, the manifest says {manifest.count}; rebuild it")

@@ -37,7 +37,7 @@ class Segment:
     offset: int
     vectors: np.ndarray
     augmented: np.ndarray | None
-    faiss_index: faiss.Index
+    faiss_index: faiss.Index | None  # None when opened with search=False
     record: SegmentRecord
     lookup: SegmentLookup
     vector_file: NpyRows  # the same rows read with pread: a query's few rows without mapping the file
@@ -52,9 +52,10 @@ class Segment:
         return self.augmented if self.augmented is not None else self.vectors
 
     @classmethod
-    def open(cls, path: Path, record: SegmentRecord, offset: int) -> "Segment":
+    def open(cls, path: Path, record: SegmentRecord, offset: int, search: bool = True) -> "Segment":
         """Open segment ``record`` of the index at ``path``: vectors and IVF/Flat FAISS files memory-mapped, lookups
-        opened for ``pread``; :class:`IndexFileError` naming the file when a part is unreadable or they disagree."""
+        opened for ``pread``; :class:`IndexFileError` naming the file when a part is unreadable or they disagree.
+        ``search=False`` leaves the FAISS file unread (an HNSW graph is read whole): for work that only reads rows."""
         files = record.files
         current = files["vectors"]
         try:
@@ -64,7 +65,7 @@ class Segment:
                 current = files["augmented"]
                 augmented = np.load(path / current, mmap_mode="r")
             current = files["faiss"]
-            index = read_faiss(path / current, record.index_type)
+            index = read_faiss(path / current, record.index_type) if search else None
             if files.get("lookup") and record.lookup:
                 current = files["lookup"]
                 lookup = SegmentLookup.load(path, files, record.lookup)
@@ -76,7 +77,7 @@ class Segment:
             search_file = NpyRows(path / files["augmented"]) if augmented is not None else vector_file
         except UNREADABLE as exc:
             raise corrupt(path / current, exc) from None
-        if not (len(lookup) == len(vectors) == index.ntotal == record.count) or (augmented is not None and len(augmented) != len(vectors)):
+        if not (len(lookup) == len(vectors) == (index.ntotal if index is not None else record.count) == record.count) or (augmented is not None and len(augmented) != len(vectors)):
             raise IndexFileError(f"{path}: segment {record.id} parts disagree ({len(lookup)} patches, {len(vectors)} vectors, "
                                  f"{index.ntotal} in FAISS, {record.count} recorded); rebuild it")  # fmt: skip
         return cls(record.id, offset, vectors, augmented, index, record, lookup, vector_file, search_file)

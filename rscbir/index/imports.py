@@ -55,11 +55,11 @@ def import_embeddings(source: str | os.PathLike, path: str | os.PathLike, column
         raise OutputError(f"{path}: exists and is not empty; import into a new folder")
     if not path.parent.is_dir():
         raise OutputError(f"{path}: parent folder {path.parent} does not exist; create it first")
-    table, provenance = _read(source)
-    column = _vector_column(table, column or provenance.get("vector_column"), source)
-    vectors = _vectors(table[column], source, column)
-    frame = _catalog(table.column_names, column, source)
-    config = _model(provenance, source, vectors.shape[1])
+    schema, provenance = _read(source)
+    column = _vector_column(schema, column or provenance.get("vector_column"), source)
+    vectors = _vectors(pq.read_table(source, columns=[column])[column], source, column)
+    frame = _catalog(schema.names, column, source)
+    config = _model(provenance, source, vectors.shape[1], digest := _digest(source))
     grid = provenance.get("grid")
     records = {s["scene_id"]: s for s in provenance.get("scene_records", [])}
     staged = []
@@ -67,7 +67,7 @@ def import_embeddings(source: str | os.PathLike, path: str | os.PathLike, column
         catalog = frame.iloc[rows].reset_index(drop=True)
         record = records.get(scene_id) or {"scene_id": scene_id, "location": str(source.resolve()), "sources": [],
                                            "date": _one_date(catalog, scene_id, source), "date_source": f"imported from {source.name}"}  # fmt: skip
-        record = {**record, "content_hash": _digest(source), "patches": len(rows)}
+        record = {**record, "content_hash": digest, "patches": len(rows)}
         staged.append(StagedScene(record, ImportedVectors(vectors[rows], catalog), path / STAGING))
     augment = int(provenance.get("augment") or 0) if augment is None else int(augment)
     settings = IndexSettings(config.fingerprint(), provenance.get("tiling") or {"imported": source.name}, None, 0.0, augment, False,
@@ -84,29 +84,30 @@ def import_embeddings(source: str | os.PathLike, path: str | os.PathLike, column
         raise
 
 
-def _read(source: Path) -> tuple[pa.Table, dict]:
+def _read(source: Path) -> tuple[pa.Schema, dict]:
+    """The file's schema and rscbir's provenance in its metadata (empty for other tools' files)."""
     try:
-        table = pq.read_table(source)
+        schema = pq.read_schema(source)
     except (OSError, pa.ArrowException) as exc:
         raise IndexFileError(f"{source}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    meta = table.schema.metadata or {}
+    meta = schema.metadata or {}
     try:
         provenance = json.loads(meta.get(b"rscbir", b"{}"))
     except ValueError:
         provenance = {}
-    return table, provenance
+    return schema, provenance
 
 
-def _vector_column(table: pa.Table, wanted: str | None, source: Path) -> str:
-    lists = [f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+def _vector_column(schema: pa.Schema, wanted: str | None, source: Path) -> str:
+    lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
              or pa.types.is_large_list(f.type)]  # fmt: skip
     if wanted:
-        if wanted not in table.column_names:
-            raise IndexFileError(f"{source}: no column {wanted!r}; columns: {', '.join(table.column_names)}")
+        if wanted not in schema.names:
+            raise IndexFileError(f"{source}: no column {wanted!r}; columns: {', '.join(schema.names)}")
         return wanted
     if len(lists) != 1:
         found = f"list columns {', '.join(lists)}" if lists else "no list column"
-        raise IndexFileError(f"{source}: {found}; name the vector column with --vector-column (columns: {', '.join(table.column_names)})")
+        raise IndexFileError(f"{source}: {found}; name the vector column with --vector-column (columns: {', '.join(schema.names)})")
     return lists[0]
 
 
@@ -209,11 +210,11 @@ def _squares(points: gpd.GeoSeries) -> np.ndarray:
     return shapely.box(xy[:, 0] - half, xy[:, 1] - half, xy[:, 0] + half, xy[:, 1] + half)
 
 
-def _model(provenance: dict, source: Path, dim: int) -> ModelConfig:
+def _model(provenance: dict, source: Path, dim: int, digest: str) -> ModelConfig:
     """The exporting index's model when the file says it (its vectors stay comparable), else a record of the file."""
     if provenance.get("model"):
         return ModelConfig.from_dict(provenance["model"])
-    return ModelConfig(backbone=IMPORTED, weights=str(source.resolve()), weights_sha256=_digest(source), pooling="none",
+    return ModelConfig(backbone=IMPORTED, weights=str(source.resolve()), weights_sha256=digest, pooling="none",
                        input_bands=(), rgb=(), input_size=None, dim=dim)  # fmt: skip
 
 

@@ -51,10 +51,10 @@ Example:
   rscbir index build ../shared/data/naip_timeseries/m_4709963_se_14_1_20090818.tif \\
                      ../shared/data/naip_timeseries/m_4709963_se_14_1_20200831.tif \\
                      --align --preset naip --patch-size 320m -o out/naip_index
-  rscbir index build --from-embeddings embeddings.parquet -o out/their_index""",
+  rscbir index build --from-embeddings out/naip_embeddings.parquet -o out/naip_again""",
 )
 @click.argument("scenes", nargs=-1, metavar="SCENE...")
-@click.option("--from-embeddings", "embeddings", type=click.Path(exists=True, dir_okay=False), metavar="FILE.parquet",
+@click.option("--from-embeddings", "embeddings", type=click.Path(dir_okay=False), metavar="FILE.parquet",
               help="Build from a GeoParquet of vectors (another model's, or `rscbir export`'s) instead of embedding scenes.")
 @click.option("--vector-column", default=None, metavar="NAME", help="With --from-embeddings: the vector column (default: the only list column).")
 @click.option("-o", "--output", required=True, callback=options.output_folder, type=click.Path(file_okay=False),

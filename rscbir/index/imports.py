@@ -51,6 +51,8 @@ def import_embeddings(source: str | os.PathLike, path: str | os.PathLike, column
     file's ``rscbir`` metadata names, else its only list column). ``augment``: database-side augmentation, by default the
     exporting index's (0 for other files). Nothing is written when the file is refused."""
     source, path = Path(source), Path(path)
+    if not source.is_file():
+        raise IndexFileError(f"{source}: no such file")
     if path.exists() and any(path.iterdir()):
         raise OutputError(f"{path}: exists and is not empty; import into a new folder")
     if not path.parent.is_dir():

@@ -22,19 +22,17 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol, Sequence
 
+from typing import TYPE_CHECKING
+
 import geopandas as gpd
 import numpy as np
-import torch
 from rasterio.enums import Resampling
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rscbir.atomic import atomic_dir
 from rscbir.catalog import concat, records_to_frame
 from rscbir.errors import OutputError
 from rscbir.grid import Grid
-from rscbir.images import load_image
-from rscbir.models.features import FeatureModel
-from rscbir.models.runtime import forward_for
+from rscbir.models.onnx_cache import CachedModel
 from rscbir.modes import Runtime
 from rscbir.models.whitening import PCAWhitening
 from rscbir.progress import track
@@ -42,32 +40,42 @@ from rscbir.scene import Scene
 from rscbir.store import DEFAULT_DIM, STORE_VERSION, EmbeddingStore, EmbedOptions
 from rscbir.tiling import TilingConfig, aligned_grid, iter_patches, make_record
 
+if TYPE_CHECKING:
+    from rscbir.models.features import FeatureModel
+
 log = logging.getLogger(__name__)
 
 
-class PatchStream(IterableDataset):
-    """Scaled patches of one scene on a grid (``rows``: only these patch rows); each
-    DataLoader worker takes every n-th of them."""
+def __getattr__(name: str):
+    if name == "PatchStream":  # a torch Dataset: defined where torch is imported
+        from rscbir.patch_stream import PatchStream
 
-    def __init__(self, scene: Scene, grid: Grid, tiling: TilingConfig, resampling: Resampling = Resampling.bilinear,
-                 rows: Sequence[int] | None = None) -> None:  # fmt: skip
-        self.scene, self.grid, self.tiling, self.resampling = scene, grid, tiling, resampling
-        self.rows = list(rows) if rows is not None else list(range(tiling.layout(grid)[0]))
-
-    def __iter__(self) -> Iterator[tuple[int, int, float, torch.Tensor]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rows = self.rows[worker::workers]
-        for patch in iter_patches(self.scene, self.tiling, self.grid, resampling=self.resampling, rows=rows):
-            record = patch.record
-            yield record.row, record.col, record.nodata_fraction, torch.from_numpy(self.scene.scale(patch.data))
+        return PatchStream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def embed_batches(forward, loader: DataLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (keys (B, 3) row/col/nodata, vectors (B, dim) float32) per batch."""
+def numpy_batches(scene: Scene, grid: Grid, tiling: TilingConfig, resampling: Resampling, batch_size: int) -> Iterator[tuple]:
+    """(rows, cols, nodata fractions, scaled patches (B, bands, H, W)) per batch, in numpy: no torch needed."""
+    part: list = []
+    for patch in iter_patches(scene, tiling, grid, resampling=resampling):
+        part.append((patch.record.row, patch.record.col, patch.record.nodata_fraction, scene.scale(patch.data)))
+        if len(part) == batch_size:
+            yield _stacked(part)
+            part = []
+    if part:
+        yield _stacked(part)
+
+
+def _stacked(part: list) -> tuple:
+    rows, cols, nodata, data = zip(*part)
+    return np.asarray(rows), np.asarray(cols), np.asarray(nodata, np.float64), np.stack(data).astype(np.float32, copy=False)
+
+
+def embed_batches(forward, loader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (keys (B, 3) row/col/nodata, vectors (B, dim) float32) per batch (torch tensors or numpy arrays)."""
     for rows, cols, nodata, x in loader:
-        vectors = forward(x).float().numpy()
-        keys = np.stack([rows.numpy(), cols.numpy(), nodata.numpy()], axis=1)
+        vectors = np.asarray(forward(x), dtype=np.float32)
+        keys = np.stack([np.asarray(rows), np.asarray(cols), np.asarray(nodata)], axis=1)
         yield keys, vectors
 
 
@@ -80,15 +88,27 @@ class Runner(Protocol):
 class LocalRunner:
     """Runs the model in this process (DataLoader workers read patches when there are cores to spare)."""
 
-    def __init__(self, model: FeatureModel, options: EmbedOptions = EmbedOptions()) -> None:
-        self.forward = forward_for(model, options.runtime, options.device)
+    def __init__(self, model: FeatureModel | CachedModel, options: EmbedOptions = EmbedOptions()) -> None:
+        if isinstance(model, CachedModel):  # the cached ONNX graph: patches in numpy, no torch in this process
+            self.forward = model
+        else:
+            from rscbir.models.runtime import forward_for
+
+            self.forward = forward_for(model, options.runtime, options.device)
         self.options = options
 
     def __call__(self, scene: Scene, grid: Grid, tiling: TilingConfig, raw: BinaryIO, work: Path) -> np.ndarray:
         options = self.options
-        stream = PatchStream(scene, grid, tiling, options.resampling)
         workers = options.workers if options.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
-        batches = embed_batches(self.forward, DataLoader(stream, batch_size=options.batch_size, num_workers=workers))
+        if isinstance(self.forward, CachedModel) and workers == 0:
+            loader = numpy_batches(scene, grid, tiling, options.resampling, options.batch_size)
+        else:
+            from torch.utils.data import DataLoader
+
+            from rscbir.patch_stream import PatchStream
+
+            loader = DataLoader(PatchStream(scene, grid, tiling, options.resampling), batch_size=options.batch_size, num_workers=workers)
+        batches = embed_batches(self.forward, loader)
         if options.progress:
             n_rows, n_cols = tiling.layout(grid)
             batches = track(batches, -(-n_rows * n_cols // options.batch_size), scene.scene_id, "batches", options.progress)
@@ -174,7 +194,7 @@ def _write_vectors(work: Path, permutation: np.ndarray, dim: int, options: Embed
         log.warning("only %d patches: too few to fit a %d-d PCA; the store keeps %d-d vectors", total, options.dim, dim)
     elif options.dim:
         sample = source[np.sort(np.random.default_rng(0).permutation(total)[:200_000])] if total else source
-        pca = PCAWhitening.fit(np.asarray(sample, dtype=np.float32), options.dim, options.whiten)
+        pca = PCAWhitening.fit(np.asarray(sample), options.dim, options.whiten)
         pca.save(work / "pca.npz")
     target = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=dtype, shape=(total, pca.dim if pca else dim))
     for start in range(0, total, 65536):
@@ -188,6 +208,11 @@ def _write_vectors(work: Path, permutation: np.ndarray, dim: int, options: Embed
 
 def embed_images(model: FeatureModel, paths: Sequence[Path], batch_size: int = 16, runtime: Runtime | str = Runtime.AUTO) -> np.ndarray:
     """(N, dim) vectors of plain image files, in order (images of one size batch together)."""
+    import torch
+
+    from rscbir.images import load_image
+    from rscbir.models.runtime import forward_for
+
     forward = forward_for(model, runtime)
     out = []
     for start in range(0, len(paths), batch_size):
@@ -199,5 +224,5 @@ def embed_images(model: FeatureModel, paths: Sequence[Path], batch_size: int = 1
     return np.concatenate(out)
 
 
-__all__ = ["embed_scenes", "embed_images", "embed_batches", "LocalRunner", "Runner", "PatchStream",
+__all__ = ["embed_scenes", "embed_images", "embed_batches", "numpy_batches", "LocalRunner", "Runner", "PatchStream",
            "EmbeddingStore", "EmbedOptions", "DEFAULT_DIM", "STORE_VERSION"]  # the last four live in rscbir.store

@@ -24,12 +24,13 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from rscbir.atomic import atomic_path
-from rscbir.embed import EmbedOptions, PatchStream, embed_batches
+from rscbir.embed import EmbedOptions, embed_batches
 from rscbir.errors import SchedulerError
 from rscbir.grid import Grid
 from rscbir.models.features import FeatureModel, ModelConfig
 from rscbir.models.load import model_from_config
 from rscbir.models.runtime import forward_for
+from rscbir.patch_stream import PatchStream
 from rscbir.scene import Scene
 from rscbir.tiling import TilingConfig
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -298,3 +299,49 @@ def test_pca_with_fewer_vectors_than_dimensions_matches_the_covariance_route():
     expected = centred @ (vecs[:, order] / (values[order] + 1e-6) ** 0.5)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(np.abs(fitted.transform(vectors)), np.abs(expected), atol=1e-4)
+
+
+def test_a_second_embed_runs_from_the_cached_graph_without_torch(rgb_tif, tmp_path):
+    """The first run exports the model's ONNX graph into the cache; the next never imports torch and writes the same
+    vectors, which match the torch model's to 1e-4 (patches resized in numpy by torch's rule)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from click.testing import CliRunner
+        from rscbir.cli import cli
+        result = CliRunner().invoke(cli, ["embed", sys.argv[1], "--patch-size", "32", "-o", sys.argv[2], *sys.argv[3:]])
+        assert result.exit_code == 0, result.output
+        print("torch" in sys.modules)
+    """)
+    env = {**os.environ, "RSCBIR_CACHE": str(tmp_path / "cache")}
+
+    def embed(out, *extra):
+        child = subprocess.run([sys.executable, "-c", code, str(rgb_tif), str(tmp_path / out), *extra], env=env,
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        return child.stdout.strip().splitlines()[-1] == "True", np.asarray(EmbeddingStore.open(tmp_path / out).vectors, np.float32)
+
+    first_torch, first = embed("first")
+    again_torch, again = embed("again")
+    assert first_torch and not again_torch  # the export needs torch once; the cached graph never
+    assert list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))
+    np.testing.assert_array_equal(first, again)
+    _, by_torch = embed("torch", "--runtime", "torch")
+    assert first.shape == by_torch.shape == (6, 7616)  # 6 patches: too few for a PCA, full grid-pooled vectors
+    np.testing.assert_allclose(first, by_torch, atol=1e-3)
+    assert ((first * by_torch).sum(axis=1) > 0.9999).all()
+
+
+def test_numpy_resize_is_torchs_bilinear_with_antialias():
+    import torch
+    import torch.nn.functional as F
+
+    from rscbir.models.resize import resize
+
+    rng = np.random.default_rng(0)
+    for side in (33, 64, 224, 320, 500):
+        x = rng.random((2, 3, side, side)).astype(np.float32)
+        expected = F.interpolate(torch.from_numpy(x), size=(224, 224), mode="bilinear", align_corners=False, antialias=side > 224)
+        np.testing.assert_allclose(resize(x, 224), expected.numpy(), atol=2e-5)

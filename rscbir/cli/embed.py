@@ -35,11 +35,10 @@ def embed(ctx, scenes, output, scene_opts, tiling, resampling, model_opts, align
     from rasterio.enums import Resampling
 
     from rscbir.embed import EmbedOptions, embed_scenes
-    from rscbir.models.load import configure_threads, model_for_scenes
+    from rscbir.models.onnx_cache import feature_model_for
 
-    configure_threads()
     opened, preset = scene_opts.open(scenes)
-    model, opened = model_for_scenes(opened, preset, model_opts)
+    model, opened = feature_model_for(opened, preset, model_opts, use_cache=not workers)  # the cached graph: no torch
     run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dtype=dtype,
                        dim=dim or None, whiten=whiten, resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
     store = embed_scenes(opened, output, model, tiling, align, run)

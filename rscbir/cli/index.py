@@ -98,12 +98,12 @@ def build(ctx, scenes, embeddings, vector_column, output, scene_opts, tiling, re
     from rscbir.embed import EmbedOptions
     from rscbir.errors import IndexFileError
     from rscbir.index import build_index
-    from rscbir.models.load import configure_threads, model_for_scenes
+    from rscbir.models.onnx_cache import feature_model_for
 
-    configure_threads()
     model_opts, centre_scenes = _as_the_index_was_built(ctx, output, model_opts, centre_scenes)
     opened, preset, failed = scene_opts.open_each(scenes)
-    model, opened = model_for_scenes(opened, preset, model_opts)
+    # the cached ONNX graph (no torch in this process) unless Dask workers or reader processes need the torch model
+    model, opened = feature_model_for(opened, preset, model_opts, use_cache=not scheduler and not workers)
     run = EmbedOptions(batch_size=batch_size, workers=workers, runtime=model_opts.runtime, device=model_opts.device, dim=dim or None, whiten=whiten,
                        resampling=Resampling[resampling], progress=options.progress_enabled(ctx))  # fmt: skip
     with contextlib.ExitStack() as stack:

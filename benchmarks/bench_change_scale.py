@@ -14,10 +14,8 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ import rasterio
 from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import rscbir_child  # noqa: E402
 from record import record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -56,17 +55,6 @@ def pair(size: int, folder: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-def child(*args) -> tuple[float, float]:
-    code = ("import runpy, sys; sys.argv = ['rscbir', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('rscbir', run_name='__main__')\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr)")  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, "-q", *map(str, args)], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(done.stderr[-2000:])
-    return time.perf_counter() - start, int(done.stderr.strip().splitlines()[-1]) / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000])
@@ -76,7 +64,7 @@ def main() -> None:
     try:
         for size in args.sizes:
             before, after = pair(size, work)
-            seconds, peak = child("change", before, after, "--preset", "naip", "--patch-size", "64", "-o", work / f"c{size}.geojson",
+            seconds, peak = rscbir_child("-q", "change", before, after, "--preset", "naip", "--patch-size", "64", "-o", work / f"c{size}.geojson",
                                   "--scores", work / f"s{size}.tif")  # fmt: skip
             rows.append({"size": size, "mpx": size * size / 1e6, "seconds": seconds, "peak_mib": peak})
             print(rows[-1], flush=True)

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import rscbir_child  # noqa: E402
 from record import record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -36,17 +36,9 @@ ARGS = ["--preset", "naip", "--patch-size", "320m"]
 
 
 def whole_process(out: Path) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of ``rscbir embed`` in a fresh process. The peak is the child's own VmHWM: Linux
-    carries ru_maxrss across exec, so a child's ru_maxrss starts at this (model-holding) process's peak."""
+    """(seconds, peak RSS MiB) of ``rscbir embed`` in a fresh process."""
     shutil.rmtree(out, ignore_errors=True)
-    code = ("import runpy, sys; sys.argv = ['rscbir', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('rscbir', run_name='__main__')\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr)")  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, "-q", "embed", *map(str, TILES), *ARGS, "-o", str(out)],
-                          check=True, capture_output=True, text=True)  # fmt: skip
-    seconds = time.perf_counter() - start
-    return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
+    return rscbir_child("-q", "embed", *TILES, *ARGS, "-o", out)
 
 
 def main() -> None:

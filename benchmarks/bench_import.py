@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,21 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_index_scale import fill, scenes_for  # noqa: E402
 from bench_query import WORK, real_corpus  # noqa: E402
+from child import rscbir_child  # noqa: E402
 from record import record  # noqa: E402
-
-
-def child(*args) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of ``python -m rscbir ARGS`` in a fresh process (VmHWM: ru_maxrss would carry this
-    process's peak across exec)."""
-    code = ("import resource, runpy, sys; sys.argv = ['rscbir', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('rscbir', run_name='__main__')\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr)")  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, "-q", *map(str, args)], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        sys.exit(f"rscbir {' '.join(map(str, args))} failed:\n{done.stderr[-2000:]}")
-    return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
@@ -64,8 +50,8 @@ def main() -> None:
         write_generation(work / "built", None, scenes_for(vectors, 0), settings, config, None)
         build_s = time.perf_counter() - start
         del vectors
-        export_s, export_rss = child("export", work / "built", "-o", work / "e.parquet")
-        import_s, import_rss = child("index", "build", "--from-embeddings", work / "e.parquet", "-o", work / "imported")
+        export_s, export_rss = rscbir_child("-q", "export", work / "built", "-o", work / "e.parquet")
+        import_s, import_rss = rscbir_child("-q", "index", "build", "--from-embeddings", work / "e.parquet", "-o", work / "imported")
         a, b = Index.open(work / "built"), Index.open(work / "imported")
         same = len(a) == len(b) and all(
             np.array_equal(np.asarray(sa.vectors), np.asarray(sb.vectors)) for sa, sb in zip(a.segments, b.segments))

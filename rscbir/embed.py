@@ -1,7 +1,9 @@
 """Stream patches through a feature model into an on-disk embedding store.
 
-Tiler windows feed a ``DataLoader`` whose worker processes read and scale
-patch rows while the main process runs the model. Vectors are appended to disk
+Tiler windows are read and scaled into numpy batches for the model graph kept in
+the cache (:class:`rscbir.models.onnx_cache.CachedModel`: no torch in the
+process), or feed a torch ``DataLoader`` whose worker processes read patch rows
+while the main process runs the torch-built model. Vectors are appended to disk
 batch by batch, never held as a list of tensors; memory is bounded by the
 batch size. The store is written to a temporary folder and swapped in at the
 end (:func:`rscbir.atomic.atomic_dir`), so a failed run leaves the previous
@@ -20,9 +22,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol, Sequence
 
 import geopandas as gpd
 import numpy as np

@@ -332,6 +332,11 @@ def test_a_second_embed_runs_from_the_cached_graph_without_torch(rgb_tif, tmp_pa
     assert first.shape == by_torch.shape == (6, 7616)  # 6 patches: too few for a PCA, full grid-pooled vectors
     np.testing.assert_allclose(first, by_torch, atol=1e-3)
     assert ((first * by_torch).sum(axis=1) > 0.9999).all()
+    graph = next((tmp_path / "cache" / "onnx").glob("*/model.onnx"))
+    graph.write_bytes(graph.read_bytes()[:1000])  # a damaged cache entry (a disk filled mid-write, a stray edit)
+    _, repaired = embed("repaired")
+    np.testing.assert_array_equal(first, repaired)  # made again, not a traceback
+    assert graph.stat().st_size > 1_000_000
 
 
 def test_numpy_resize_is_torchs_bilinear_with_antialias():

@@ -44,7 +44,8 @@ class CachedModel:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     _session: object = field(default=None, repr=False)
 
-    def __call__(self, batch) -> np.ndarray:
+    def session(self):
+        """The ONNX Runtime session (made once)."""
         if self._session is None:
             import onnxruntime as ort
 
@@ -52,10 +53,13 @@ class CachedModel:
             options.intra_op_num_threads = self.threads
             options.log_severity_level = 3
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def __call__(self, batch) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
         if self.config.input_size:
             batch = resize(batch, self.config.input_size)
-        return self._session.run(None, {"x": np.ascontiguousarray(batch)})[0]
+        return self.session().run(None, {"x": np.ascontiguousarray(batch)})[0]
 
 
 def cache_key(scene_bands: Sequence[str], rgb: Sequence[str] | None, options: ModelOptions) -> str | None:
@@ -102,9 +106,15 @@ def feature_model_for(scenes: Sequence, preset=None, options: ModelOptions = Mod
     key = cache_key(bands, rgb, options) if use_cache and eligible(options) else None
     folder = cache_root() / "onnx" / key if key else None
     if folder is not None and (folder / "config.json").is_file() and (folder / "model.onnx").is_file():
-        config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
-        log.info("model graph from the cache: %s", folder)
-        return CachedModel(config, folder / "model.onnx"), [s.select(list(config.input_bands)) for s in scenes]
+        try:
+            config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+            cached = CachedModel(config, folder / "model.onnx")
+            cached.session()  # a truncated or damaged graph fails here, not halfway through a run
+            log.info("model graph from the cache: %s", folder)
+            return cached, [s.select(list(config.input_bands)) for s in scenes]
+        except Exception as exc:  # noqa: BLE001 - a damaged entry (bad JSON, a graph ORT cannot load): made again below
+            log.warning("the cached model graph in %s is unreadable (%s); making it again", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
     from rscbir.models.load import configure_threads, model_for_scenes  # torch loads here
 
     configure_threads()

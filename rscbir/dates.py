@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from rscbir.errors import DateError
+from rscbir.images import RASTER_SUFFIXES
 
 ACQUISITION_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "SENSING_TIME", "DATATAKE_SENSING_START")
 CREATION_TAG = "TIFFTAG_DATETIME"
@@ -36,7 +37,6 @@ SIDECAR = "dates.txt"
 _DATE = r"((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])"
 _ANY_DATE = re.compile(rf"(?<!\d){_DATE}(?!\d)")
 _YEAR_ONLY = re.compile(r"[^\d]*((?:19|20)\d{2})[^\d]*")  # a stem whose only digits are a year
-_RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".nc"}
 # known names: (what the format is, pattern whose first three groups are the sensing date)
 _SENSING_NAMES = (
     ("Sentinel-2 product", re.compile(rf"S2[A-D]_MSIL(?:1C|2A)_{_DATE}T\d{{6}}_N\d{{4}}", re.IGNORECASE)),
@@ -92,7 +92,7 @@ def date_in_name(name: str) -> tuple[dt.date | None, str | None]:
         return found.pop(), "name"
     if len(found) > 1:
         return None, f"several dates ({', '.join(sorted(d.isoformat() for d in found))})"
-    year = _YEAR_ONLY.fullmatch(Path(name).stem if Path(name).suffix.lower() in _RASTER_SUFFIXES else name)
+    year = _YEAR_ONLY.fullmatch(Path(name).stem if Path(name).suffix.lower() in RASTER_SUFFIXES else name)
     if year and int(year.group(1)) <= dt.date.today().year:
         return dt.date(int(year.group(1)), 1, 1), "name (year only: an annual composite, taken as 1 January)"
     return None, None

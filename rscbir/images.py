@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".dat", ".nc")  # what a folder of band files holds
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:

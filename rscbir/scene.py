@@ -32,11 +32,11 @@ from rasterio.windows import Window
 from rscbir.dates import DATE_TAGS, acquisition_date, normalise_date, parse_date
 from rscbir.errors import BandError, CRSError, InvalidSceneError, NoOverlapError, ScalingError
 from rscbir.grid import Grid, intersect_bounds
+from rscbir.images import RASTER_SUFFIXES
 from rscbir.stac import is_stac, item_bands, item_date, read_item, resolve_band_keys, stac_locations
 
 log = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".dat", ".nc")
 _S2_BAND = re.compile(r"^B(\d{1,2})([A-Z]?)$", re.IGNORECASE)
 
 

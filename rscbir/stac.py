@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rscbir.errors import BandError, InvalidSceneError
+from rscbir.images import RASTER_SUFFIXES
 
 SKIPPED_ROLES = {"thumbnail", "overview", "metadata", "visual-preview"}
 
@@ -166,7 +167,7 @@ def _date(item) -> dt.date | None:
 
 def _is_raster(asset) -> bool:
     kind = (asset.media_type or "").lower()
-    return "tiff" in kind or "jp2" in kind or Path(asset.href.split("?")[0]).suffix.lower() in (".tif", ".tiff", ".jp2", ".vrt")
+    return "tiff" in kind or "jp2" in kind or Path(asset.href.split("?")[0]).suffix.lower() in RASTER_SUFFIXES
 
 
 __all__ = ["StacBand", "is_stac", "stac_locations", "read_item", "item_bands", "resolve_band_keys", "item_date"]

@@ -190,8 +190,7 @@ def _refuse_scene_options_with_index(ctx, scenes) -> None:
     """With --index the scenes, bands, tiling and model are the index's own: options that would change them are an error."""
     if scenes:
         raise click.UsageError(f"with --index, give the two dates after --dates and no scenes (extra value: {' '.join(scenes)})")
-    ignored = [f"--{name.replace('_', '-')}" for name in SCENE_ONLY
-               if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    ignored = options.given_options(ctx, SCENE_ONLY)
     if ignored:
         raise click.UsageError(f"{', '.join(ignored)} cannot be used with --index: the index scores patches with its own bands, "
                                "tiling and model; compare the scenes themselves (rscbir change BEFORE AFTER) for these")

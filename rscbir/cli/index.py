@@ -136,7 +136,7 @@ def _from_embeddings(ctx, scenes, embeddings, vector_column, output, index_type,
 
     from rscbir.index.imports import import_embeddings
 
-    given = [f"--{name.replace('_', '-')}" for name in EMBEDDING_ONLY if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    given = options.given_options(ctx, EMBEDDING_ONLY)
     if scenes or given:
         raise click.UsageError(f"{' '.join(list(scenes)[:1] + given)} cannot be used with --from-embeddings: the vectors are made already")
     if ctx.get_parameter_source("augment") is not ParameterSource.COMMANDLINE:

@@ -194,6 +194,14 @@ def workers_option(func):
                         help="Patch-reading worker processes (default: 0 on <= 2 cores, else 2).")(func)  # fmt: skip
 
 
+def given_options(ctx, names) -> list[str]:
+    """The ``--flags`` of ``names`` the user gave (command line or environment): options a mode would ignore are refused."""
+    from click.core import ParameterSource
+
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]  # fmt: skip
+
+
 def progress_enabled(ctx) -> str:
     """How long work reports progress: a bar on a terminal, plain periodic lines otherwise, nothing with --quiet."""
     from rscbir.progress import progress_mode

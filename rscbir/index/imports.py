@@ -11,7 +11,6 @@ neighbouring points, so a click or a ``--lonlat`` query finds them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from rscbir.index.manifest import IndexSettings
 from rscbir.index.parquet import WINDOW
 from rscbir.index.reader import Index
 from rscbir.index.writers import StagedScene
-from rscbir.models.config import ModelConfig
+from rscbir.models.config import ModelConfig, file_sha256
 
 IMPORTED = "imported"  # ModelConfig.backbone of vectors no rscbir model made: nothing can embed a new image like them
 
@@ -61,7 +60,7 @@ def import_embeddings(source: str | os.PathLike, path: str | os.PathLike, column
     column = _vector_column(schema, column or provenance.get("vector_column"), source)
     vectors = _vectors(pq.read_table(source, columns=[column])[column], source, column)
     frame = _catalog(schema.names, column, source)
-    config = _model(provenance, source, vectors.shape[1], digest := _digest(source))
+    config = _model(provenance, source, vectors.shape[1], digest := file_sha256(source))
     grid = provenance.get("grid")
     records = {s["scene_id"]: s for s in provenance.get("scene_records", [])}
     staged = []
@@ -218,14 +217,6 @@ def _model(provenance: dict, source: Path, dim: int, digest: str) -> ModelConfig
         return ModelConfig.from_dict(provenance["model"])
     return ModelConfig(backbone=IMPORTED, weights=str(source.resolve()), weights_sha256=digest, pooling="none",
                        input_bands=(), rgb=(), input_size=None, dim=dim)  # fmt: skip
-
-
-def _digest(source: Path) -> str:
-    digest = hashlib.sha256()
-    with open(source, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 __all__ = ["IMPORTED", "import_embeddings"]

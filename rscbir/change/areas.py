@@ -91,13 +91,20 @@ def pixel_change_mask(scores: ChangeScores, method: ChangeMethod | str, threshol
     return mask, smoothed, cut
 
 
-def smooth_scores(raw: np.ndarray, sigma: float) -> np.ndarray:
-    """A score map smoothed by a Gaussian of ``sigma`` px (NaN pixels filled by the median, then NaN again)."""
+def smooth_scores(raw: np.ndarray, sigma: float, fill=None) -> np.ndarray:
+    """A score map smoothed by a Gaussian of ``sigma`` px (NaN pixels filled by ``fill``, by default the map's
+    median, then NaN again). A part of a larger map, cut with :func:`smoothing_margin` rows to spare on each
+    side and given the whole map's median, is smoothed as the whole map is."""
     valid = np.isfinite(raw)
     if sigma <= 0 or not valid.any():
         return raw
-    filled = np.where(valid, raw, np.nanmedian(raw[valid]))
+    filled = np.where(valid, raw, np.nanmedian(raw[valid]) if fill is None else fill)
     return np.where(valid, ndimage.gaussian_filter(filled, sigma), np.nan).astype(np.float32)
+
+
+def smoothing_margin(sigma: float) -> int:
+    """Rows a Gaussian of ``sigma`` px reaches (scipy's radius at its default truncation, 4 sigma)."""
+    return int(4.0 * float(sigma) + 0.5) if sigma > 0 else 0
 
 
 def drop_small_areas(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -152,4 +159,5 @@ def area_scores(smoothed: np.ndarray, labels: np.ndarray, count: int, percentile
     return out
 
 
-__all__ = ["AREA_PERCENTILE", "AREA_SCORE", "PixelRegularisation", "area_scores", "changed_areas", "changed_regions", "drop_small_areas", "pixel_change_mask", "smooth_scores"]
+__all__ = ["AREA_PERCENTILE", "AREA_SCORE", "PixelRegularisation", "area_scores", "changed_areas", "changed_regions", "drop_small_areas", "pixel_change_mask", "smooth_scores",
+           "smoothing_margin"]

@@ -27,10 +27,10 @@ class PairBatch:
 
 
 def paired_patches(before: Scene, after: Scene, tiling: TilingConfig, grid: Grid, batch: int = 16,
-                   resampling: Resampling = Resampling.bilinear) -> Iterator[PairBatch]:  # fmt: skip
-    """Batches of co-located patches present (not nodata) in both dates, row-major."""
-    a_iter = iter_patches(before, tiling, grid, resampling=resampling)
-    b_iter = iter_patches(after, tiling, grid, resampling=resampling)
+                   resampling: Resampling = Resampling.bilinear, rows: Sequence[int] | None = None) -> Iterator[PairBatch]:  # fmt: skip
+    """Batches of co-located patches present (not nodata) in both dates, row-major (only patch ``rows`` when given)."""
+    a_iter = iter_patches(before, tiling, grid, resampling=resampling, rows=rows)
+    b_iter = iter_patches(after, tiling, grid, resampling=resampling, rows=rows)
     pending: list = []
     a, b = next(a_iter, None), next(b_iter, None)
     while a is not None and b is not None:

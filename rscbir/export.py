@@ -323,9 +323,10 @@ def write_cog(data: np.ndarray, path: str | os.PathLike, crs, transform: Affine,
 
 
 def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: float, path: str | os.PathLike,
-                   max_side: int = 800, mask: np.ndarray | None = None) -> Path:  # fmt: skip
+                   max_side: int = 800, mask: np.ndarray | None = None, pixel_view=None) -> Path:  # fmt: skip
     """PNG: before | after | score heat map; changed areas outlined in yellow (the pixel ``mask``'s edges
-    when given, else the changed patches' boxes)."""
+    when given, else the changed patches' boxes). ``pixel_view`` (a :class:`rscbir.change.streamed.PixelView`) gives
+    the scores and mask at the preview's pixels of a map made in strips, which holds no whole-grid array."""
     method = score_name(method)
     grid = scores.grid
     factor = max(1.0, max(grid.width, grid.height) / max_side)
@@ -344,8 +345,10 @@ def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: 
     size, stride = scores.tiling.pixels(grid)
     values = scores.patches[method].to_numpy() if method in scores.patches else np.zeros(0)
     boxes = []
-    if mask is not None and scores.pixels and method in scores.pixels:
-        pixel_scores = scores.pixels[method][np.ix_(rows, cols)]
+    if pixel_view is not None:
+        pixel_scores, mask = pixel_view.scores, pixel_view.mask
+    if pixel_view is not None or (mask is not None and scores.pixels and method in scores.pixels):
+        pixel_scores = pixel_scores if pixel_view is not None else scores.pixels[method][np.ix_(rows, cols)]
         low, high = np.nanpercentile(pixel_scores, [2, 98]) if np.isfinite(pixel_scores).any() else (0, 1)
         heat = np.nan_to_num(np.clip((pixel_scores - low) / max(high - low, 1e-9), 0, 1), nan=0.0).astype(np.float32)
     else:
@@ -360,7 +363,7 @@ def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: 
     colour = np.stack([heat * 255, heat * 120, (1 - heat) * 60], axis=-1).astype(np.uint8)
     arrays = [rgb(scores.before), rgb(scores.after), colour]
     if mask is not None:
-        small = mask[np.ix_(rows, cols)]
+        small = mask if pixel_view is not None else mask[np.ix_(rows, cols)]
         edges = small & ~ndimage.binary_erosion(small)
         for array in arrays:
             array[edges] = (255, 255, 0)

@@ -92,3 +92,72 @@ def test_scheduler_local_cli(tmp_path):
                                       "--scheduler", "local", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert len(Index.open(out)) == 32
+
+
+def change_pair(tmp_path, size=192):
+    """A pair with a bright new block that spans several patch rows (so several Dask tasks)."""
+    before = blob_image(size, size, (size - 40, 40), 12, seed=7).astype(np.float32)
+    before = np.clip(before + np.random.default_rng(8).normal(0, 6, before.shape[1:]), 1, 255)
+    after = np.clip(before + np.random.default_rng(9).normal(0, 3, before.shape), 1, 255)
+    after[:, 30 : size - 60, 70:100] = [[[245]], [[235]], [[225]]]
+    return (write_raster(tmp_path / "before_20190101.tif", before.astype(np.uint8), nodata=0),
+            write_raster(tmp_path / "after_20200101.tif", after.astype(np.uint8), nodata=0))  # fmt: skip
+
+
+def stream(paths, client=None, strip_rows=40, scores=None):
+    from rscbir.change import stream_change
+    from rscbir.models.options import ModelOptions
+
+    return stream_change(Scene.open(paths[0]), Scene.open(paths[1]), "fusion", tiling=TilingConfig(16), strip_rows=strip_rows,
+                         model_options=ModelOptions(input_size=32), client=client, scores_path=scores)  # fmt: skip
+
+
+def assert_same_change(found, reference):
+    assert found.summary == reference.summary
+    assert found.areas.drop(columns="geometry").equals(reference.areas.drop(columns="geometry"))
+    assert all(a.equals(b) for a, b in zip(found.areas.geometry, reference.areas.geometry))
+    columns = ["row", "col", "cva", "cosine", "multilayer", "dense", "fusion"]
+    assert found.scores.patches[columns].equals(reference.scores.patches[columns])
+
+
+def test_dask_change_equals_one_process(tmp_path, cluster):
+    """`rscbir change --scheduler`: the patch rows are scored by workers, in 12 tasks; the per-patch table, the
+    changed areas and the score COG are those of one process, exactly."""
+    paths = change_pair(tmp_path)
+    reference = stream(paths, scores=tmp_path / "one.tif")
+    spread = stream(paths, client=cluster, scores=tmp_path / "dask.tif")
+    assert len(reference.areas) >= 1 and reference.summary["changed_pixels"] > 500
+    assert_same_change(spread, reference)
+    import rasterio
+
+    with rasterio.open(tmp_path / "one.tif") as one, rasterio.open(tmp_path / "dask.tif") as dask:
+        np.testing.assert_array_equal(dask.read(1), one.read(1))
+
+
+def test_dask_change_survives_a_killed_worker(tmp_path, cluster):
+    paths = change_pair(tmp_path, size=320)
+    reference = stream(paths)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault("found", stream(paths, client=cluster)))
+    runner.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(cluster.processing().values()):
+        time.sleep(0.01)
+    time.sleep(0.3)  # let tasks get under way
+    victim = next(iter(cluster.run(os.getpid).values()))
+    os.kill(victim, signal.SIGKILL)
+    runner.join(timeout=300)
+    assert_same_change(result["found"], reference)
+
+
+def test_change_scheduler_local_cli(tmp_path):
+    paths = change_pair(tmp_path, size=96)
+    out = tmp_path / "c.geojson"
+    result = CliRunner().invoke(cli, ["-q", "change", *map(str, paths), "--patch-size", "16", "--input-size", "32", "--scheduler", "local",
+                                      "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    single = CliRunner().invoke(cli, ["-q", "change", *map(str, paths), "--patch-size", "16", "--input-size", "32", "-o", str(tmp_path / "one.geojson")])
+    assert single.exit_code == 0, single.output
+    assert out.read_text() == (tmp_path / "one.geojson").read_text()
+    refused = CliRunner().invoke(cli, ["change", *map(str, paths), "--level", "patch", "--scheduler", "local", "-o", str(tmp_path / "p.geojson")])
+    assert refused.exit_code == 2 and "--scheduler" in refused.output

@@ -35,6 +35,7 @@ Writers (score GeoTIFF, preview PNG, GeoJSON) live in :mod:`rscbir.export`;
 * :mod:`rscbir.change.scores` - per-patch and per-pixel scores of every method
 * :mod:`rscbir.change.areas` - changed areas from patches or from a pixel mask
 * :mod:`rscbir.change.detection` - label-free cuts and the one-call API (:func:`detect`, :func:`change_map`)
+* :mod:`rscbir.change.streamed` - the same pixel map made in strips of rows, in flat memory at any scene size
 * :mod:`rscbir.change.evidence` - per-pixel evidence of a pair, cached (what marks and change models read)
 * :mod:`rscbir.change.marks` - marks from vector files: each answers for its place, then corrects in evidence space
 * :mod:`rscbir.change.clicks` - clicks simulated from a label (to measure marks as users make them)
@@ -63,6 +64,7 @@ _HOMES = {
     "ChangeMap": "detection", "PATCH_THRESHOLD": "detection", "PIXEL_THRESHOLD": "detection", "change_map": "detection", "detect": "detection",
     "detect_in_index": "detection", "flag_changes": "detection",
     "SeriesChange": "series", "place_history": "series", "series_change": "series",
+    "PIXEL_METHODS": "streamed", "PixelView": "streamed", "stream_change": "streamed",
     "teach": "taught", "taught_change_map": "taught", "taught_patch_map": "taught",
 }  # fmt: skip
 

@@ -37,12 +37,14 @@ def flag_changes(scores: ChangeScores, method: ChangeMethod | str, threshold: Th
 @dataclass
 class ChangeMap:
     """A change map: the scores, the changed areas (EPSG:4326), the summary of the cut and, at pixel
-    level, the changed-pixel mask on ``scores.grid``."""
+    level, the changed-pixel mask on ``scores.grid`` (a map made in strips, :func:`rscbir.change.stream_change`,
+    holds no whole-grid array: ``view`` has the scores and mask at the pixels a preview shows)."""
 
     scores: ChangeScores
     areas: gpd.GeoDataFrame
     summary: dict
     mask: np.ndarray | None = None
+    view: object | None = None  # rscbir.change.streamed.PixelView
 
 
 def detect(
@@ -60,6 +62,9 @@ def detect(
     all_patches: bool = False,
 ) -> ChangeMap:
     """What changed between two scenes (paths, band-file folders or opened :class:`Scene`\\ s), in one call.
+
+    The result holds the whole pixel maps in memory (about 40 MiB per Mpx); for large scenes
+    :func:`rscbir.change.stream_change` makes the same map in strips, in flat memory (what ``rscbir change`` runs).
 
     Examples
     --------

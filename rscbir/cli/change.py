@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -57,11 +58,14 @@ Examples:
 @click.option("--html", callback=options.output_file, type=click.Path(dir_okay=False), help="HTML map of the changed areas: one self-contained file that opens offline.")
 @click.option("--places-sheet", "places_sheet", callback=options.output_file, type=click.Path(dir_okay=False),
               help="With --index and --dates: PNG of the 18 strongest changed places, each a before | after pair.")
+@click.option("--scheduler", default=None, metavar="local|ADDRESS",
+              help="Pixel level: score the patch rows on Dask (`local` starts a LocalCluster, one worker per core; "
+                   "tcp://host:8786 uses a running one, whose workers must see TMPDIR). Same result as one process.")
 @click.option("--marks", "marks_path", type=click.Path(exists=True, dir_okay=False),
               help="Vector file of marks (points or polygons, any CRS, a 'changed' property 1/0): the map is corrected "
                    "around each mark toward its answer. Add marks and run again; the pair's CNN evidence is cached.")
 def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resampling, model_opts, method, threshold, level, min_pixels,
-           smooth, all_patches, scores_path, preview, html, places_sheet, marks_path):  # fmt: skip
+           smooth, all_patches, scores_path, preview, html, places_sheet, scheduler, marks_path):  # fmt: skip
     """Compare BEFORE and AFTER (files or band-file folders), or two dates of an aligned
     index (--index DIR --dates D1 D2), on one grid, and write the changed areas as GeoJSON,
     each with its score (p75 of its pixels), max and mean score, area in m² and both dates.
@@ -108,13 +112,27 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
         named = bool(scene_opts.preset or scene_opts.bands)
         head = _change_head(model_opts.weights)
         if marks_path or head is not None:
-            if level == "patch" or all_patches or threshold is not None:
-                raise click.UsageError("--marks and a change model make pixel-level maps with their own cut: "
-                                       "drop --level patch, --all-patches and --threshold")  # fmt: skip
+            if level == "patch" or all_patches or threshold is not None or scheduler:
+                raise click.UsageError("--marks and a change model make pixel-level maps with their own cut, in one process: "
+                                       "drop --level patch, --all-patches, --threshold and --scheduler")  # fmt: skip
             found = _taught(before, after, tiling, model_opts, preset, named, head, marks_path, ch.PixelRegularisation(smooth, min_pixels))
             return _write_change(found, found.summary["method"], output, scores_path, preview, html, False)
+        regularisation = ch.PixelRegularisation(smooth, min_pixels)
+        streamed = level == "pixel" and not all_patches and ChangeMethod(method) in ch.PIXEL_METHODS
+        if scheduler and not streamed:
+            raise click.UsageError("--scheduler scores pixel-level maps (--level pixel with fusion, dense or cva)")
+        if streamed:  # in strips: flat memory at any size
+            from rscbir.atomic import all_or_nothing
+            from rscbir.change.distributed import dask_client
+
+            with contextlib.ExitStack() as stack:
+                client = stack.enter_context(dask_client(scheduler)) if scheduler else None
+                with all_or_nothing():
+                    found = ch.stream_change(before, after, method, threshold=rule, tiling=tiling, model_options=model_opts, preset=preset,
+                                             named_bands=named, rule=regularisation, scores_path=scores_path, client=client)  # fmt: skip
+                    return _write_change(found, method, output, None, preview, html, all_patches)
         scores = ch.score_scenes(before, after, tiling, method, model_opts, preset, named, pixel_maps=level == "pixel")
-        found = ch.change_map(scores, method, rule, ch.PixelRegularisation(smooth, min_pixels), all_patches)
+        found = ch.change_map(scores, method, rule, regularisation, all_patches)
     _write_change(found, method, output, scores_path, preview, html, all_patches)
 
 
@@ -207,7 +225,7 @@ def _write_change(found, method, output, scores_path, preview, html, all_patches
         if scores_path:
             export.score_raster(found.scores, method, scores_path)
         if preview:
-            export.change_preview(found.scores, method, summary["threshold"], preview, mask=found.mask)
+            export.change_preview(found.scores, method, summary["threshold"], preview, mask=found.mask, pixel_view=found.view)
         if html:
             export.change_map(found.areas, html)
         if sheet:
@@ -221,7 +239,7 @@ def _write_change(found, method, output, scores_path, preview, html, all_patches
 # options that only mean something when the scenes are read (not with --index)
 SCENE_ONLY = ("preset", "bands", "band_names", "scale", "dates", "patch_size", "stride", "edge", "max_nodata", "resampling",
               "backbone", "weights", "all_bands", "pooling", "input_size", "runtime", "device", "stages", "views", "level",
-              "min_pixels", "smooth")  # fmt: skip
+              "min_pixels", "smooth", "scheduler")  # fmt: skip
 
 
 @click.command(

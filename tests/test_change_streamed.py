@@ -139,3 +139,35 @@ def test_whole_and_streamed_patch_scores_agree(tall_pair):
     whole = change_map(score_change(before, after, None, TilingConfig(32), pixel_maps=True), "cva")
     streamed = stream_change(before, after, "cva", tiling=TilingConfig(32), strip_rows=25)
     np.testing.assert_array_equal(streamed.scores.patches["cva"].to_numpy(), whole.scores.patches["cva"].to_numpy())
+
+
+def test_pixel_change_runs_without_torch_once_its_graph_is_cached(tall_pair, tmp_path):
+    """The first `rscbir change` exports the pair graph into the cache (RSCBIR_CACHE); the next runs load only
+    ONNX Runtime, never torch, and write the same changed areas. A damaged graph is made again."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    def run(out):
+        code = textwrap.dedent(f"""
+            import sys
+            from click.testing import CliRunner
+            from rscbir.cli import cli
+            result = CliRunner().invoke(cli, ["change", "{tall_pair[0]}", "{tall_pair[1]}", "--patch-size", "32", "--input-size", "64",
+                                              "-o", "{out}"])
+            assert result.exit_code == 0, result.output
+            print("torch" in sys.modules)
+        """)
+        env = {**os.environ, "RSCBIR_CACHE": str(tmp_path / "cache")}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()[-1]
+
+    assert run(tmp_path / "first.geojson") == "True"  # the first run builds the model and caches its pair graph
+    graphs = list((tmp_path / "cache" / "onnx").glob("*-pair-*/pair_32.onnx"))
+    assert len(graphs) == 1
+    assert run(tmp_path / "second.geojson") == "False"
+    assert (tmp_path / "second.geojson").read_text() == (tmp_path / "first.geojson").read_text()
+    graphs[0].write_bytes(graphs[0].read_bytes()[:1000])  # truncated: made again, with a warning, not a failure
+    assert run(tmp_path / "third.geojson") == "True"
+    assert (tmp_path / "third.geojson").read_text() == (tmp_path / "first.geojson").read_text()
+    assert run(tmp_path / "fourth.geojson") == "False"

@@ -187,12 +187,13 @@ def patch_frame(parts: Sequence[RowScores], grid: Grid, before: Scene, after: Sc
 
 def score_patches(before: Scene, after: Scene, model: FeatureModel | None, tiling: TilingConfig, grid: Grid,
                   spectral: tuple[Scene, Scene] | None = None, batch: int = PAIR_BATCH, mosaics: dict | None = None,
-                  runtime: Runtime | str = Runtime.AUTO) -> gpd.GeoDataFrame:  # fmt: skip
+                  runtime: Runtime | str = Runtime.AUTO, cnn_distances=None) -> gpd.GeoDataFrame:  # fmt: skip
     """Every co-located patch pair scored (one row each, every method); per-pixel ``cva`` and ``dense`` scores go
     to ``mosaics`` (name -> an object with ``add(records, values)``) when given. Patches come in row-major order.
-    The CNN runs on ``runtime`` (ONNX Runtime by default on the CPU, :func:`rscbir.change.cnn.distances_for`)."""
+    The CNN runs on ``runtime`` (ONNX Runtime by default on the CPU, :func:`rscbir.change.cnn.distances_for`), or
+    through ``cnn_distances`` when given (e.g. a cached graph, :class:`rscbir.models.onnx_cache.CachedPairDistances`)."""
     radiometry = pair_radiometry(before, after, tiling, grid, spectral, model is not None)
-    part = score_rows(before, after, model, tiling, grid, radiometry, spectral, batch, mosaics, runtime)
+    part = score_rows(before, after, model, tiling, grid, radiometry, spectral, batch, mosaics, runtime, cnn_distances=cnn_distances)
     return patch_frame([part], grid, before, after, model is not None)
 
 

@@ -85,18 +85,20 @@ def stream_change(before: Scene, after: Scene, method: ChangeMethod | str = Chan
         raise ValueError(f"pixel maps exist for {', '.join(m.value for m in PIXEL_METHODS)}, not {method.value}")
     cut_rule = Threshold.parse(threshold) if threshold is not None else PIXEL_THRESHOLD
     after = same_bands(after, before, named_bands)
-    model, (model_before, model_after) = None, (before, after)
-    if method is not ChangeMethod.CVA:
-        from rscbir.models.load import model_for_scenes  # torch loads here, only when a CNN scores the pair
+    model, (model_before, model_after), distances = None, (before, after), None
+    if method is not ChangeMethod.CVA:  # the cached pair graph (no torch), or the torch model that makes it
+        from rscbir.models.onnx_cache import pair_model_for
 
-        model, (model_before, model_after) = model_for_scenes([before, after], preset, model_options)
+        patch = pixel_tiling(tiling)
+        model, (model_before, model_after), distances = pair_model_for([before, after], preset, model_options,
+                                                                       lambda scenes: patch.pixels(aligned_grid(scenes))[0])  # fmt: skip
     check_same_bands(model_before, model_after)
     grid = aligned_grid([model_before, model_after])
     tiling = pixel_tiling(tiling)
     rows = strip_rows or max(1, STRIP_PIXELS // grid.width)
     with tempfile.TemporaryDirectory(prefix="rscbir-change-") as scratch, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         run = _Run(grid, Path(scratch), rows, sample_pixels, _preview_pixels(grid, preview_side))
-        frame = run.score(model_before, model_after, model, tiling, (before, after), model_options.runtime, client)
+        frame = run.score(model_before, model_after, model, tiling, (before, after), model_options.runtime, client, distances)
         cut = run.fuse_and_smooth(method, rule.smooth, cut_rule, frame, scores_path)
         areas = run.trace(cut, rule.min_pixels, frame)
     scores = ChangeScores(frame, grid, tiling, model_before, model_after)
@@ -160,7 +162,7 @@ class _Run:
 
     # ---------------------------------------------------------------- pass 1
     def score(self, before: Scene, after: Scene, model, tiling: TilingConfig, spectral: tuple[Scene, Scene], runtime,
-              client=None) -> gpd.GeoDataFrame:  # fmt: skip
+              client=None, distances=None) -> gpd.GeoDataFrame:  # fmt: skip
         """Per-patch scores (returned) and per-pixel ``cva`` and ``dense`` maps (scratch rasters and samples)."""
         size, _ = tiling.pixels(self.grid)
         names = ("cva", "dense") if model is not None else ("cva",)
@@ -171,7 +173,8 @@ class _Run:
                 self.samples[name] = PixelSample(self.grid, self.sample_pixels)
                 mosaics[name] = RollingMosaic(self.grid, size, self._sink(raster, self.samples[name]))
             if client is None:
-                frame = score_patches(before, after, model, tiling, self.grid, spectral, mosaics=mosaics, runtime=runtime)
+                frame = score_patches(before, after, model, tiling, self.grid, spectral, mosaics=mosaics, runtime=runtime,
+                                      cnn_distances=distances)  # fmt: skip
             else:
                 from rscbir.change.distributed import score_patches_on
 

@@ -83,9 +83,12 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
     if index_dir and not index_dates:  # every date of the index: when did each place change?
         _refuse_scene_options_with_index(click.get_current_context(), scenes)
         return _series(index_dir, method, threshold, all_patches, output, scores_path, preview or places_sheet, html, marks_path)
-    # torch is set up only where a CNN surely runs: cosine from an index compares stored vectors, and a new round of
-    # marks reads the pair's cached evidence (its first round builds the model inside scene_evidence)
-    if not (index_dir and method == ChangeMethod.COSINE.value) and not (marks_path and not model_opts.weights):
+    # torch is set up only where a CNN surely runs: cosine from an index compares stored vectors, a new round of
+    # marks reads the pair's cached evidence (its first round builds the model inside scene_evidence), and a pixel
+    # map made in strips sets torch up itself, only when no cached pair graph spares it
+    strips = (not index_dir and level == "pixel" and not all_patches and ChangeMethod(method) in ch.PIXEL_METHODS
+              and not (marks_path or model_opts.weights))  # fmt: skip
+    if not (index_dir and method == ChangeMethod.COSINE.value) and not (marks_path and not model_opts.weights) and not strips:
         from rscbir.models.load import configure_threads
 
         configure_threads()

@@ -156,4 +156,94 @@ def _store(model, folder: Path) -> CachedModel:
     return CachedModel(model.config, folder / "model.onnx")
 
 
-__all__ = ["CachedModel", "cache_key", "eligible", "feature_model_for"]
+PAIR_CODE = Path(__file__).resolve().parents[1] / "change" / "cnn.py"  # the code of the pair graph: an edit is a new key
+
+
+@dataclass
+class CachedPairDistances:
+    """The change pair distances (:class:`rscbir.change.cnn.PairDistances`) from a graph in the cache: called like
+    :func:`rscbir.change.cnn.cnn_distances` on numpy patches, with no torch. It stands for the model too (its
+    ``config`` says which one), so that change on the CPU runs without torch after the first run."""
+
+    config: ModelConfig
+    path: Path
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    _session: object = field(default=None, repr=False)
+
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def __call__(self, model, before, after, scale_before, scale_after, pixel_maps: bool = False) -> dict[str, np.ndarray]:
+        feeds = {"xb": np.ascontiguousarray(scale_before(before), np.float32), "xa": np.ascontiguousarray(scale_after(after), np.float32)}
+        out = self.session().run(None, feeds)
+        return dict(zip(("cosine", "multilayer", "dense", "dense_map"), out))
+
+
+def pair_model_for(scenes: Sequence, preset=None, options: ModelOptions = ModelOptions(), patch_pixels=None):
+    """(model, scenes cut to its bands, pair distances) for change maps: the cached pair graph when there is one
+    (no torch: the model is the :class:`CachedPairDistances` itself), else the torch model, whose pair graph is then
+    cached for patches of ``patch_pixels(scenes cut)`` px (a callable; the grid decides metres) when it may be.
+    Pair distances are None where torch must score (``--runtime torch``, a weights file, patches larger than the
+    model's input): the caller takes :func:`rscbir.change.cnn.distances_for` then."""
+    bands = list(scenes[0].band_names)
+    if options.all_bands and preset is not None and preset.all_bands:
+        bands = [b for b in preset.all_bands if b in bands]
+    rgb = list(preset.rgb) if preset is not None and preset.rgb else None
+    key = cache_key(bands, rgb, options) if eligible(options) else None
+    folder = cache_root() / "onnx" / f"{key}-pair-{hashlib.sha256(PAIR_CODE.read_bytes()).hexdigest()[:12]}" if key else None
+    if folder is not None and (folder / "config.json").is_file():
+        try:
+            config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+            selected = [s.select(list(config.input_bands)) for s in scenes]
+            size = int(patch_pixels(selected))
+            graph = folder / f"pair_{size}.onnx"
+            if graph.is_file() and size <= (config.input_size or size):
+                cached = CachedPairDistances(config, graph)
+                cached.session()  # a truncated or damaged graph fails here, not halfway through a run
+                log.info("change pair graph from the cache: %s", graph)
+                return cached, selected, cached
+        except Exception as exc:  # noqa: BLE001 - a damaged entry: made again below
+            log.warning("the cached change graph in %s is unreadable (%s); making it again", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    from rscbir.models.load import configure_threads, model_for_scenes  # torch loads here
+
+    configure_threads()
+    model, selected = model_for_scenes(scenes, preset, options)
+    size = int(patch_pixels(selected))
+    if folder is None or size > (model.input_spec.size or size):
+        return model, selected, None
+    try:
+        return model, selected, _store_pair(model, folder, size)
+    except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs time, never the run
+        log.warning("could not cache the change graph in %s (%s); scoring with a graph made for this run", folder, exc)
+        return model, selected, None
+
+
+def _store_pair(model, folder: Path, size: int) -> CachedPairDistances:
+    """Export the pair graph of ``model`` for ``size`` px patches into ``folder`` (with the model's config), atomically."""
+    from rscbir.change.cnn import export_pair_graph
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".pair-", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        export_pair_graph(model, (len(model.input_spec.bands), size, size), Path(tmp), pixel_maps=True)
+        if not (folder / "config.json").is_file():
+            staged = folder / f".config-{os.getpid()}.json"
+            staged.write_text(json.dumps(model.config.to_dict(), indent=1))
+            os.replace(staged, folder / "config.json")
+        os.replace(tmp, folder / f"pair_{size}.onnx")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    log.info("change pair graph cached in %s", folder)
+    return CachedPairDistances(model.config, folder / f"pair_{size}.onnx")
+
+
+__all__ = ["CachedModel", "CachedPairDistances", "cache_key", "eligible", "feature_model_for", "pair_model_for"]

@@ -42,6 +42,7 @@ from rscbir.catalog import geodesic_areas
 from rscbir.change.areas import AREA_PERCENTILE, AREA_SCORE, PixelRegularisation, smooth_scores, smoothing_margin
 from rscbir.change.detection import PIXEL_THRESHOLD, ChangeMap
 from rscbir.change.scores import ChangeScores, RollingMosaic, check_same_bands, pixel_tiling, robust_z, score_patches
+from rscbir.errors import BandError
 from rscbir.grid import Grid
 from rscbir.models.options import ModelOptions
 from rscbir.modes import ChangeMethod
@@ -82,19 +83,18 @@ def stream_change(before: Scene, after: Scene, method: ChangeMethod | str = Chan
     """
     method = ChangeMethod(method)
     if method not in PIXEL_METHODS:
-        raise ValueError(f"pixel maps exist for {', '.join(m.value for m in PIXEL_METHODS)}, not {method.value}")
+        raise BandError(f"no per-pixel {method.value} scores: pixel maps exist for {', '.join(m.value for m in PIXEL_METHODS)}")
     cut_rule = Threshold.parse(threshold) if threshold is not None else PIXEL_THRESHOLD
+    tiling = pixel_tiling(tiling)
     after = same_bands(after, before, named_bands)
     model, (model_before, model_after), distances = None, (before, after), None
     if method is not ChangeMethod.CVA:  # the cached pair graph (no torch), or the torch model that makes it
         from rscbir.models.onnx_cache import pair_model_for
 
-        patch = pixel_tiling(tiling)
         model, (model_before, model_after), distances = pair_model_for([before, after], preset, model_options,
-                                                                       lambda scenes: patch.pixels(aligned_grid(scenes))[0])  # fmt: skip
+                                                                       lambda scenes: tiling.pixels(aligned_grid(scenes))[0])  # fmt: skip
     check_same_bands(model_before, model_after)
     grid = aligned_grid([model_before, model_after])
-    tiling = pixel_tiling(tiling)
     rows = strip_rows or max(1, STRIP_PIXELS // grid.width)
     with tempfile.TemporaryDirectory(prefix="rscbir-change-") as scratch, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         run = _Run(grid, Path(scratch), rows, sample_pixels, _preview_pixels(grid, preview_side))
@@ -158,7 +158,6 @@ class _Run:
                               np.zeros((len(self.view_rows), len(self.view_cols)), bool))  # fmt: skip
         self.samples: dict[str, PixelSample] = {}
         self.valid_pixels = 0
-        self.strips = 0
 
     # ---------------------------------------------------------------- pass 1
     def score(self, before: Scene, after: Scene, model, tiling: TilingConfig, spectral: tuple[Scene, Scene], runtime,
@@ -273,7 +272,6 @@ class _Run:
                 above = ids[-1].copy()
                 self._view_rows(first, last, ids, view_ids)
                 offset += count
-                self.strips += 1
         roots: dict[int, _Area] = {}
         for key in sorted(open_):
             root = _find(parent, key)

@@ -53,16 +53,20 @@ def connect(scheduler: str):
         raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start one or use --scheduler local") from None
 
 
+def worker_threads() -> int:
+    """The threads of the Dask worker this runs in (1 outside a worker): what its model may use."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
 def _worker_forward(config_doc: dict, runtime: str, device: str):
     key = json.dumps([config_doc, runtime, device], sort_keys=True)
     if key not in _MODELS:
-        threads = 1
-        try:
-            from distributed import get_worker
-
-            threads = max(1, int(get_worker().state.nthreads))
-        except (ImportError, ValueError, AttributeError):
-            pass
+        threads = worker_threads()
         import torch
 
         torch.set_num_threads(threads)

@@ -43,6 +43,21 @@ def embed(paths, out, client=None):
     return embed_scenes(scenes, out, model, TilingConfig(16), options=options, runner=runner)
 
 
+def with_a_worker_killed(cluster, work):
+    """Run ``work()`` on a thread, kill one worker process once tasks are under way, and return what it gave."""
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault("value", work()))
+    runner.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(cluster.processing().values()):
+        time.sleep(0.01)
+    time.sleep(0.3)  # let tasks get under way
+    victim = next(iter(cluster.run(os.getpid).values()))
+    os.kill(victim, signal.SIGKILL)
+    runner.join(timeout=300)
+    return result["value"]
+
+
 def test_cluster_result_equals_single_process(tmp_path, cluster):
     paths = scene_files(tmp_path)
     local = embed(paths, tmp_path / "local")
@@ -54,17 +69,7 @@ def test_cluster_result_equals_single_process(tmp_path, cluster):
 def test_killed_worker_loses_and_duplicates_nothing(tmp_path, cluster):
     paths = scene_files(tmp_path, n=2, size=320)
     reference = embed(paths, tmp_path / "reference")
-    result: dict = {}
-    runner = threading.Thread(target=lambda: result.setdefault("store", embed(paths, tmp_path / "dask", client=cluster)))
-    runner.start()
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(cluster.processing().values()):
-        time.sleep(0.01)
-    time.sleep(0.3)  # let tasks get under way
-    victim = next(iter(cluster.run(os.getpid).values()))
-    os.kill(victim, signal.SIGKILL)
-    runner.join(timeout=300)
-    store = result["store"]
+    store = with_a_worker_killed(cluster, lambda: embed(paths, tmp_path / "dask", client=cluster))
     assert store.catalog["patch_id"].is_unique
     assert list(store.catalog["patch_id"]) == list(reference.catalog["patch_id"])
     np.testing.assert_allclose(np.asarray(store.vectors), np.asarray(reference.vectors), atol=1e-5)
@@ -137,17 +142,7 @@ def test_dask_change_equals_one_process(tmp_path, cluster):
 def test_dask_change_survives_a_killed_worker(tmp_path, cluster):
     paths = change_pair(tmp_path, size=320)
     reference = stream(paths)
-    result: dict = {}
-    runner = threading.Thread(target=lambda: result.setdefault("found", stream(paths, client=cluster)))
-    runner.start()
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(cluster.processing().values()):
-        time.sleep(0.01)
-    time.sleep(0.3)  # let tasks get under way
-    victim = next(iter(cluster.run(os.getpid).values()))
-    os.kill(victim, signal.SIGKILL)
-    runner.join(timeout=300)
-    assert_same_change(result["found"], reference)
+    assert_same_change(with_a_worker_killed(cluster, lambda: stream(paths, client=cluster)), reference)
 
 
 def test_change_scheduler_local_cli(tmp_path):

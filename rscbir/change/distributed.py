@@ -67,15 +67,9 @@ def _worker_model(config_doc: dict | None, runtime: str, pixel_maps: bool):
         from rscbir.change.cnn import distances_for
         from rscbir.models.config import ModelConfig
         from rscbir.models.load import model_from_config
+        from rscbir.scale import worker_threads
 
-        threads = 1
-        try:
-            from distributed import get_worker
-
-            threads = max(1, int(get_worker().state.nthreads))
-        except (ImportError, ValueError, AttributeError):
-            pass
-        torch.set_num_threads(threads)
+        torch.set_num_threads(worker_threads())
         model = model_from_config(ModelConfig.from_dict(config_doc)).eval()
         _MODELS[key] = (model, distances_for(model, pixel_maps, runtime))
     return _MODELS[key]

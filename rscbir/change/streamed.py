@@ -28,7 +28,6 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
-import rasterio.shutil
 import shapely
 import shapely.affinity
 import shapely.geometry
@@ -37,7 +36,6 @@ from rasterio import features
 from rasterio.windows import Window
 from scipy import ndimage
 
-from rscbir.atomic import atomic_path
 from rscbir.catalog import geodesic_areas
 from rscbir.change.areas import AREA_PERCENTILE, AREA_SCORE, PixelRegularisation, smooth_scores, smoothing_margin
 from rscbir.change.detection import PIXEL_THRESHOLD, ChangeMap
@@ -97,7 +95,9 @@ def stream_change(before: Scene, after: Scene, method: ChangeMethod | str = Chan
     grid = aligned_grid([model_before, model_after])
     rows = strip_rows or max(1, STRIP_PIXELS // grid.width)
     with tempfile.TemporaryDirectory(prefix="rscbir-change-") as scratch, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        run = _Run(grid, Path(scratch), rows, sample_pixels, _preview_pixels(grid, preview_side))
+        from rscbir.export import preview_pixels
+
+        run = _Run(grid, Path(scratch), rows, sample_pixels, preview_pixels(grid, preview_side)[1:])
         frame = run.score(model_before, model_after, model, tiling, (before, after), model_options.runtime, client, distances)
         cut = run.fuse_and_smooth(method, rule.smooth, cut_rule, frame, scores_path)
         areas = run.trace(cut, rule.min_pixels, frame)
@@ -334,23 +334,13 @@ class _Run:
             out[inside] = strip[self.view_rows[inside] - first][:, self.view_cols]
 
     def _write_scores(self, method: ChangeMethod, frame, path) -> None:
-        from rscbir.export import COG_BLOCK
+        from rscbir.export import copy_to_cog
 
         with rasterio.open(self.scratch / "score.tif", "r+") as staged:
             staged.set_band_description(1, f"{method.value} change score")
             staged.update_tags(method=method.value, date_before=str(frame["date_before"].iloc[0]) if len(frame) else "",
                                date_after=str(frame["date_after"].iloc[0]) if len(frame) else "")  # fmt: skip
-        with atomic_path(path) as tmp:
-            rasterio.shutil.copy(self.scratch / "score.tif", tmp, driver="COG", compress="DEFLATE", predictor=3,
-                                 blocksize=COG_BLOCK, overview_resampling="average", BIGTIFF="IF_SAFER")  # fmt: skip
-
-
-def _preview_pixels(grid: Grid, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """The grid rows and columns a preview of at most ``side`` px shows (as :func:`rscbir.export.change_preview` picks)."""
-    factor = max(1.0, max(grid.width, grid.height) / side)
-    rows = np.minimum((np.arange(int(grid.height / factor)) * factor).astype(int), grid.height - 1)
-    cols = np.minimum((np.arange(int(grid.width / factor)) * factor).astype(int), grid.width - 1)
-    return rows, cols
+        copy_to_cog(self.scratch / "score.tif", path)
 
 
 def _find(parent: dict[int, int], key: int) -> int:

@@ -126,10 +126,13 @@ def change(scenes, output, index_dir, index_dates, scene_opts, tiling, resamplin
             raise click.UsageError("--scheduler scores pixel-level maps (--level pixel with fusion, dense or cva)")
         if streamed:  # in strips: flat memory at any size
             from rscbir.atomic import all_or_nothing
-            from rscbir.change.distributed import dask_client
 
             with contextlib.ExitStack() as stack:
-                client = stack.enter_context(dask_client(scheduler)) if scheduler else None
+                client = None
+                if scheduler:  # torch comes with the Dask runner; without a scheduler it stays unloaded
+                    from rscbir.scale import dask_client
+
+                    client = stack.enter_context(dask_client(scheduler))
                 with all_or_nothing():
                     found = ch.stream_change(before, after, method, threshold=rule, tiling=tiling, model_options=model_opts, preset=preset,
                                              named_bands=named, rule=regularisation, scores_path=scores_path, client=client)  # fmt: skip

@@ -27,6 +27,7 @@ import numpy as np
 from rscbir.cache import cache_root
 from rscbir.models.config import ModelConfig
 from rscbir.models.options import ModelOptions
+from rscbir.models.ort import onnxruntime_available, ort_session
 from rscbir.models.resize import resize
 from rscbir.modes import Device, Runtime
 
@@ -48,12 +49,7 @@ class CachedModel:
     def session(self):
         """The ONNX Runtime session (made once)."""
         if self._session is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self._session = ort_session(self.path, self.threads)
         return self._session
 
     def __call__(self, batch) -> np.ndarray:
@@ -90,21 +86,24 @@ def eligible(options: ModelOptions) -> bool:
         return False
     if Device(options.device) is Device.AUTO and Path("/dev/nvidia0").exists():
         return False  # torch would pick the GPU
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return onnxruntime_available()
+
+
+def scenes_key(scenes: Sequence, preset, options: ModelOptions) -> str | None:
+    """The cache key of the model these scenes are read with (:func:`cache_key` of the bands it takes), or None
+    when this run may not use a cached graph (:func:`eligible`)."""
+    if not eligible(options):
+        return None
+    bands = list(scenes[0].band_names)
+    if options.all_bands and preset is not None and preset.all_bands:
+        bands = [b for b in preset.all_bands if b in bands]
+    return cache_key(bands, list(preset.rgb) if preset is not None and preset.rgb else None, options)
 
 
 def feature_model_for(scenes: Sequence, preset=None, options: ModelOptions = ModelOptions(), use_cache: bool = True):
     """The model for these scenes and the scenes cut to its bands: a :class:`CachedModel` when the graph is in the
     cache (no torch), else the torch :class:`FeatureModel`, whose graph is then cached for the next run."""
-    bands = list(scenes[0].band_names)
-    if options.all_bands and preset is not None and preset.all_bands:
-        bands = [b for b in preset.all_bands if b in bands]
-    rgb = list(preset.rgb) if preset is not None and preset.rgb else None
-    key = cache_key(bands, rgb, options) if use_cache and eligible(options) else None
+    key = scenes_key(scenes, preset, options) if use_cache else None
     folder = cache_root() / "onnx" / key if key else None
     if folder is not None and (folder / "config.json").is_file() and (folder / "model.onnx").is_file():
         try:
@@ -180,11 +179,7 @@ def pair_model_for(scenes: Sequence, preset=None, options: ModelOptions = ModelO
     cached for patches of ``patch_pixels(scenes cut)`` px (a callable; the grid decides metres) when it may be.
     Pair distances are None where torch must score (``--runtime torch``, a weights file, patches larger than the
     model's input): the caller takes :func:`rscbir.change.cnn.distances_for` then."""
-    bands = list(scenes[0].band_names)
-    if options.all_bands and preset is not None and preset.all_bands:
-        bands = [b for b in preset.all_bands if b in bands]
-    rgb = list(preset.rgb) if preset is not None and preset.rgb else None
-    key = cache_key(bands, rgb, options) if eligible(options) else None
+    key = scenes_key(scenes, preset, options)
     folder = cache_root() / "onnx" / f"{key}-pair-{hashlib.sha256(PAIR_CODE.read_bytes()).hexdigest()[:12]}" if key else None
     if folder is not None and (folder / "config.json").is_file():
         try:
@@ -234,4 +229,4 @@ def _store_pair(model, folder: Path, size: int) -> CachedPairDistances:
     return CachedPairDistances(model.config, folder / f"pair_{size}.onnx")
 
 
-__all__ = ["CachedModel", "CachedPairDistances", "cache_key", "eligible", "feature_model_for", "pair_model_for"]
+__all__ = ["CachedModel", "CachedPairDistances", "cache_key", "eligible", "feature_model_for", "pair_model_for", "scenes_key"]

@@ -25,6 +25,7 @@ import torch
 
 from rscbir.errors import ModelError
 from rscbir.models.features import FeatureModel
+from rscbir.models.ort import onnxruntime_available, ort_session
 from rscbir.modes import Device, Runtime
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ class OnnxRuntimeModel:
         self._folder = Path(tempfile.mkdtemp(prefix="rscbir-onnx-"))
 
     def _session(self, shape: tuple[int, ...]):
-        import onnxruntime as ort
-
         path = self._folder / f"model_{'x'.join(map(str, shape))}.onnx"
         example = torch.zeros((1, *shape))
         self.model.to(memory_format=torch.contiguous_format)
@@ -55,10 +54,7 @@ class OnnxRuntimeModel:
                 self.model, (example,), str(path), input_names=["x"], output_names=["v"],
                 dynamic_axes={"x": {0: "n"}, "v": {0: "n"}}, dynamo=False,
             )  # fmt: skip
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, self.threads)
         log.info("exported %s input %s to ONNX Runtime", self.model.backbone.name, shape)
         return session
 
@@ -80,14 +76,6 @@ class OnnxRuntimeModel:
 
     def __del__(self) -> None:
         self.close()
-
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def resolve_device(device: Device | str = Device.AUTO) -> Device:

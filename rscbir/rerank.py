@@ -73,7 +73,8 @@ def feedback_vector(positives: np.ndarray, negatives: np.ndarray | None = None, 
     return normalise(direction[None])[0]
 
 
-def augment_database(vectors: np.ndarray, k: int, rows: np.ndarray | None = None, neighbours=None, block: int = 2048) -> np.ndarray:
+def augment_database(vectors: np.ndarray, k: int, rows: np.ndarray | None = None, neighbours=None, block: int = 2048,
+                     found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
     """Database-side augmentation: each vector plus its ``k`` nearest others, weighted by similarity.
 
     x' = normalise(x + sum_i max(s_i, 0) * x_i). It is query expansion applied to the
@@ -81,7 +82,8 @@ def augment_database(vectors: np.ndarray, k: int, rows: np.ndarray | None = None
     mAP from 0.569 to 0.610 (benchmarks/results.md). ``rows`` limits the work to
     those vectors (an append); their neighbours are searched among all ``vectors``.
     ``neighbours(queries, k) -> (scores, ids)`` replaces the exact blockwise search
-    for large corpora (e.g. a FAISS index over ``vectors``).
+    for large corpora (e.g. a FAISS index over ``vectors``); ``found`` gives them already searched: (scores, ids)
+    of the ``k + 1`` nearest of each of ``rows`` (the segments a cluster writes, :mod:`rscbir.index.distributed`).
     """
     rows = np.arange(len(vectors)) if rows is None else np.asarray(rows)
     out = np.empty((len(rows), vectors.shape[1]), np.float32)
@@ -92,13 +94,13 @@ def augment_database(vectors: np.ndarray, k: int, rows: np.ndarray | None = None
     for start in range(0, len(rows), block):
         chunk = rows[start : start + block]
         queries = np.asarray(vectors[chunk], np.float32)
-        if neighbours is None:
+        if neighbours is None and found is None:
             sims = queries @ np.asarray(vectors, np.float32).T
             sims[np.arange(len(chunk)), chunk] = -np.inf
             ids = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             scores = np.take_along_axis(sims, ids, 1)
         else:
-            scores, ids = neighbours(queries, k + 1)
+            scores, ids = neighbours(queries, k + 1) if found is None else (found[0][start : start + block, : k + 1], found[1][start : start + block, : k + 1])
             mine = ids == chunk[:, None]  # drop each vector itself (or the extra neighbour when it is absent)
             mine[~mine.any(axis=1), -1] = True
             scores, ids = scores[~mine].reshape(len(chunk), k), ids[~mine].reshape(len(chunk), k)

@@ -106,3 +106,31 @@ def own_cache(tmp_path_factory):
         os.environ.pop("RSCBIR_CACHE", None)
     else:
         os.environ["RSCBIR_CACHE"] = before
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Dask client on a local cluster of two single-threaded worker processes (restarted by their nannies)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+        with distributed.Client(local) as client:
+            yield client
+
+
+def with_a_worker_killed(cluster, work):
+    """Run ``work()`` on a thread, kill one worker process once tasks are under way, and return what it gave."""
+    import signal
+    import threading
+    import time
+
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault("value", work()))
+    runner.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(cluster.processing().values()):
+        time.sleep(0.01)
+    time.sleep(0.3)  # let tasks get under way
+    victim = next(iter(cluster.run(os.getpid).values()))
+    os.kill(victim, signal.SIGKILL)
+    runner.join(timeout=300)
+    return result["value"]

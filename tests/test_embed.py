@@ -301,6 +301,25 @@ def test_pca_with_fewer_vectors_than_dimensions_matches_the_covariance_route():
     np.testing.assert_allclose(np.abs(fitted.transform(vectors)), np.abs(expected), atol=1e-4)
 
 
+def test_pca_from_moments_summed_in_parts_equals_the_fit_on_every_vector():
+    """Dask workers send back each part's count, sum and scatter instead of its vectors: the PCA fitted from the
+    summed moments is the one fitted on the stacked vectors (float16 as stored), signs fixed, whatever the split."""
+    from rscbir.models.whitening import Moments
+
+    rng = np.random.default_rng(4)
+    vectors = (rng.normal(size=(3000, 40)) @ np.diag(np.linspace(4, 0.2, 40)) + 2.0).astype(np.float16)
+    whole = PCAWhitening.fit(vectors, 12)
+    parts = Moments.of(vectors[:1100]) + Moments.of(vectors, rows=np.arange(1100, 2000)) + Moments.of(vectors[2000:], block=7)
+    summed = PCAWhitening.from_moments(parts, 12)
+    np.testing.assert_allclose(summed.projection, whole.projection, atol=1e-6)
+    np.testing.assert_allclose(summed.mean, whole.mean, atol=1e-6)
+    centred = vectors.astype(np.float64) - vectors.astype(np.float64).mean(axis=0)
+    values, vecs = np.linalg.eigh(centred.T @ centred / 2999)
+    top = vecs[:, np.argsort(values)[::-1][:12]]
+    np.testing.assert_allclose(np.abs(whole.projection), np.abs(top), atol=1e-5)  # the covariance's own eigenvectors
+    assert (whole.projection[np.abs(whole.projection).argmax(axis=0), np.arange(12)] > 0).all()
+
+
 def test_a_second_embed_runs_from_the_cached_graph_without_torch(rgb_tif, tmp_path):
     """The first run exports the model's ONNX graph into the cache; the next never imports torch and writes the same
     vectors, which match the torch model's to 1e-4 (patches resized in numpy by torch's rule)."""

@@ -1,16 +1,11 @@
 """Indexing on a Dask cluster gives the single-process result, survives a killed worker,
 and skips a corrupt scene among many."""
 
-import os
-import signal
-import threading
-import time
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import blob_image, write_raster
+from conftest import blob_image, with_a_worker_killed, write_raster
 from rscbir.cli import cli
 from rscbir.embed import EmbedOptions, embed_scenes
 from rscbir.index import Index
@@ -21,13 +16,6 @@ from rscbir.tiling import TilingConfig
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
-        with distributed.Client(local) as client:
-            yield client
 
 
 def scene_files(tmp_path, n=2, size=192):
@@ -41,21 +29,6 @@ def embed(paths, out, client=None):
     options = EmbedOptions(batch_size=8, workers=0, runtime="torch", dtype="float32", dim=None)  # raw vectors: compared to 1e-5
     runner = DaskRunner(client, model, options) if client is not None else None
     return embed_scenes(scenes, out, model, TilingConfig(16), options=options, runner=runner)
-
-
-def with_a_worker_killed(cluster, work):
-    """Run ``work()`` on a thread, kill one worker process once tasks are under way, and return what it gave."""
-    result: dict = {}
-    runner = threading.Thread(target=lambda: result.setdefault("value", work()))
-    runner.start()
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(cluster.processing().values()):
-        time.sleep(0.01)
-    time.sleep(0.3)  # let tasks get under way
-    victim = next(iter(cluster.run(os.getpid).values()))
-    os.kill(victim, signal.SIGKILL)
-    runner.join(timeout=300)
-    return result["value"]
 
 
 def test_cluster_result_equals_single_process(tmp_path, cluster):

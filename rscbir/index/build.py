@@ -19,20 +19,20 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from rscbir.defaults import DEFAULT_AUGMENT, PLACE_SHRINK
+from rscbir.defaults import DEFAULT_AUGMENT
 from rscbir.errors import IndexFileError, InvalidSceneError, ModelMismatchError
 from rscbir.grid import Grid, common_grid
 from rscbir.index.commit import Generation, remove_orphans
-from rscbir.index.faiss_types import auto_index_type, write_faiss
+from rscbir.index.distributed import write_generation_on
+from rscbir.index.faiss_types import write_faiss
+from rscbir.index.generation import index_factory, index_pca, next_manifest, place_whitening, shared_files
 from rscbir.index.layout import MANIFEST, STAGING, segment_names
 from rscbir.index.maintain import MAX_SEGMENTS, compact_index
-from rscbir.index.manifest import IndexSettings, Manifest, SceneRecord, SegmentRecord
+from rscbir.index.manifest import IndexSettings, SegmentRecord
 from rscbir.index.reader import Index
 from rscbir.index.rows import joined
-from rscbir.index.writers import (StagedScene, acquisition_means, place_deviations, segment_faiss, write_augmented,
-                                  write_vectors_and_catalog)  # fmt: skip
+from rscbir.index.writers import StagedScene, acquisition_means, segment_faiss, write_augmented, write_vectors_and_catalog
 from rscbir.models.config import ModelConfig
-from rscbir.models.whitening import PCAWhitening, PlaceWhitening
 from rscbir.scene import Scene
 from rscbir.store import EmbeddingStore, EmbedOptions
 from rscbir.tiling import TilingConfig, aligned_grid
@@ -112,7 +112,11 @@ def build_index(
                 raise IndexFileError(f"no scene could be indexed, nothing was written: {reasons}")
             shutil.rmtree(staging, ignore_errors=True)
             return existing, summary
-        index = write_generation(path, existing, staged, settings, model.config, grid)
+        client = getattr(runner, "client", None)
+        if client is not None:  # the cluster that embedded the scenes writes the segments too
+            index = write_generation_on(client, path, existing, staged, settings, model.config, grid)
+        else:
+            index = write_generation(path, existing, staged, settings, model.config, grid)
     except Exception:
         # An error (not an interruption: Ctrl-C and kill keep .staging so the next run resumes) leaves nothing
         # behind: a folder this run created is removed, else the stages this run wrote.
@@ -242,45 +246,6 @@ def _stage_scenes(path: Path, existing: Index | None, scenes: Sequence[Scene], m
     return staged
 
 
-def _index_pca(existing: Index | None, staged: Sequence[StagedScene], settings: IndexSettings) -> PCAWhitening | None:
-    """The PCA the new vectors go through: the index's own, or one fitted now on the first scenes.
-
-    A PCA needs more vectors than dimensions; with fewer the index keeps full vectors (and says so).
-    """
-    if existing is not None:
-        return existing.pca
-    if not settings.dim:
-        return None
-    total = sum(len(s.store.vectors) for s in staged)
-    if total <= settings.dim:
-        log.warning("only %d patches: too few to fit a %d-d PCA; the index keeps %d-d vectors",
-                    total, settings.dim, staged[0].store.vectors.shape[1])  # fmt: skip
-        return None
-    rng = np.random.default_rng(0)
-    share = min(1.0, 200_000 / total)
-    sample = np.concatenate([np.asarray(s.store.vectors[np.sort(rng.permutation(len(s.store.vectors))[: max(1, int(len(s.store.vectors) * share))])],
-                                        dtype=np.float32) for s in staged])  # fmt: skip
-    return PCAWhitening.fit(sample, settings.dim, settings.whiten)
-
-
-def _place_whitening(existing: Index | None, staged: Sequence[StagedScene], pca: PCAWhitening | None,
-                     means: dict | None, grid: Grid | None) -> PlaceWhitening | None:  # fmt: skip
-    """The within-place whitening of an aligned index of 2+ acquisitions: the index's own (fitted when it was
-    created; appends keep it so every segment stays comparable), or one fitted now. None without dates centred, without
-    a common grid (places cannot be paired) or with one acquisition."""
-    if existing is not None:
-        return existing.places
-    if means is None or grid is None or len(means) < 2:
-        return None
-    deviations, seen = place_deviations(staged, pca, means)
-    if len(deviations) and float(np.mean(deviations**2)) < 1e-8:
-        return None  # every place looks the same on every date: nothing to whiten
-    if seen < deviations.shape[1]:  # fewer places than dimensions: the covariance would be mostly noise
-        log.info("%d places seen on 2+ dates, fewer than the %d dimensions: no within-place whitening", seen, deviations.shape[1])
-        return None
-    return PlaceWhitening.fit(deviations, PLACE_SHRINK)
-
-
 def write_generation(path: Path, existing: Index | None, staged: Sequence[StagedScene], settings: IndexSettings, config: ModelConfig,
                      grid: Grid | None) -> Index:  # fmt: skip
     """Add one segment (catalog, vectors, FAISS) for the ``staged`` scenes, then commit the new manifest.
@@ -290,58 +255,26 @@ def write_generation(path: Path, existing: Index | None, staged: Sequence[Staged
     old = existing.manifest if existing is not None else None
     generation = old.generation + 1 if old is not None else 1
     old_count = len(existing) if existing is not None else 0
-    pca = _index_pca(existing, staged, settings)
+    pca = index_pca(existing, staged, settings)
     segment_id = old.next_segment_id() if old is not None else 1
     names = segment_names(segment_id, bool(settings.augment))
-    shared = dict(old.files) if old is not None else {}
-    trained = old.trained if old is not None else None
     with Generation(path, old) as change:
         change.add(*names.values())
         means = acquisition_means(staged, pca) if settings.centre_scenes else None
-        places = _place_whitening(existing, staged, pca, means, grid)
+        places = place_whitening(existing, staged, pca, means, grid)
         vectors, lookup = write_vectors_and_catalog(path, names, staged, np.dtype(settings.dtype), pca, means, places)
         total = old_count + len(vectors)
-        requested = old.index_type_requested if (old is not None and settings.index_type == "auto") else settings.index_type
-        factory = auto_index_type(total) if requested == "auto" else requested
-        if requested == "auto" and "IVF" in factory and trained is not None and "IVF" in trained.factory:
-            factory = trained.factory  # keep the one trained quantizer until a compaction retrains it
+        factory, requested = index_factory(old, settings, total)
         searched = vectors
         if settings.augment:
             everything = joined([*(s.vectors for s in existing.segments), vectors] if existing else [vectors])
             searched = write_augmented(path / names["augmented"], everything, old_count, settings.augment, existing)
-        if pca is not None and "pca" not in shared:
-            shared["pca"] = f"pca-{generation:06d}.npz"
-            change.add(shared["pca"])
-            pca.save(path / shared["pca"])
-        if places is not None and "places" not in shared:
-            shared["places"] = f"places-{generation:06d}.npz"
-            change.add(shared["places"])
-            places.save(path / shared["places"])
+        shared = shared_files(change, old.files if old is not None else {}, generation, pca, places)
         sample = joined([*(s.search_vectors for s in existing.segments), searched]) if existing else searched
-        index, trained = segment_faiss(change, searched, factory, trained, generation, training=sample)
+        index, trained = segment_faiss(change, searched, factory, old.trained if old is not None else None, generation, training=sample)
         write_faiss(index, path / names["faiss"])
         segment = SegmentRecord(segment_id, len(vectors), tuple(s.record["scene_id"] for s in staged), factory, names, lookup)
-        manifest = Manifest(
-            generation=generation,
-            count=total,
-            dim=int(vectors.shape[1]),
-            dtype=settings.dtype,
-            index_type=factory,
-            index_type_requested=requested,
-            model=config.to_dict(),
-            pca_dim=pca.dim if pca is not None else None,
-            pca_requested=old.pca_requested if old is not None else settings.dim,
-            whiten=settings.whiten,
-            augment=int(settings.augment),
-            centre_scenes=bool(settings.centre_scenes),
-            tiling=settings.tiling,
-            grid=grid.to_dict() if grid is not None else (old.grid if old is not None else None),
-            scenes=(old.scenes if old is not None else ()) + tuple(SceneRecord.from_dict(s.record) for s in staged),
-            segments=(old.segments if old is not None else ()) + (segment,),
-            files=shared,
-            trained_type=old.trained_type if old is not None else None,
-        ).with_trained(trained)
-        change.commit(manifest)
+        change.commit(next_manifest(old, settings, config, grid, staged, [segment], shared, trained, requested, pca))
     return Index.open(path)
 
 

@@ -177,19 +177,68 @@ def _append_neighbours(existing: Index, new_vectors: np.ndarray, first_new: int)
     """``neighbours(queries, k) -> (scores, ids)`` over old rows (the index's own search, re-scored on plain vectors)
     and new rows (a FAISS index over the new rows only: exact up to ``EXACT_LIMIT``)."""
     new_search = build_faiss(new_vectors, auto_index_type(len(new_vectors))).search
+    old_search = existing_neighbours(existing)
 
     def neighbours(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        _, candidates = existing.search(queries, 4 * k)  # ranked on the searched (augmented) vectors
-        valid = candidates >= 0
-        plain = np.asarray(existing.vectors[np.where(valid, candidates, 0).ravel()], np.float32).reshape(*candidates.shape, -1)
-        old_scores = np.where(valid, np.einsum("qd,qcd->qc", queries, plain), -np.inf)
-        new_scores, new_ids = new_search(queries, min(k, len(new_vectors)))
-        scores = np.concatenate([old_scores, new_scores], axis=1)
-        ids = np.concatenate([candidates, np.where(new_ids >= 0, new_ids + first_new, -1)], axis=1)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+        return top_of([old_search(queries, k), shifted(new_search(queries, min(k, len(new_vectors))), first_new)], k)
 
     return neighbours
+
+
+def existing_neighbours(existing: Index):
+    """``search(queries, k) -> (scores, ids)`` among an index's rows: its own search (ranked on the searched,
+    perhaps augmented, vectors) for 4 k candidates, re-scored on the plain vectors."""
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _, candidates = existing.search(queries, 4 * k)
+        valid = candidates >= 0
+        plain = np.asarray(existing.vectors[np.where(valid, candidates, 0).ravel()], np.float32).reshape(*candidates.shape, -1)
+        return np.where(valid, np.einsum("qd,qcd->qc", queries, plain), -np.inf), candidates
+
+    return search
+
+
+def shifted(found: tuple[np.ndarray, np.ndarray], first: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS results of a part whose first row is row ``first`` of the whole: ids moved there, missing ones -1, -inf."""
+    scores, ids = found
+    return np.where(ids >= 0, scores, -np.inf), np.where(ids >= 0, ids + first, -1)
+
+
+def top_of(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of several (scores, ids) results for the same queries (the first result wins ties)."""
+    scores = np.concatenate([r[0] for r in results], axis=1)
+    ids = np.concatenate([r[1] for r in results], axis=1)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+
+
+def merged_neighbours(sources: Sequence[tuple], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of every query row among several sources ``(open_search, first_row)``: each source is opened
+    (``open_search() -> search(queries, k)``), asked for every query ``CHUNK`` rows at a time, and let go before
+    the next, so only one source's index is in memory at a time."""
+    best = (np.full((len(queries), 0), -np.inf, np.float32), np.full((len(queries), 0), -1, np.int64))
+    for open_search, first in sources:
+        search = open_search()
+        found = [shifted(search(np.ascontiguousarray(queries[s : s + CHUNK], np.float32), k), first) for s in range(0, len(queries), CHUNK)]
+        del search
+        best = top_of([best, (np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))], k)
+    return best
+
+
+def trained_quantizer(change: Generation, factory: str, trained: Trained | None, number: int, training: np.ndarray,
+                      retrain: bool = False) -> Trained:  # fmt: skip
+    """The trained empty index of type ``factory`` every segment starts from: the index's own, or one trained now on a
+    sample of ``training`` and written as ``trained-N.faiss`` (part of ``change``)."""
+    if retrain or trained is None or trained.factory != factory:
+        trained = Trained(f"trained-{number:06d}.faiss", factory)
+        change.add(trained.file)
+        write_faiss(train_faiss(training, factory), change.path / trained.file)
+    return trained
+
+
+def needs_training(factory: str, dim: int) -> bool:
+    """Whether a FAISS index of type ``factory`` must be trained (IVF, PQ, SQ) before vectors are added."""
+    return not train_faiss_probe(dim, factory).is_trained
 
 
 def segment_faiss(change: Generation, vectors: np.ndarray, factory: str, trained: Trained | None, number: int,
@@ -201,12 +250,9 @@ def segment_faiss(change: Generation, vectors: np.ndarray, factory: str, trained
     trained empty index (``trained-N.faiss``, written as part of ``change``): one coarse quantizer for all
     segments, so a search over the segments ranks as one index would. ``retrain`` (compaction) trains again.
     """
-    if train_faiss_probe(vectors.shape[1], factory).is_trained:
+    if not needs_training(factory, vectors.shape[1]):
         return build_faiss(vectors, factory), trained
-    if retrain or trained is None or trained.factory != factory:
-        trained = Trained(f"trained-{number:06d}.faiss", factory)
-        change.add(trained.file)
-        write_faiss(train_faiss(training if training is not None else vectors, factory), change.path / trained.file)
+    trained = trained_quantizer(change, factory, trained, number, training if training is not None else vectors, retrain)
     return add_in_chunks(faiss.read_index(str(change.path / trained.file)), vectors), trained
 
 
@@ -224,4 +270,5 @@ def copy_rows(target: Path, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim:
     return out
 
 
-__all__ = ["StagedScene", "write_catalog", "merge_catalogs", "write_vectors_and_catalog", "write_augmented", "segment_faiss", "copy_rows"]
+__all__ = ["StagedScene", "copy_rows", "existing_neighbours", "merge_catalogs", "merged_neighbours", "needs_training", "segment_faiss",
+           "top_of", "trained_quantizer", "write_augmented", "write_catalog", "write_vectors_and_catalog"]

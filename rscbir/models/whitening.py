@@ -38,25 +38,41 @@ class PCAWhitening:
         """Fit on (N, D) vectors; ``dim`` may not exceed min(N - 1, D)."""
         vectors = np.asarray(vectors)  # float16 or float32 as stored: converted to float64 a block at a time
         n, d = vectors.shape
-        if not 1 <= dim <= min(n - 1, d):
-            raise ModelError(f"--dim {dim} needs 1 <= dim <= min(vectors - 1, {d}) = {min(n - 1, d)}")
+        _check_dim(dim, n, d)
+        if n >= d:
+            return cls.from_moments(Moments.of(vectors), dim, power, eps)
+        # fewer vectors than dimensions (7616-d grid features): eigen-decompose the n x n Gram matrix
         mean = vectors.mean(axis=0, dtype=np.float64)
-        if n < d:  # fewer vectors than dimensions (7616-d grid features): eigen-decompose the n x n Gram matrix
-            gram = np.zeros((n, n))  # 1540 x 7616: 0.6 s, its SVD 4.4 s; built a block of dimensions at a time
-            for part in _column_blocks(d):
-                block = np.asarray(vectors[:, part], dtype=np.float64) - mean[part]
-                gram += block @ block.T
-            gram_values, gram_vectors = np.linalg.eigh(gram)
-            top = np.argsort(gram_values)[::-1][:dim]
-            singular = np.sqrt(np.maximum(gram_values[top], 1e-300))
-            eigenvalues = singular**2 / max(n - 1, 1)
-            eigenvectors = np.concatenate([(np.asarray(vectors[:, part], dtype=np.float64) - mean[part]).T @ gram_vectors[:, top]
-                                           for part in _column_blocks(d)]) / singular  # fmt: skip
-        else:
-            centred = np.asarray(vectors, dtype=np.float64) - mean
-            eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / max(n - 1, 1))
+        gram = np.zeros((n, n))  # 1540 x 7616: 0.6 s, its SVD 4.4 s; built a block of dimensions at a time
+        for part in _column_blocks(d):
+            block = np.asarray(vectors[:, part], dtype=np.float64) - mean[part]
+            gram += block @ block.T
+        gram_values, gram_vectors = np.linalg.eigh(gram)
+        top = np.argsort(gram_values)[::-1][:dim]
+        singular = np.sqrt(np.maximum(gram_values[top], 1e-300))
+        eigenvalues = singular**2 / max(n - 1, 1)
+        eigenvectors = np.concatenate([(np.asarray(vectors[:, part], dtype=np.float64) - mean[part]).T @ gram_vectors[:, top]
+                                       for part in _column_blocks(d)]) / singular  # fmt: skip
+        return cls._from_eigen(mean, eigenvalues, eigenvectors, dim, power, eps)
+
+    @classmethod
+    def from_moments(cls, moments: "Moments", dim: int, power: float = 0.0, eps: float = 1e-6) -> "PCAWhitening":
+        """Fit from the count, sum and scatter of the vectors (:class:`Moments`): what Dask workers send back
+        instead of the vectors. Needs as many vectors as dimensions (the covariance's eigen-decomposition)."""
+        n, d = moments.count, len(moments.total)
+        _check_dim(dim, n, d)
+        mean = moments.total / n
+        covariance = (moments.scatter - n * np.outer(mean, mean)) / max(n - 1, 1)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        return cls._from_eigen(mean, eigenvalues, eigenvectors, dim, power, eps)
+
+    @classmethod
+    def _from_eigen(cls, mean, eigenvalues, eigenvectors, dim: int, power: float, eps: float) -> "PCAWhitening":
         order = np.argsort(eigenvalues)[::-1][:dim]
-        projection = eigenvectors[:, order] / (np.maximum(eigenvalues[order], 0) + eps) ** power
+        eigenvectors = eigenvectors[:, order]
+        # an eigenvector's sign is arbitrary: fix it (largest entry positive), so fits of the same data agree however summed
+        eigenvectors = eigenvectors * np.where(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(len(order))] < 0, -1.0, 1.0)
+        projection = eigenvectors / (np.maximum(eigenvalues[order], 0) + eps) ** power
         return cls(mean.astype(np.float32), projection.astype(np.float32))
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
@@ -72,6 +88,36 @@ class PCAWhitening:
     def load(cls, path: str | os.PathLike) -> "PCAWhitening":
         with np.load(Path(path)) as data:
             return cls(data["mean"], data["projection"])
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, sum and scatter (X^T X) of vectors in float64: a PCA fitted on any number of vectors without holding
+    them, summed a block of rows at a time (:meth:`of`) and over parts (``+``, Dask workers' parts of an index)."""
+
+    count: int
+    total: np.ndarray  # (D,)
+    scatter: np.ndarray  # (D, D)
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, rows: np.ndarray | None = None, block: int = 4096) -> "Moments":
+        """The moments of ``vectors`` (an array or memory map; only ``rows`` of it when given), read in blocks."""
+        rows = np.arange(len(vectors)) if rows is None else np.asarray(rows)
+        d = vectors.shape[1]
+        total, scatter = np.zeros(d), np.zeros((d, d))
+        for start in range(0, len(rows), block):
+            chunk = np.asarray(vectors[rows[start : start + block]], dtype=np.float64)
+            total += chunk.sum(axis=0)
+            scatter += chunk.T @ chunk
+        return cls(len(rows), total, scatter)
+
+    def __add__(self, other: "Moments") -> "Moments":
+        return Moments(self.count + other.count, self.total + other.total, self.scatter + other.scatter)
+
+
+def _check_dim(dim: int, n: int, d: int) -> None:
+    if not 1 <= dim <= min(n - 1, d):
+        raise ModelError(f"--dim {dim} needs 1 <= dim <= min(vectors - 1, {d}) = {min(n - 1, d)}")
 
 
 def _column_blocks(d: int, width: int = 512) -> list[slice]:

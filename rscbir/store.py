@@ -12,6 +12,7 @@ A store folder holds::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rasterio.enums import Resampling
 
 from rscbir.catalog import read_catalog
@@ -57,11 +61,11 @@ class EmbedOptions:
 
 @dataclass
 class EmbeddingStore:
-    """An embedding store folder, opened read-only."""
+    """An embedding store folder, opened read-only. The vectors are memory-mapped and the catalog is read on first
+    use: a driver that only hands a store's rows to Dask workers never holds its catalog."""
 
     path: Path
     meta: dict
-    catalog: gpd.GeoDataFrame
     vectors: np.ndarray  # memory-mapped
 
     @classmethod
@@ -70,13 +74,30 @@ class EmbeddingStore:
         path = Path(path)
         try:
             meta = json.loads((path / "model.json").read_text())
-            catalog = read_catalog(path / "catalog.parquet")
+            rows = pq.ParquetFile(path / "catalog.parquet").metadata.num_rows  # the footer only
             vectors = np.load(path / "vectors.npy", mmap_mode="r")
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
             raise StoreError(f"{path}: not a readable embedding store ({exc}); re-run `rscbir embed`") from None
-        if len(catalog) != len(vectors):
-            raise StoreError(f"{path}: catalog has {len(catalog)} rows but {len(vectors)} vectors; re-run `rscbir embed`")
-        return cls(path, meta, catalog, vectors)
+        if rows != len(vectors):
+            raise StoreError(f"{path}: catalog has {rows} rows but {len(vectors)} vectors; re-run `rscbir embed`")
+        return cls(path, meta, vectors)
+
+    @functools.cached_property
+    def catalog(self) -> gpd.GeoDataFrame:
+        """Every patch row (GeoParquet, EPSG:4326), read when first asked for."""
+        try:
+            return read_catalog(self.path / "catalog.parquet")
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise StoreError(f"{self.path}: catalog unreadable ({exc}); re-run `rscbir embed`") from None
+
+    def columns(self, *names: str) -> pd.DataFrame:
+        """Some columns of the catalog (no geometry decoded): the whole catalog is not read for them."""
+        if "catalog" in self.__dict__:
+            return self.catalog[list(names)]
+        try:
+            return pd.read_parquet(self.path / "catalog.parquet", columns=list(names))
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise StoreError(f"{self.path}: catalog unreadable ({exc}); re-run `rscbir embed`") from None
 
     @property
     def model_config(self) -> ModelConfig:

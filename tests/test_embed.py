@@ -11,7 +11,7 @@ from conftest import write_raster
 from rscbir.cli import cli
 from rscbir.embed import EmbeddingStore, EmbedOptions, embed_scenes
 from rscbir.evaluate import retrieval_metrics
-from rscbir.errors import ModelError
+from rscbir.errors import ModelError, StoreError
 from rscbir.datasets.scene_sets import LabelledImages
 from rscbir.images import load_image
 from rscbir.models.checkpoint import save_checkpoint
@@ -53,6 +53,21 @@ def test_store_rows_match_catalog(tmp_path, naip_like, small_model):
     np.testing.assert_allclose(store.vectors[7].astype(np.float32), direct, atol=2e-3)
     assert store.model_config.weights_sha256 == config.weights_sha256
     assert sorted(p.name for p in store.path.iterdir()) == ["catalog.parquet", "model.json", "vectors.npy"]
+
+
+def test_store_reads_its_catalog_only_when_asked_and_refuses_a_damaged_one(tmp_path, naip_like, small_model):
+    """A Dask driver hands a store's rows to workers without holding its catalog: opening reads the Parquet footer
+    (the row count is still checked), ``columns`` reads two columns, the catalog itself comes on first use."""
+    scene = Scene.open(naip_like, band_names=["R", "G", "B", "NIR"]).select(["R", "G", "B"])
+    embed_scenes([scene], tmp_path / "emb", small_model, TilingConfig(32), options=EmbedOptions(workers=0))
+    store = EmbeddingStore.open(tmp_path / "emb")
+    assert "catalog" not in vars(store)
+    assert store.columns("row", "col").to_numpy().tolist() == [[r, c] for r in range(3) for c in range(4)]
+    assert "catalog" not in vars(store) and len(store.catalog) == 12
+    catalog = tmp_path / "emb" / "catalog.parquet"
+    catalog.write_bytes(catalog.read_bytes()[:-100])
+    with pytest.raises(StoreError, match="not a readable embedding store"):
+        EmbeddingStore.open(tmp_path / "emb")
 
 
 def test_worker_processes_give_the_same_store(tmp_path, naip_like, small_model):

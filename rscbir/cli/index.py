@@ -74,7 +74,8 @@ Example:
 @options.batch_size_option
 @options.workers_option
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
-              help="Embed on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 uses a running one.")  # fmt: skip
+              help="Embed and write the segments on Dask: `local` starts a LocalCluster (one worker per core), tcp://host:8786 "
+                   "uses a running one (its workers must see the scenes and the index folder).")  # fmt: skip
 @click.pass_context
 def build(ctx, scenes, embeddings, vector_column, output, scene_opts, tiling, resampling, model_opts, align, dim, whiten, index_type,
           augment, centre_scenes, batch_size, workers, scheduler):  # fmt: skip

@@ -15,10 +15,12 @@ order and every transform is the in-process one: the index equals the one-segmen
 from __future__ import annotations
 
 import functools
+import logging
 import operator
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -41,8 +43,11 @@ from rscbir.models.whitening import Moments, PCAWhitening, PlaceWhitening
 from rscbir.rerank import augment_database, normalise
 from rscbir.store import EmbeddingStore
 
+log = logging.getLogger(__name__)
 MIN_PART_ROWS = 20_000  # a segment of fewer new rows is not worth a task of its own
-HELPER_EF_SEARCH = 128
+# Each query searches every part's helper graph. At 64 a 150k-vector HNSW32 finds the same 5 neighbours as at 128
+# (recall 0.9998 against exact on NAIP vectors) in half the time; the one-process build searches one graph at 128.
+HELPER_EF_SEARCH = 64
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,13 @@ def write_generation_on(client, path: Path, existing: Index | None, staged: Sequ
     path = Path(path)
 
     def run(function, *args, label: str) -> list:
+        started = time.perf_counter()
+        try:
+            return _run(function, *args, label=label)
+        finally:
+            log.info("%s: %d task(s) on the cluster, %.1f s", label, len(parts), time.perf_counter() - started)
+
+    def _run(function, *args, label: str) -> list:
         futures = [client.submit(function, str(path), part, *args, key=f"{label}-{part.names['vectors']}-{os.getpid()}-{generation}",
                                  retries=3, pure=False) for part in parts]  # fmt: skip
         try:

@@ -104,7 +104,7 @@ def place_deviations(staged: Sequence[StagedScene], pca: PCAWhitening | None, me
     step = max(1, -(-largest // places))
     keys, vectors = [], []
     for scene in staged:
-        catalog = scene.store.catalog
+        catalog = scene.store.columns("row", "col")
         rows = np.flatnonzero(((catalog["row"].to_numpy() * 7919 + catalog["col"].to_numpy()) % step) == 0)
         if not len(rows):
             continue

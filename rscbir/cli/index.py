@@ -114,7 +114,7 @@ def build(ctx, scenes, embeddings, vector_column, output, scene_opts, tiling, re
 
             runner = stack.enter_context(dask_runner(scheduler, model, run))
         built, summary = build_index(output, opened, model, tiling, align=align, options=run, index_type=index_type, runner=runner,
-                                     augment=augment, centre_scenes=centre_scenes)  # fmt: skip
+                                     augment=augment, centre_scenes=centre_scenes, search=False)  # fmt: skip
     summary.failed[:0] = failed
     if summary.failed and not (summary.added or summary.skipped):  # nothing of this run succeeded: not "partial"
         raise IndexFileError("no scene could be indexed, the index is unchanged: " + "; ".join(f"{f['scene']}: {f['error']}" for f in summary.failed))

@@ -74,6 +74,7 @@ def build_index(
     runner: Runner | None = None,
     augment: int = DEFAULT_AUGMENT,
     centre_scenes: bool = True,
+    search: bool = True,
 ) -> tuple[Index, BuildSummary]:
     """Create ``path`` or append ``scenes`` to it; returns the index and a :class:`BuildSummary`.
 
@@ -90,10 +91,13 @@ def build_index(
     out what varies between dates at the same place (:class:`PlaceWhitening`),
     so a search ranks ground, not acquisition (OSCD, the same unchanged place
     first across dates: 0.606 with neither, 0.961 with both and grid pooling).
+    ``search=False`` returns the index opened without its FAISS files, for a
+    caller that only reports on it (an HNSW graph is read whole: ~0.8 KB a patch).
     """
     path = Path(path)
     settings = index_settings(model.config, tiling, options, index_type, augment, centre_scenes)
-    existing = _open_for_append(path)
+    client = getattr(runner, "client", None)  # a Dask cluster embeds the scenes and writes the segments too
+    existing = _open_for_append(path, search=client is None)  # on a cluster the workers search the old segments
     if existing is not None:
         check_compatible(path, existing.settings, settings)
     created = not path.exists()
@@ -111,12 +115,11 @@ def build_index(
                 reasons = "; ".join(f["error"] for f in summary.failed) or "no scene given"
                 raise IndexFileError(f"no scene could be indexed, nothing was written: {reasons}")
             shutil.rmtree(staging, ignore_errors=True)
-            return existing, summary
-        client = getattr(runner, "client", None)
-        if client is not None:  # the cluster that embedded the scenes writes the segments too
-            index = write_generation_on(client, path, existing, staged, settings, model.config, grid)
+            return (Index.open(path) if client is not None and search else existing), summary
+        if client is not None:
+            index = write_generation_on(client, path, existing, staged, settings, model.config, grid, search=search)
         else:
-            index = write_generation(path, existing, staged, settings, model.config, grid)
+            index = write_generation(path, existing, staged, settings, model.config, grid, search=search)
     except Exception:
         # An error (not an interruption: Ctrl-C and kill keep .staging so the next run resumes) leaves nothing
         # behind: a folder this run created is removed, else the stages this run wrote.
@@ -180,12 +183,12 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def _open_for_append(path: Path) -> Index | None:
+def _open_for_append(path: Path, search: bool = True) -> Index | None:
     """The index already at ``path`` (None for a new or empty folder); refuses other folders."""
     if path.exists() and not path.is_dir():
         raise IndexFileError(f"{path}: exists and is not a folder")
     if (path / MANIFEST).exists():
-        return Index.open(path)
+        return Index.open(path, search=search)
     if path.exists() and any(p for p in path.iterdir() if p.name != STAGING):
         raise IndexFileError(f"{path}: folder exists and holds no rscbir index; choose an empty or new folder")
     return None
@@ -247,7 +250,7 @@ def _stage_scenes(path: Path, existing: Index | None, scenes: Sequence[Scene], m
 
 
 def write_generation(path: Path, existing: Index | None, staged: Sequence[StagedScene], settings: IndexSettings, config: ModelConfig,
-                     grid: Grid | None) -> Index:  # fmt: skip
+                     grid: Grid | None, search: bool = True) -> Index:  # fmt: skip
     """Add one segment (catalog, vectors, FAISS) for the ``staged`` scenes, then commit the new manifest.
 
     The existing segments' files are neither rewritten nor copied: an append writes what it adds.
@@ -275,7 +278,7 @@ def write_generation(path: Path, existing: Index | None, staged: Sequence[Staged
         write_faiss(index, path / names["faiss"])
         segment = SegmentRecord(segment_id, len(vectors), tuple(s.record["scene_id"] for s in staged), factory, names, lookup)
         change.commit(next_manifest(old, settings, config, grid, staged, [segment], shared, trained, requested, pca))
-    return Index.open(path)
+    return Index.open(path, search=search)
 
 
 __all__ = ["BuildSummary", "DEFAULT_AUGMENT", "build_index", "check_compatible", "index_settings", "scene_content_hash",

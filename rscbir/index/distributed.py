@@ -89,7 +89,7 @@ def part_count(client, total: int, existing_segments: int, max_segments: int, mi
 
 
 def write_generation_on(client, path: Path, existing: Index | None, staged: Sequence[StagedScene], settings: IndexSettings,
-                        config, grid) -> Index:  # fmt: skip
+                        config, grid, search: bool = True) -> Index:  # fmt: skip
     """:func:`rscbir.index.build.write_generation` with the new segments written by the workers of ``client``: one
     segment per worker (at least ``MIN_PART_ROWS`` rows each), the driver sending each task its rows and the small
     shared transforms. A failed task cancels the others and leaves the index as it was."""
@@ -151,7 +151,7 @@ def write_generation_on(client, path: Path, existing: Index | None, staged: Sequ
         run(write_part_faiss, searched, factory, quantizer, label="faiss")
         segments = [SegmentRecord(p.segment_id, p.count, _scenes_of(staged, p), factory, p.names, lookup) for p, lookup in zip(parts, lookups)]
         change.commit(next_manifest(old, settings, config, grid, staged, segments, shared, trained, requested, pca))
-    return Index.open(path)
+    return Index.open(path, search=search)
 
 
 def _summed_moments(client, path: Path, parts: Sequence[Part], staged: Sequence[StagedScene], rows: list[np.ndarray]) -> Moments:

@@ -116,3 +116,21 @@ def test_killed_worker_while_writing_segments(tmp_path, dates, cluster, small_pa
     assert marker.exists()  # a worker did die mid-build
     assert_same_index(index, reference)
     assert not [p.name for p in (tmp_path / "dask").iterdir() if p.name.startswith(".")]  # no scratch left behind
+
+
+def test_parts_follow_the_staged_rows_and_the_cluster():
+    """One segment per worker, more when a share would pass MAX_PART_ROWS, never past MAX_SEGMENTS; each part a
+    contiguous run of the staged rows in the one-process order (a scene may span two)."""
+    from types import SimpleNamespace
+
+    two_workers = SimpleNamespace(scheduler_info=lambda: {"workers": {"a": {}, "b": {}}})
+    assert spread.part_count(two_workers, 600_000, 0, 16) == 2
+    assert spread.part_count(two_workers, 10_000_000, 0, 16) == 10  # 1M rows a worker at most
+    assert spread.part_count(two_workers, 10_000_000, 12, 16) == 4  # room for 4 more segments
+    assert spread.part_count(two_workers, 30_000, 0, 16) == 1  # two parts would be under MIN_PART_ROWS
+    staged = [SimpleNamespace(store=SimpleNamespace(vectors=np.zeros((n, 2))), folder=f"s{i}", record={"scene_id": f"s{i}", "date": "2020-01-01"})
+              for i, n in enumerate((5, 7, 3))]  # fmt: skip
+    parts = spread.plan_parts(staged, 2, 4, augmented=True)
+    assert [p.runs for p in parts] == [(("s0", "2020-01-01", 0, 5), ("s1", "2020-01-01", 0, 3)), (("s1", "2020-01-01", 3, 7), ("s2", "2020-01-01", 0, 3))]
+    assert [(p.segment_id, p.first, p.count) for p in parts] == [(4, 0, 8), (5, 8, 7)]
+    assert parts[1].names["augmented"] == "segment-000005-augmented.npy"

@@ -45,6 +45,7 @@ from rscbir.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 MIN_PART_ROWS = 20_000  # a segment of fewer new rows is not worth a task of its own
+MAX_PART_ROWS = 1_000_000  # a worker writing 300k rows peaked at 0.95 GiB (HNSW32, bench_index_segments.py)
 # Each query searches every part's helper graph. At 64 a 150k-vector HNSW32 finds the same 5 neighbours as at 128
 # (recall 0.9998 against exact on NAIP vectors) in half the time; the one-process build searches one graph at 128.
 HELPER_EF_SEARCH = 64
@@ -80,12 +81,15 @@ def plan_parts(staged: Sequence[StagedScene], parts: int, first_segment_id: int,
     return [p for p in planned if p.count]
 
 
-def part_count(client, total: int, existing_segments: int, max_segments: int, min_rows: int = MIN_PART_ROWS) -> int:
-    """Segments to write: one per worker, no smaller than ``min_rows``, and never so many that the index passes
+def part_count(client, total: int, existing_segments: int, max_segments: int, min_rows: int = MIN_PART_ROWS,
+               max_rows: int = MAX_PART_ROWS) -> int:  # fmt: skip
+    """Segments to write: one per worker, more when a worker's share would pass ``max_rows`` (what one worker holds
+    while it writes its segment), none smaller than ``min_rows``, and never so many that the index passes
     ``max_segments`` (which would compact every vector back on the driver)."""
     workers = max(1, len(client.scheduler_info().get("workers", {})))
+    wanted = max(workers, -(-total // max(1, max_rows)))
     room = max(1, max_segments - existing_segments)
-    return int(max(1, min(workers, room, total // max(1, min_rows))))
+    return int(max(1, min(wanted, room, total // max(1, min_rows))))
 
 
 def write_generation_on(client, path: Path, existing: Index | None, staged: Sequence[StagedScene], settings: IndexSettings,
@@ -99,7 +103,7 @@ def write_generation_on(client, path: Path, existing: Index | None, staged: Sequ
     generation = old.generation + 1 if old is not None else 1
     old_count = len(existing) if existing is not None else 0
     total = old_count + sum(len(s.store.vectors) for s in staged)
-    count = part_count(client, total - old_count, len(old.segments) if old else 0, MAX_SEGMENTS, MIN_PART_ROWS)
+    count = part_count(client, total - old_count, len(old.segments) if old else 0, MAX_SEGMENTS, MIN_PART_ROWS, MAX_PART_ROWS)
     parts = plan_parts(staged, count, old.next_segment_id() if old is not None else 1, bool(settings.augment))
     path = Path(path)
 
@@ -314,4 +318,4 @@ def write_part_faiss(path: str, part: Part, searched: str, factory: str, trained
     _publish(path, scratch, [part.names["faiss"]])
 
 
-__all__ = ["MIN_PART_ROWS", "Part", "part_count", "plan_parts", "write_generation_on"]
+__all__ = ["MAX_PART_ROWS", "MIN_PART_ROWS", "Part", "part_count", "plan_parts", "write_generation_on"]

@@ -193,8 +193,8 @@ def _write_vectors(work: Path, permutation: np.ndarray, dim: int, options: Embed
     if options.dim and total <= options.dim:
         log.warning("only %d patches: too few to fit a %d-d PCA; the store keeps %d-d vectors", total, options.dim, dim)
     elif options.dim:
-        sample = source[np.sort(np.random.default_rng(0).permutation(total)[:200_000])] if total else source
-        pca = PCAWhitening.fit(np.asarray(sample), options.dim, options.whiten)
+        rows = np.sort(np.random.default_rng(0).permutation(total)[:200_000])
+        pca = PCAWhitening.fit_rows([(source, rows)], options.dim, options.whiten)
         pca.save(work / "pca.npz")
     target = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=dtype, shape=(total, pca.dim if pca else dim))
     for start in range(0, total, 65536):

@@ -333,6 +333,11 @@ def test_pca_from_moments_summed_in_parts_equals_the_fit_on_every_vector():
     top = vecs[:, np.argsort(values)[::-1][:12]]
     np.testing.assert_allclose(np.abs(whole.projection), np.abs(top), atol=1e-5)  # the covariance's own eigenvectors
     assert (whole.projection[np.abs(whole.projection).argmax(axis=0), np.arange(12)] > 0).all()
+    rows = np.sort(rng.permutation(3000)[:1500])  # a store's sample, read a block at a time (or whole, when few)
+    sampled = PCAWhitening.fit_rows([(vectors[:1000], rows[rows < 1000]), (vectors[1000:], rows[rows >= 1000] - 1000)], 12)
+    np.testing.assert_allclose(sampled.projection, PCAWhitening.fit(vectors[rows], 12).projection, atol=1e-6)
+    few = PCAWhitening.fit_rows([(vectors, rows[:30])], 5)  # fewer rows than dimensions: the Gram route on the rows
+    np.testing.assert_allclose(few.projection, PCAWhitening.fit(vectors[rows[:30]], 5).projection, atol=1e-6)
 
 
 def test_a_second_embed_runs_from_the_cached_graph_without_torch(rgb_tif, tmp_path):

@@ -3,9 +3,7 @@ the within-place whitening, the FAISS type, the shared files and the next manife
 
 from __future__ import annotations
 
-import functools
 import logging
-import operator
 from typing import Callable, Sequence
 
 import numpy as np
@@ -54,16 +52,9 @@ def index_pca(existing: Index | None, staged: Sequence[StagedScene], settings: I
                     total, settings.dim, staged[0].store.vectors.shape[1])  # fmt: skip
         return None
     rows = pca_sample(staged)
-    if sum(map(len, rows)) >= staged[0].store.vectors.shape[1]:
-        if moments is None:
-            moments = functools.partial(_moments_here, staged)
+    if moments is not None and sum(map(len, rows)) >= staged[0].store.vectors.shape[1]:
         return PCAWhitening.from_moments(moments(rows), settings.dim, settings.whiten)
-    sample = np.concatenate([np.asarray(s.store.vectors[r]) for s, r in zip(staged, rows)])
-    return PCAWhitening.fit(sample, settings.dim, settings.whiten)
-
-
-def _moments_here(staged: Sequence[StagedScene], rows: list[np.ndarray]) -> Moments:
-    return functools.reduce(operator.add, (Moments.of(s.store.vectors, r) for s, r in zip(staged, rows)))
+    return PCAWhitening.fit_rows([(s.store.vectors, r) for s, r in zip(staged, rows)], settings.dim, settings.whiten)
 
 
 def place_whitening(existing: Index | None, staged: Sequence[StagedScene], pca: PCAWhitening | None,

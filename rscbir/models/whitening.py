@@ -12,9 +12,12 @@ centred PCA raises it (0.48), so the default is 0; see benchmarks/results.md.
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -54,6 +57,15 @@ class PCAWhitening:
         eigenvectors = np.concatenate([(np.asarray(vectors[:, part], dtype=np.float64) - mean[part]).T @ gram_vectors[:, top]
                                        for part in _column_blocks(d)]) / singular  # fmt: skip
         return cls._from_eigen(mean, eigenvalues, eigenvectors, dim, power, eps)
+
+    @classmethod
+    def fit_rows(cls, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim: int, power: float = 0.0) -> "PCAWhitening":
+        """Fit on ``rows`` of each ``(vectors, rows)`` part (arrays or memory maps, e.g. a sample of a store). With at
+        least as many rows as dimensions the moments are summed a block of rows at a time, so the sample is never
+        held (200k grid-pooled 7616-d float16 vectors would be 2.9 GiB); with fewer, the rows are read and fitted."""
+        if sum(len(rows) for _, rows in parts) >= parts[0][0].shape[1]:
+            return cls.from_moments(functools.reduce(operator.add, (Moments.of(v, rows) for v, rows in parts)), dim, power)
+        return cls.fit(np.concatenate([np.asarray(v[rows]) for v, rows in parts]), dim, power)
 
     @classmethod
     def from_moments(cls, moments: "Moments", dim: int, power: float = 0.0, eps: float = 1e-6) -> "PCAWhitening":

@@ -95,8 +95,9 @@ def part_count(client, total: int, existing_segments: int, max_segments: int, mi
 def write_generation_on(client, path: Path, existing: Index | None, staged: Sequence[StagedScene], settings: IndexSettings,
                         config, grid, search: bool = True) -> Index:  # fmt: skip
     """:func:`rscbir.index.build.write_generation` with the new segments written by the workers of ``client``: one
-    segment per worker (at least ``MIN_PART_ROWS`` rows each), the driver sending each task its rows and the small
-    shared transforms. A failed task cancels the others and leaves the index as it was."""
+    segment per worker (``MIN_PART_ROWS`` to ``MAX_PART_ROWS`` rows each, see :func:`part_count`), the driver sending
+    each task its rows and the small shared transforms. A failed task cancels the others and leaves the index as
+    it was."""
     from distributed import wait
 
     old = existing.manifest if existing is not None else None
@@ -108,13 +109,8 @@ def write_generation_on(client, path: Path, existing: Index | None, staged: Sequ
     path = Path(path)
 
     def run(function, *args, label: str) -> list:
+        """``function(path, part, *args)`` for every part on the cluster; their results in part order."""
         started = time.perf_counter()
-        try:
-            return _run(function, *args, label=label)
-        finally:
-            log.info("%s: %d task(s) on the cluster, %.1f s", label, len(parts), time.perf_counter() - started)
-
-    def _run(function, *args, label: str) -> list:
         futures = [client.submit(function, str(path), part, *args, key=f"{label}-{part.names['vectors']}-{os.getpid()}-{generation}",
                                  retries=3, pure=False) for part in parts]  # fmt: skip
         try:
@@ -123,6 +119,8 @@ def write_generation_on(client, path: Path, existing: Index | None, staged: Sequ
         except BaseException:
             client.cancel(futures)  # nothing more is written once the change is rolled back
             raise
+        finally:
+            log.info("%s: %d task(s) on the cluster, %.1f s", label, len(parts), time.perf_counter() - started)
 
     pca = index_pca(existing, staged, settings, moments=lambda rows: _summed_moments(client, path, parts, staged, rows))
     with Generation(path, old) as change:

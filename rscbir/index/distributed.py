@@ -32,15 +32,14 @@ import pandas as pd
 from rscbir.index.commit import Generation
 from rscbir.index.faiss_types import EXACT_LIMIT, add_in_chunks, auto_index_type, build_faiss, write_faiss
 from rscbir.index.generation import index_factory, index_pca, next_manifest, place_whitening, shared_files
-from rscbir.index.layout import CHUNK, STAGING, segment_names
+from rscbir.index.layout import STAGING, segment_names
 from rscbir.index.maintain import MAX_SEGMENTS
 from rscbir.index.manifest import IndexSettings, SegmentRecord
 from rscbir.index.reader import Index
 from rscbir.index.rows import joined
-from rscbir.index.writers import (StagedScene, acquisition_key, existing_neighbours, merged_neighbours, needs_training, projected,
-                                 trained_quantizer, write_catalog)  # fmt: skip
+from rscbir.index.writers import (StagedScene, acquisition_key, existing_neighbours, fill_index_vectors, merged_neighbours, needs_training,
+                                 projected_sum, trained_quantizer, write_augmented_rows, write_catalog)  # fmt: skip
 from rscbir.models.whitening import Moments, PCAWhitening, PlaceWhitening
-from rscbir.rerank import augment_database, normalise
 from rscbir.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -226,9 +225,7 @@ def part_sums(path: str, part: Part, pca_file: str | None) -> dict[str, tuple[np
     for folder, key, start, stop in part.runs:
         stored = _stage_vectors(folder)
         vector, count = sums.get(key, (0.0, 0))
-        for first in range(start, stop, CHUNK):
-            vector = vector + projected(stored, pca, slice(first, min(first + CHUNK, stop))).sum(axis=0)
-        sums[key] = (vector, count + stop - start)
+        sums[key] = (vector + projected_sum(stored, pca, start, stop), count + stop - start)
     return sums
 
 
@@ -239,20 +236,9 @@ def write_part(path: str, part: Part, dtype: str, pca_file: str | None, means: d
     dim = pca.dim if pca is not None else _stage_vectors(part.runs[0][0]).shape[1]
     scratch = _scratch(path)
     vectors = np.lib.format.open_memmap(scratch / part.names["vectors"], mode="w+", dtype=np.dtype(dtype), shape=(part.count, dim))
-    offset, frames = 0, []
-    for folder, key, start, stop in part.runs:
-        stored, shift = _stage_vectors(folder), (means or {}).get(key)
-        for first in range(start, stop, CHUNK):
-            chunk = projected(stored, pca, slice(first, min(first + CHUNK, stop)))
-            if shift is not None:
-                chunk = normalise(chunk - shift)
-            if places is not None:
-                chunk = places.transform(chunk)
-            vectors[offset : offset + len(chunk)] = chunk
-            offset += len(chunk)
-        frames.append(EmbeddingStore.open(folder).catalog.iloc[start:stop])
-    vectors.flush()
+    fill_index_vectors(vectors, [(_stage_vectors(folder), start, stop, (means or {}).get(key)) for folder, key, start, stop in part.runs], pca, places)
     del vectors
+    frames = [EmbeddingStore.open(folder).catalog.iloc[start:stop] for folder, _, start, stop in part.runs]
     lookup = write_catalog(pd.concat(frames, ignore_index=True), scratch, part.names)
     _publish(path, scratch, [part.names[k] for k in ("vectors", "catalog", "lookup", "cells")])
     return lookup
@@ -286,13 +272,7 @@ def augment_part(path: str, part: Part, parts: Sequence[Part], old_count: int, k
         sources += [(functools.partial(_helper_search, helper), old_count + other.first) for helper, other in zip(helpers, parts)]
         found = merged_neighbours(sources, queries, k + 1)
     scratch = _scratch(path)
-    augmented = np.lib.format.open_memmap(scratch / part.names["augmented"], mode="w+", dtype=everything.dtype, shape=(part.count, everything.shape[1]))
-    for start in range(0, len(rows), CHUNK):
-        block = rows[start : start + CHUNK]
-        given = None if found is None else (found[0][start : start + CHUNK], found[1][start : start + CHUNK])
-        augmented[start : start + len(block)] = augment_database(everything, k, block, found=given)
-    augmented.flush()
-    del augmented
+    write_augmented_rows(scratch / part.names["augmented"], everything, rows, k, found=found)  # its map is let go: closed
     _publish(path, scratch, [part.names["augmented"]])
 
 

@@ -88,11 +88,34 @@ def acquisition_means(staged: Sequence[StagedScene], pca: PCAWhitening | None) -
     counts: dict[str, int] = {}
     for scene in staged:
         key, stored = acquisition_key(scene.record), scene.store.vectors
-        for start in range(0, len(stored), CHUNK):
-            part = projected(stored, pca, slice(start, start + CHUNK)).sum(axis=0)
-            sums[key] = sums.get(key, 0.0) + part
+        sums[key] = sums.get(key, 0.0) + projected_sum(stored, pca, 0, len(stored))
         counts[key] = counts.get(key, 0) + len(stored)
     return {key: sums[key] / counts[key] for key in sums if counts[key]}
+
+
+def projected_sum(stored: np.ndarray, pca: PCAWhitening | None, start: int, stop: int) -> np.ndarray | float:
+    """The sum of rows ``start:stop`` of staged vectors after PCA, read ``CHUNK`` rows at a time."""
+    total = 0.0
+    for first in range(start, stop, CHUNK):
+        total = total + projected(stored, pca, slice(first, min(first + CHUNK, stop))).sum(axis=0)
+    return total
+
+
+def fill_index_vectors(target: np.ndarray, runs: Sequence[tuple[np.ndarray, int, int, np.ndarray | None]], pca: PCAWhitening | None,
+                       places: PlaceWhitening | None) -> None:  # fmt: skip
+    """Fill ``target`` with runs ``(stored, start, stop, shift)`` of staged rows as the index keeps them, ``CHUNK``
+    rows at a time: after PCA, the acquisition's mean ``shift`` taken off, then the within-place whitening."""
+    offset = 0
+    for stored, start, stop, shift in runs:
+        for first in range(start, stop, CHUNK):
+            chunk = projected(stored, pca, slice(first, min(first + CHUNK, stop)))
+            if shift is not None:
+                chunk = normalise(chunk - shift)
+            if places is not None:
+                chunk = places.transform(chunk)
+            target[offset : offset + len(chunk)] = chunk
+            offset += len(chunk)
+    target.flush()
 
 
 def place_deviations(staged: Sequence[StagedScene], pca: PCAWhitening | None, means: dict[str, np.ndarray],
@@ -130,19 +153,8 @@ def write_vectors_and_catalog(path: Path, names: dict, staged: Sequence[StagedSc
     count = sum(len(s.store.vectors) for s in staged)
     dim = pca.dim if pca is not None else staged[0].store.vectors.shape[1]
     vectors = np.lib.format.open_memmap(path / names["vectors"], mode="w+", dtype=dtype, shape=(count, dim))
-    offset = 0
-    for scene in staged:
-        stored = scene.store.vectors
-        shift = (means or {}).get(acquisition_key(scene.record))
-        for start in range(0, len(stored), CHUNK):
-            chunk = projected(stored, pca, slice(start, start + CHUNK))
-            if shift is not None:
-                chunk = normalise(chunk - shift)
-            if places is not None:
-                chunk = places.transform(chunk)
-            vectors[offset + start : offset + start + len(chunk)] = chunk
-        offset += len(stored)
-    vectors.flush()
+    runs = [(s.store.vectors, 0, len(s.store.vectors), (means or {}).get(acquisition_key(s.record))) for s in staged]
+    fill_index_vectors(vectors, runs, pca, places)
     return vectors, write_catalog(pd.concat([s.store.catalog for s in staged], ignore_index=True), path, names)
 
 
@@ -164,11 +176,18 @@ def write_augmented(target: Path, everything: np.ndarray, first_new: int, k: int
             neighbours = helper.search
         else:
             neighbours = _append_neighbours(existing, np.asarray(new_rows, np.float32), first_new)
-    augmented = np.lib.format.open_memmap(target, mode="w+", dtype=everything.dtype, shape=(total - first_new, everything.shape[1]))
-    new_rows = np.arange(first_new, total)
-    for start in range(0, len(new_rows), CHUNK):
-        rows = new_rows[start : start + CHUNK]
-        augmented[start : start + len(rows)] = augment_database(everything, k, rows, neighbours)
+    return write_augmented_rows(target, everything, np.arange(first_new, total), k, neighbours)
+
+
+def write_augmented_rows(target: Path, everything: np.ndarray, rows: np.ndarray, k: int, neighbours=None,
+                         found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
+    """The augmented vectors of ``rows`` of ``everything`` written to ``target`` (memory-mapped), ``CHUNK`` rows at a
+    time: their neighbours searched exactly, by ``neighbours(queries, k)``, or given (``found``, aligned with ``rows``)."""
+    augmented = np.lib.format.open_memmap(target, mode="w+", dtype=everything.dtype, shape=(len(rows), everything.shape[1]))
+    for start in range(0, len(rows), CHUNK):
+        block = rows[start : start + CHUNK]
+        given = None if found is None else (found[0][start : start + CHUNK], found[1][start : start + CHUNK])
+        augmented[start : start + len(block)] = augment_database(everything, k, block, neighbours, found=given)
     augmented.flush()
     return augmented
 
@@ -270,5 +289,6 @@ def copy_rows(target: Path, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim:
     return out
 
 
-__all__ = ["StagedScene", "copy_rows", "existing_neighbours", "merge_catalogs", "merged_neighbours", "needs_training", "segment_faiss",
-           "top_of", "trained_quantizer", "write_augmented", "write_catalog", "write_vectors_and_catalog"]
+__all__ = ["StagedScene", "copy_rows", "existing_neighbours", "fill_index_vectors", "merge_catalogs", "merged_neighbours", "needs_training",
+           "projected_sum", "segment_faiss", "top_of", "trained_quantizer", "write_augmented", "write_augmented_rows", "write_catalog",
+           "write_vectors_and_catalog"]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from rscbir.index.commit import Generation
-from rscbir.index.faiss_types import EXACT_LIMIT, add_in_chunks, auto_index_type, build_faiss, write_faiss
+from rscbir.index.faiss_types import EXACT_LIMIT, auto_index_type, build_faiss, write_faiss
 from rscbir.index.generation import index_factory, index_pca, next_manifest, place_whitening, shared_files
 from rscbir.index.layout import STAGING, segment_names
 from rscbir.index.maintain import MAX_SEGMENTS
@@ -38,7 +38,7 @@ from rscbir.index.manifest import IndexSettings, SegmentRecord
 from rscbir.index.reader import Index
 from rscbir.index.rows import joined
 from rscbir.index.writers import (StagedScene, acquisition_key, existing_neighbours, fill_index_vectors, merged_neighbours, needs_training,
-                                 projected_sum, trained_quantizer, write_augmented_rows, write_catalog)  # fmt: skip
+                                 projected_sum, segment_index, trained_quantizer, write_augmented_rows, write_catalog)  # fmt: skip
 from rscbir.models.whitening import Moments, PCAWhitening, PlaceWhitening
 from rscbir.store import EmbeddingStore
 
@@ -192,18 +192,14 @@ def _scenes_of(staged: Sequence[StagedScene], part: Part) -> tuple[str, ...]:
     return tuple(dict.fromkeys(by_folder[folder] for folder, *_ in part.runs))
 
 
-def _stage_vectors(folder: str) -> np.ndarray:
-    return np.load(Path(folder) / "vectors.npy", mmap_mode="r")
-
-
 def _load(path: str, name: str | None, kind):
     return kind.load(Path(path) / name) if name else None
 
 
-def _publish(path: str, written: Path, names: Sequence[str]) -> None:
-    """Move a task's finished files into the index folder (renames on one filesystem), then drop its scratch folder."""
+def _publish(folder: str | Path, written: Path, names: Sequence[str]) -> None:
+    """Move a task's finished files into ``folder`` (renames on one filesystem), then drop its scratch folder."""
     for name in names:
-        os.replace(written / name, Path(path) / name)
+        os.replace(written / name, Path(folder) / name)
     shutil.rmtree(written, ignore_errors=True)
 
 
@@ -215,7 +211,7 @@ def _scratch(path: str) -> Path:
 # ---------------------------------------------------------------------------------------------- tasks (on workers)
 def part_moments(path: str, part: Part, rows: Sequence[np.ndarray]) -> Moments:
     """The moments (count, sum, scatter) of the part's rows in the PCA sample: ``rows`` of each of its runs."""
-    return functools.reduce(operator.add, (Moments.of(_stage_vectors(folder), sampled) for (folder, *_), sampled in zip(part.runs, rows)))
+    return functools.reduce(operator.add, (Moments.of(EmbeddingStore.open(folder).vectors, sampled) for (folder, *_), sampled in zip(part.runs, rows)))
 
 
 def part_sums(path: str, part: Part, pca_file: str | None) -> dict[str, tuple[np.ndarray, int]]:
@@ -223,7 +219,7 @@ def part_sums(path: str, part: Part, pca_file: str | None) -> dict[str, tuple[np
     pca = _load(path, pca_file, PCAWhitening)
     sums: dict[str, tuple[np.ndarray, int]] = {}
     for folder, key, start, stop in part.runs:
-        stored = _stage_vectors(folder)
+        stored = EmbeddingStore.open(folder).vectors
         vector, count = sums.get(key, (0.0, 0))
         sums[key] = (vector + projected_sum(stored, pca, start, stop), count + stop - start)
     return sums
@@ -233,12 +229,14 @@ def write_part(path: str, part: Part, dtype: str, pca_file: str | None, means: d
     """The segment's vectors (after PCA, the date's mean off, the within-place whitening), catalog and lookup;
     returns the lookup's manifest record."""
     pca, places = _load(path, pca_file, PCAWhitening), _load(path, places_file, PlaceWhitening)
-    dim = pca.dim if pca is not None else _stage_vectors(part.runs[0][0]).shape[1]
+    stores = [EmbeddingStore.open(folder) for folder, *_ in part.runs]
+    dim = pca.dim if pca is not None else stores[0].vectors.shape[1]
     scratch = _scratch(path)
     vectors = np.lib.format.open_memmap(scratch / part.names["vectors"], mode="w+", dtype=np.dtype(dtype), shape=(part.count, dim))
-    fill_index_vectors(vectors, [(_stage_vectors(folder), start, stop, (means or {}).get(key)) for folder, key, start, stop in part.runs], pca, places)
+    fill_index_vectors(vectors, [(store.vectors, start, stop, (means or {}).get(key)) for store, (_, key, start, stop) in zip(stores, part.runs)],
+                       pca, places)  # fmt: skip
     del vectors
-    frames = [EmbeddingStore.open(folder).catalog.iloc[start:stop] for folder, _, start, stop in part.runs]
+    frames = [store.catalog.iloc[start:stop] for store, (*_, start, stop) in zip(stores, part.runs)]
     lookup = write_catalog(pd.concat(frames, ignore_index=True), scratch, part.names)
     _publish(path, scratch, [part.names[k] for k in ("vectors", "catalog", "lookup", "cells")])
     return lookup
@@ -249,12 +247,10 @@ def write_helper(path: str, part: Part) -> str:
     returns its file, a temporary in ``.staging/``."""
     vectors = np.load(Path(path) / part.names["vectors"], mmap_mode="r")
     helper = build_faiss(vectors, auto_index_type(len(vectors)))
-    target = Path(path) / STAGING / f"helper-{part.names['vectors']}.faiss"
-    scratch = _scratch(path)
-    write_faiss(helper, scratch / target.name)
-    os.replace(scratch / target.name, target)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return str(target)
+    name, scratch = f"helper-{part.names['vectors']}.faiss", _scratch(path)
+    write_faiss(helper, scratch / name)
+    _publish(Path(path) / STAGING, scratch, [name])
+    return str(Path(path) / STAGING / name)
 
 
 def augment_part(path: str, part: Part, parts: Sequence[Part], old_count: int, k: int, helpers: Sequence[str] | None) -> None:
@@ -287,10 +283,7 @@ def _helper_search(helper_file: str):
 def write_part_faiss(path: str, part: Part, searched: str, factory: str, trained_file: str | None) -> None:
     """The segment's FAISS index over its searched vectors: built, or added to the index's trained empty one."""
     vectors = np.load(Path(path) / part.names[searched], mmap_mode="r")
-    if trained_file is not None:
-        index = add_in_chunks(faiss.read_index(str(Path(path) / trained_file)), vectors)
-    else:
-        index = build_faiss(vectors, factory)
+    index = segment_index(vectors, factory, Path(path) / trained_file if trained_file is not None else None)
     scratch = _scratch(path)
     write_faiss(index, scratch / part.names["faiss"])
     _publish(path, scratch, [part.names["faiss"]])

@@ -270,9 +270,17 @@ def segment_faiss(change: Generation, vectors: np.ndarray, factory: str, trained
     segments, so a search over the segments ranks as one index would. ``retrain`` (compaction) trains again.
     """
     if not needs_training(factory, vectors.shape[1]):
-        return build_faiss(vectors, factory), trained
+        return segment_index(vectors, factory), trained
     trained = trained_quantizer(change, factory, trained, number, training if training is not None else vectors, retrain)
-    return add_in_chunks(faiss.read_index(str(change.path / trained.file)), vectors), trained
+    return segment_index(vectors, factory, change.path / trained.file), trained
+
+
+def segment_index(vectors: np.ndarray, factory: str, trained_file: Path | None = None) -> faiss.Index:
+    """A segment's FAISS index over ``vectors``: added to the index's trained empty one (``trained_file``, types that
+    need training), else built."""
+    if trained_file is None:
+        return build_faiss(vectors, factory)
+    return add_in_chunks(faiss.read_index(str(trained_file)), vectors)
 
 
 def copy_rows(target: Path, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim: int, dtype) -> np.ndarray:
@@ -290,5 +298,5 @@ def copy_rows(target: Path, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim:
 
 
 __all__ = ["StagedScene", "copy_rows", "existing_neighbours", "fill_index_vectors", "merge_catalogs", "merged_neighbours", "needs_training",
-           "projected_sum", "segment_faiss", "top_of", "trained_quantizer", "write_augmented", "write_augmented_rows", "write_catalog",
+           "projected_sum", "segment_faiss", "segment_index", "top_of", "trained_quantizer", "write_augmented", "write_augmented_rows", "write_catalog",
            "write_vectors_and_catalog"]
